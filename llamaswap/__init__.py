@@ -1,0 +1,5 @@
+"""llama-swap for Python: a model-swapping proxy for OpenAI-compatible inference servers."""
+
+__version__ = "0.1.0"
+COMMIT = "unknown"
+BUILD_DATE = "unknown"
