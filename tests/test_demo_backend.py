@@ -1,0 +1,119 @@
+"""The bundled demo backend on its own: the fixture every other test relies on."""
+
+import base64
+import http.client
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from helpers import demo_backend_argv, free_port, wait_until
+
+
+def start(*extra, model="demo-a"):
+    port = free_port()
+    proc = subprocess.Popen(demo_backend_argv(model, port, *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def health(port):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def backend():
+    proc, port = start("--chunk-delay", "0.05")
+    assert wait_until(lambda: health(port) == 200)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+    proc.stdout.close()
+
+
+def test_health_is_503_until_loaded():
+    proc, port = start("--load-delay", "1.5")
+    try:
+        assert wait_until(lambda: health(port) is not None)
+        assert health(port) == 503
+        assert wait_until(lambda: health(port) == 200)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+def test_streams_chat_incrementally_with_usage_and_timings(backend):
+    conn = http.client.HTTPConnection("127.0.0.1", backend, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps(
+        {"model": "x", "stream": True, "messages": [{"role": "user", "content": "hi"}],
+         "demo": {"chunks": 5}}), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.getheader("Content-Type") == "text/event-stream"
+    first = resp.readline()
+    assert first.startswith(b"data: ")
+    assert json.loads(first[6:])["model"] == "demo-a"
+    rest = resp.read().decode()
+    events = [line[6:] for line in rest.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    final = json.loads(events[-2])
+    assert final["usage"]["completion_tokens"] == 5
+    assert final["timings"]["predicted_n"] == 5
+
+
+def test_echo_shows_exactly_what_arrived(backend):
+    conn = http.client.HTTPConnection("127.0.0.1", backend, timeout=10)
+    conn.request("PUT", "/a%2Fb/c?x=1", body=b"\xff\x00raw", headers={"X-Test": "yes"})
+    data = json.loads(conn.getresponse().read())
+    assert data["raw_path"] == "/a%2Fb/c?x=1"
+    assert data["method"] == "PUT"
+    assert ["X-Test", "yes"] in data["headers"]
+    assert base64.b64decode(data["body"]) == b"\xff\x00raw"
+
+
+def test_websocket_echo(backend):
+    sock = socket.create_connection(("127.0.0.1", backend), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    mask = os.urandom(4)
+    payload = b"hello"
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask +
+                 bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    frame = sock.recv(2 + len(payload))
+    assert frame == bytes([0x81, len(payload)]) + payload
+    sock.sendall(bytes([0x88, 0x80]) + mask)
+    sock.close()
+
+
+def test_fail_start_exits_with_message():
+    proc, _ = start("--fail-start", "model file not found")
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 3
+    assert b"model file not found" in out
+
+
+def test_crash_after_n_requests():
+    proc, port = start("--crash-after", "1")
+    try:
+        assert wait_until(lambda: health(port) == 200)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+        assert proc.wait(10) == 1
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
