@@ -1,0 +1,253 @@
+"""Entry point: upstream's flags, the startup sequence, signals and exit codes.
+
+Exit codes as upstream: 0 for -version, -h and a clean signal shutdown; 1 for a missing
+-config, a TLS flag mismatch, a config that does not load, an App that cannot be built and a
+listen error; 2 for a command line the flag parser rejects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+import threading
+
+import llamaswap
+from llamaswap import goflags
+
+PROGRAM = "llama-swap"
+SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
+PROFILES_WARNING = ("Profile functionality has been removed in favor of Groups. "
+                    "See the README for more information.")
+
+FLAGS = [
+    goflags.Flag("config", "path to config file (required)"),
+    goflags.Flag("listen", "listen address (default :8080 or :8443 for TLS)"),
+    goflags.Flag("tls-cert-file", "TLS certificate file"),
+    goflags.Flag("tls-key-file", "TLS key file"),
+    goflags.Flag("version", "show version and exit", is_bool=True),
+    goflags.Flag("watch-config", "reload config on file change", is_bool=True),
+    goflags.Flag("demo", "run on a built-in demo config with demo models (no -config needed;\n"
+                 "listens on 127.0.0.1:8080 unless -listen is given)", is_bool=True),
+]
+
+
+class AppHolder:
+    """What the HTTP server reads the current App from; a reload swaps `app` atomically."""
+
+    def __init__(self, app):
+        self.app = app
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def version_line() -> str:
+    return f"version: {llamaswap.__version__} ({llamaswap.COMMIT}), built at {llamaswap.BUILD_DATE}"
+
+
+def is_loopback_listen(listen: str) -> bool:
+    """True when `listen` ("host:port") only accepts connections from this machine."""
+    host = listen.rpartition(":")[0].strip("[]") if ":" in listen else listen
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a name that may resolve anywhere
+
+
+def network_warning(listen: str, api_keys_set: bool) -> str | None:
+    if is_loopback_listen(listen):
+        return None
+    keys = ("apiKeys are set, so requests need one of the keys" if api_keys_set else
+            "apiKeys are NOT set, so anyone who can reach it can use and unload every model")
+    return (f"WARNING: listening on {listen}: the API is reachable from the network; {keys}. "
+            "Use -listen 127.0.0.1:PORT to keep it local.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
+        from llamaswap.demo.backend import main as backend_main
+        return backend_main(argv[1:])
+    try:
+        opts, _positional = goflags.parse(FLAGS, argv)
+    except goflags.HelpRequested:
+        sys.stdout.write(goflags.usage(PROGRAM, FLAGS))
+        return 0
+    except goflags.FlagError as e:
+        _err(str(e))
+        sys.stderr.write(goflags.usage(PROGRAM, FLAGS))
+        return 2
+
+    if opts["version"]:
+        print(version_line())
+        return 0
+    demo = bool(opts["demo"])
+    if not opts["config"] and not demo:
+        _err("-config is required")
+        return 1
+    cert, key = opts["tls-cert-file"], opts["tls-key-file"]
+    if bool(cert) != bool(key):
+        _err("both -tls-cert-file and -tls-key-file must be provided for TLS")
+        return 1
+    use_tls = bool(cert)
+    listen = opts["listen"] or ("127.0.0.1:8080" if demo else ":8443" if use_tls else ":8080")
+    return run(opts, listen, demo, use_tls)
+
+
+def load(opts, demo: bool):
+    from llamaswap.config import load_config, load_config_text
+    if demo:
+        from llamaswap.demo.config import demo_config_text
+        if opts["config"]:
+            _err(f"-demo: ignoring -config {opts['config']}, running on the built-in demo config")
+        return load_config_text(demo_config_text(), path="<demo>")
+    return load_config(opts["config"])
+
+
+def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
+    from llamaswap.config import ConfigError
+    try:
+        config = load(opts, demo)
+    except (ConfigError, OSError) as e:
+        _err(f"failed to load config: {e}")
+        return 1
+
+    from llamaswap.ops.events import EventBus
+    from llamaswap.ops.logs import build_loggers
+    loggers = build_loggers(config.log_to_stdout, level=config.log_level,
+                            time_format=config.log_time_format)
+    log = loggers.log
+    try:
+        if config.has_profiles:
+            log.warn(PROFILES_WARNING)
+        log.debug(f"PID: {os.getpid()}")
+        return _serve(opts, config, loggers, EventBus(), listen, demo, use_tls)
+    finally:
+        if loggers.stdout is not None:
+            loggers.stdout.drain()
+
+
+def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
+    from llamaswap.app import App
+    from llamaswap.http.server import serve
+    log = loggers.log
+
+    # Signals are caught from here on, so a Ctrl-C during startup still stops what started.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+
+    def on_signal(signum, _frame):
+        try:
+            os.write(wake_w, bytes([signum]))
+        except OSError:
+            pass  # pipe full: a shutdown is already queued
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    app = server = watcher = None
+    try:
+        try:
+            app = App.build(config, loggers, events)
+        except Exception as e:  # upstream: "failed to create server", exit 1
+            _err(f"failed to create server: {e}")
+            return 1
+        holder = AppHolder(app)
+        reloader = _make_reloader(opts, holder, loggers, events)
+        warning = network_warning(listen, bool(config.api_keys))
+        if warning:
+            _err(warning)
+        try:
+            server = serve(holder, listen, certfile=opts["tls-cert-file"] or None,
+                           keyfile=opts["tls-key-file"] or None)
+        except Exception as e:
+            _err(f"http server error: {e}")
+            return 1
+        scheme = "https" if use_tls else "http"
+        log.info(f"llama-swap listening{' with TLS' if use_tls else ''} on {scheme}://{listen}")
+        if demo:
+            from llamaswap.demo.config import banner
+            sys.stdout.write(banner(f"{scheme}://{_browsable(listen)}") + "\n")
+            sys.stdout.flush()
+        if opts["watch-config"] and reloader is not None:
+            watcher = _start_watcher(os.path.abspath(opts["config"]), reloader, log)
+        while True:
+            signum = os.read(wake_r, 1)[0]
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP, reloading config")
+                if reloader is not None:
+                    threading.Thread(target=reloader, name="reload", daemon=True).start()
+                else:
+                    log.warn("config reload is not available in this build")
+                continue
+            log.info(f"received signal {_signal_name(signum)}, shutting down")
+            break
+        # A second SIGINT/SIGTERM during shutdown is ignored, as upstream does.
+        return 0
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if server is not None:
+            _close_server(server, log)
+        current = holder.app if app is not None else None
+        if current is not None:
+            current.shutdown()
+        if app is not None:
+            log.info("shutdown complete")
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _signal_name(signum: int) -> str:
+    return {signal.SIGINT: "interrupt", signal.SIGTERM: "terminated"}.get(signum, str(signum))
+
+
+def _browsable(listen: str) -> str:
+    """`listen` as a host:port a browser or curl on this machine can use."""
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+def _close_server(server, log) -> None:
+    """Stop accepting, end the event streams, drain in-flight requests up to the bound."""
+    try:
+        server.shutdown(timeout=SHUTDOWN_TIMEOUT)
+    except TypeError:
+        server.shutdown()
+    except Exception as e:
+        log.warn(f"http server shutdown error: {e}")
+
+
+def _make_reloader(opts, holder, loggers, events):
+    """A no-argument function that reloads the config file, or None without a file or reloader."""
+    if not opts["config"] or opts["demo"]:
+        return None
+    try:
+        from llamaswap.ops import reload as reload_mod
+    except ImportError:
+        return None
+    return reload_mod.Reloader(opts["config"], holder, loggers, events).reload
+
+
+def _start_watcher(path, on_change, log):
+    try:
+        from llamaswap.ops.watcher import ConfigWatcher
+    except ImportError:
+        log.warn("-watch-config is not available in this build")
+        return None
+    log.info("watching configuration for changes (poll-based, 2s interval)")
+    watcher = ConfigWatcher(path, on_change)
+    watcher.start()
+    return watcher
+
+
+if __name__ == "__main__":
+    sys.exit(main())
