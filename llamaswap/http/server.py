@@ -1,0 +1,357 @@
+"""The listening socket, one thread per connection, and the dispatcher in front of the routes.
+
+HTTP/1.1 keep-alive; a client must send its request line and headers within
+``HEADER_TIMEOUT`` seconds (idle keep-alive connections are dropped after the same time), and
+headers are capped by http.client's limits (65 536 bytes a line, 100 lines) plus
+``MAX_HEADER_BYTES`` in total. Bodies have no cap: they stream through to the backend.
+TLS handshakes happen in the connection's thread, so a slow client never blocks accept().
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable
+
+from llamaswap.http import auth
+from llamaswap.http.routes import ClientGone, RequestContext, RouteTable, build_routes
+
+HEADER_TIMEOUT = 30.0
+MAX_HEADER_BYTES = 1 << 20
+NO_ACCESS_LOG = ("/wol-health", "/api/performance", "/metrics")
+
+
+def go_duration(seconds: float) -> str:
+    """Go's time.Duration.String() for the access log (e.g. 1.234567ms, 2.5s)."""
+    ns = int(seconds * 1e9)
+    if ns < 1000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1000:g}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:g}ms"
+    if seconds < 60:
+        return f"{seconds:.9g}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{int(m)}m{s:.9g}s"
+    h, m = divmod(int(m), 60)
+    return f"{h}h{m}m{s:.9g}s"
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "ProxyServer"
+
+    def setup(self) -> None:
+        sock = self.request
+        sock.settimeout(HEADER_TIMEOUT)
+        if isinstance(sock, ssl.SSLSocket):
+            sock.do_handshake()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        super().setup()
+        self.server.track(self, True)
+
+    def finish(self) -> None:
+        self.server.track(self, False)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (OSError, ssl.SSLError, ClientGone):
+            pass
+
+    def handle_one_request(self) -> None:
+        self.idle = True
+        try:
+            self.connection.settimeout(HEADER_TIMEOUT)
+            self.raw_requestline = self.rfile.readline(65537)
+        except (TimeoutError, socket.timeout, OSError):
+            self.close_connection = True
+            return
+        if self.server.closing:
+            self.close_connection = True
+            return
+        self.idle = False
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = ""
+            self.command = ""
+            self.send_error(414)
+            return
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        try:
+            ok = self.parse_request()
+        except (TimeoutError, socket.timeout):
+            self.close_connection = True
+            return
+        if not ok:
+            return
+        size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > MAX_HEADER_BYTES:
+            self.send_error(431, "Request Header Fields Too Large")
+            self.close_connection = True
+            return
+        self.connection.settimeout(None)
+        self.server.begin_request()
+        try:
+            self.server.dispatch(self)
+        finally:
+            self.server.end_request()
+            self.idle = True
+
+    def handle_expect_100(self) -> bool:
+        # the 100 goes out when the body is first read is what clients want, but sending it at
+        # once is what Go does and is always correct
+        return super().handle_expect_100()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # the dispatcher writes upstream's access log line
+
+
+class ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, app_holder: Any, address: tuple[str, int], family: int,
+                 ssl_context: ssl.SSLContext | None = None,
+                 routes: RouteTable | None = None):
+        self.address_family = family
+        self.app_holder = app_holder
+        self.ssl_context = ssl_context
+        self.routes = routes if routes is not None else build_routes(_default_extra())
+        self.closing = False
+        self._conns: set[ProxyHandler] = set()
+        self._lock = threading.Lock()
+        self._active = 0
+        self._idle_cv = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        super().__init__(address, ProxyHandler, bind_and_activate=False)
+        if family == socket.AF_INET6:
+            try:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        try:
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+
+    # ---- lifecycle
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request, client_address) -> None:
+        log = _log(self.app_holder)
+        if log is not None:
+            log.debug(f"connection error from {client_address}: {traceback.format_exc(limit=3)}")
+
+    def start(self) -> "ProxyServer":
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="http-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def track(self, handler: ProxyHandler, add: bool) -> None:
+        with self._lock:
+            (self._conns.add if add else self._conns.discard)(handler)
+
+    def begin_request(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def end_request(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                self._idle_cv.notify_all()
+
+    @property
+    def active_requests(self) -> int:
+        return self._active
+
+    def shutdown(self, timeout: float = 10.0) -> None:  # type: ignore[override]
+        """Stop accepting, drop idle keep-alive connections, let requests in flight finish up
+        to ``timeout`` seconds, then cut what is left."""
+        self.closing = True
+        if self._thread is not None:
+            super().shutdown()
+            self._thread = None
+        self.server_close()
+        self._close_conns(idle_only=True)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._active > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._idle_cv.wait(min(left, 0.1))
+                # connections that went idle after their request ended
+                for h in list(self._conns):
+                    if getattr(h, "idle", False):
+                        _shut(h.connection)
+        self._close_conns(idle_only=False)
+
+    def _close_conns(self, idle_only: bool) -> None:
+        with self._lock:
+            conns = list(self._conns)
+        for h in conns:
+            if not idle_only or getattr(h, "idle", False):
+                _shut(h.connection)
+
+    # ---- dispatch
+    def dispatch(self, h: ProxyHandler) -> None:
+        app = self.app_holder.app
+        ctx = RequestContext(h, app, h.command, h.path, h.headers)
+        route = None
+        try:
+            if ctx.method == "OPTIONS":
+                auth.send_preflight(ctx)
+            else:
+                route, params, allowed = self.routes.match(ctx.method, ctx.raw_path)
+                if route is None:
+                    if allowed:
+                        ctx.send(405, "Method Not Allowed\n", "text/plain; charset=utf-8",
+                                 [("Allow", ", ".join(allowed)),
+                                  ("X-Content-Type-Options", "nosniff")])
+                    else:
+                        ctx.send(404, "404 page not found\n", "text/plain; charset=utf-8",
+                                 [("X-Content-Type-Options", "nosniff")])
+                else:
+                    ctx.params = params
+                    if route.auth and not auth.check(ctx):
+                        pass  # 401 already sent
+                    else:
+                        route.fn(ctx)
+            if ctx.started and not ctx.finished:
+                ctx.finish()
+            elif not ctx.started:
+                ctx.send_error(500, f"no response for {ctx.method} {ctx.raw_path}")
+        except ClientGone:
+            ctx.mark_gone()
+        except Exception as e:  # a bug: answer 500 if we still can, never kill the server
+            log = _log(self.app_holder)
+            if log is not None:
+                log.error(f"handler error for {ctx.method} {ctx.raw_path}: {e!r}\n"
+                          + traceback.format_exc(limit=8))
+            if not ctx.started:
+                try:
+                    ctx.close_connection = True
+                    ctx.send_error(500, f"internal error: {e}")
+                except ClientGone:
+                    pass
+            else:
+                ctx.abort()
+        finally:
+            if ctx.close_connection or not ctx.finished or not ctx.body.done:
+                if not ctx.body.done and not ctx.close_connection and ctx.finished:
+                    _drain(ctx)
+                else:
+                    h.close_connection = True
+            if route is None or route.log:
+                _access_log(app, ctx)
+
+
+def _drain(ctx: RequestContext, limit: int = 1 << 16) -> None:
+    """Read what is left of a small request body so the connection can be reused."""
+    try:
+        got = 0
+        while not ctx.body.done and got < limit:
+            got += len(ctx.body.read(limit))
+        if not ctx.body.done:
+            ctx.handler.close_connection = True
+    except Exception:
+        ctx.handler.close_connection = True
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _log(app_holder):
+    app = getattr(app_holder, "app", None)
+    loggers = getattr(app, "loggers", None)
+    return getattr(loggers, "log", None)
+
+
+def _access_log(app, ctx: RequestContext) -> None:
+    if ctx.raw_path.startswith(NO_ACCESS_LOG):
+        return
+    loggers = getattr(app, "loggers", None)
+    if loggers is None:
+        return
+    ua = ctx.headers.get("User-Agent", "")
+    h = ctx.handler
+    loggers.log.info(f'Request {ctx.client_ip} "{ctx.method} {ctx.target} {h.request_version}" '
+                     f'{ctx.status} {ctx.bytes_sent} "{ua}" '
+                     f"{go_duration(time.monotonic() - ctx.start_time)}")
+
+
+def _default_extra() -> list[Callable[[RouteTable], None]]:
+    """The operations routes from ops/api.py, once it exists."""
+    try:
+        from llamaswap.ops import api
+    except ImportError:
+        return []
+    register = getattr(api, "register", None)
+    return [register] if register is not None else []
+
+
+def parse_listen(listen: str) -> tuple[str, int, int]:
+    """Go-style listen address -> (host, port, family). ':8080' binds every interface."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "::"):
+        return ("::" if socket.has_ipv6 else "0.0.0.0"), int(port), (
+            socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET)
+    if ":" in host:
+        return host, int(port), socket.AF_INET6
+    if host == "localhost":
+        host = "127.0.0.1"
+    return host, int(port), socket.AF_INET
+
+
+def serve(app_holder: Any, listen: str, certfile: str | None = None,
+          keyfile: str | None = None,
+          extra_routes: Iterable[Callable[[RouteTable], None]] | None = None) -> ProxyServer:
+    """Bind ``listen`` and start serving in a background thread."""
+    host, port, family = parse_listen(listen)
+    ctx = None
+    if certfile and keyfile:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+    routes = build_routes(_default_extra() if extra_routes is None else extra_routes)
+    try:
+        server = ProxyServer(app_holder, (host, port), family, ctx, routes)
+    except OSError:
+        if family != socket.AF_INET6 or host != "::":
+            raise
+        server = ProxyServer(app_holder, ("0.0.0.0", port), socket.AF_INET, ctx, routes)
+    return server.start()
+
