@@ -33,7 +33,8 @@ _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 def parse(flags: list[Flag], args: list[str]) -> tuple[dict[str, str | bool], list[str]]:
     """Values for every flag (defaults filled in) and the positional arguments left over."""
     known = {f.name: f for f in flags}
-    values: dict[str, str | bool] = {f.name: f.default for f in flags}
+    values: dict[str, str | bool] = {f.name: (bool(f.default) if f.is_bool else f.default)
+                                     for f in flags}
     rest = list(args)
     while rest:
         arg = rest[0]

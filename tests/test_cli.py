@@ -1,0 +1,357 @@
+"""The command line: upstream's flags, Go flag-package parsing, messages, exit codes, -demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from helpers import ROOT, descendants, free_port, wait_until
+from llamaswap import goflags
+from llamaswap.cli import FLAGS, is_loopback_listen, network_warning
+
+USAGE_FLAGS = ("-config string", "-listen string", "-tls-cert-file string",
+               "-tls-key-file string", "-version", "-watch-config", "-demo")
+VERSION_RE = re.compile(r"^version: \S+ \(\S+\), built at \S+\n$")
+
+
+def have(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def loader_ready() -> bool:
+    if not have("llamaswap.config.loader"):
+        return False
+    import llamaswap.config as c
+    return hasattr(c, "load_config") and hasattr(c, "ConfigError")
+
+
+needs_loader = pytest.mark.skipif(not loader_ready(), reason="config loader not in the tree yet")
+needs_server = pytest.mark.skipif(
+    not (loader_ready() and have("llamaswap.app") and have("llamaswap.http.server")),
+    reason="App, HTTP server or config loader not in the tree yet")
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamaswap", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- flag parsing (pure)
+
+def parse(*args):
+    return goflags.parse(FLAGS, list(args))
+
+
+@pytest.mark.parametrize("args", [
+    ["-config", "a.yaml"], ["--config", "a.yaml"], ["-config=a.yaml"], ["--config=a.yaml"],
+    ["-config", "x", "-config", "a.yaml"],  # the last one wins
+])
+def test_string_flag_forms(args):
+    values, rest = parse(*args)
+    assert values["config"] == "a.yaml" and rest == []
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["-version"], True), (["--version"], True), (["-version=true"], True),
+    (["-version=1"], True), (["-version=T"], True), (["-version=false"], False),
+    (["--version=0"], False), ([], False),
+])
+def test_bool_flag_forms(args, expected):
+    assert parse(*args)[0]["version"] is expected
+
+
+def test_bool_flag_does_not_take_the_next_argument():
+    values, rest = parse("-watch-config", "false", "-config", "a.yaml")
+    assert values["watch-config"] is True
+    assert values["config"] == "" and rest == ["false", "-config", "a.yaml"]
+
+
+def test_parsing_stops_at_double_dash_and_first_positional():
+    values, rest = parse("-listen", ":1", "--", "-config", "x")
+    assert values["listen"] == ":1" and values["config"] == "" and rest == ["-config", "x"]
+    values, rest = parse("pos", "-config", "x")
+    assert values["config"] == "" and rest == ["pos", "-config", "x"]
+
+
+def test_string_flag_takes_a_dash_value():
+    assert parse("-config", "-listen")[0]["config"] == "-listen"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-nope"], "flag provided but not defined: -nope"),
+    (["--nope=1"], "flag provided but not defined: -nope"),
+    (["-config"], "flag needs an argument: -config"),
+    (["-version=maybe"], 'invalid boolean value "maybe" for -version: parse error'),
+    (["---config"], "bad flag syntax: ---config"),
+    (["-=x"], "bad flag syntax: -=x"),
+])
+def test_parse_errors_use_go_texts(args, message):
+    with pytest.raises(goflags.FlagError) as e:
+        parse(*args)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("arg", ["-h", "-help", "--help", "--h"])
+def test_help_forms(arg):
+    with pytest.raises(goflags.HelpRequested):
+        parse(arg)
+
+
+# ---- listen address warning (pure)
+
+@pytest.mark.parametrize("listen,loopback", [
+    ("127.0.0.1:8080", True), ("localhost:8080", True), ("[::1]:8080", True),
+    ("127.1.2.3:80", True), (":8080", False), ("0.0.0.0:8080", False), ("[::]:8080", False),
+    ("192.168.1.5:8080", False), ("example.com:8080", False),
+])
+def test_loopback_detection(listen, loopback):
+    assert is_loopback_listen(listen) is loopback
+
+
+def test_network_warning_says_whether_api_keys_are_set():
+    assert network_warning("127.0.0.1:8080", False) is None
+    open_warning = network_warning(":8080", False)
+    assert "reachable from the network" in open_warning and "apiKeys are NOT set" in open_warning
+    assert "apiKeys are set" in network_warning(":8080", True)
+
+
+# ---- the real command line
+
+@pytest.mark.parametrize("arg", ["-version", "--version", "-version=true"])
+def test_version(arg):
+    import llamaswap
+    r = run_cli(arg)
+    assert r.returncode == 0, r.stderr
+    assert VERSION_RE.match(r.stdout), r.stdout
+    assert r.stdout == (f"version: {llamaswap.__version__} ({llamaswap.COMMIT}), "
+                        f"built at {llamaswap.BUILD_DATE}\n")
+
+
+def test_version_wins_over_missing_config():
+    r = run_cli("-listen", ":1", "-version")
+    assert r.returncode == 0 and r.stdout.startswith("version: ")
+
+
+@pytest.mark.parametrize("arg", ["-h", "--help"])
+def test_help_prints_usage_and_exits_0(arg):
+    r = run_cli(arg)
+    assert r.returncode == 0
+    assert r.stdout.startswith("Usage of llama-swap:\n")
+    for flag in USAGE_FLAGS:
+        assert f"  {flag}\n" in r.stdout
+    assert "path to config file (required)" in r.stdout
+
+
+def test_unknown_flag_prints_error_and_usage_exit_2():
+    r = run_cli("-bogus")
+    assert r.returncode == 2
+    assert r.stderr.startswith("flag provided but not defined: -bogus\nUsage of llama-swap:\n")
+    assert r.stdout == ""
+
+
+def test_flag_without_value_exits_2():
+    r = run_cli("-config")
+    assert r.returncode == 2
+    assert r.stderr.startswith("flag needs an argument: -config\n")
+
+
+def test_missing_config_exits_1():
+    r = run_cli()
+    assert r.returncode == 1
+    assert r.stderr == "-config is required\n"
+    r = run_cli("-listen", "127.0.0.1:1", "-watch-config")
+    assert r.returncode == 1 and r.stderr == "-config is required\n"
+
+
+@pytest.mark.parametrize("args", [["-tls-cert-file", "c.pem"], ["--tls-key-file=k.pem"]])
+def test_tls_needs_both_files(args, tmp_path):
+    (tmp_path / "c.yaml").write_text("models: {}\n")
+    r = run_cli("-config", str(tmp_path / "c.yaml"), *args)
+    assert r.returncode == 1
+    assert r.stderr == "both -tls-cert-file and -tls-key-file must be provided for TLS\n"
+
+
+@needs_loader
+@pytest.mark.parametrize("text,fragment", [
+    ("startPort: 0\n", "startPort must be greater than 1"),
+    ("startPort: [1\n", "line"),  # YAML syntax error: reports line and column
+])
+def test_bad_config_exits_1_and_starts_nothing(tmp_path, text, fragment):
+    marker = tmp_path / "started"
+    config = tmp_path / "bad.yaml"
+    # a preloaded model that would leave a marker behind if anything were started
+    config.write_text(
+        f"hooks:\n  on_startup:\n    preload: [m]\n"
+        f"models:\n  m:\n    cmd: {sys.executable} -c \"open('{marker}','w')\" --port ${{PORT}}\n"
+        + text)
+    r = run_cli("-config", str(config), "-listen", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1
+    assert r.stderr.startswith("failed to load config: "), r.stderr
+    assert fragment in r.stderr
+    assert r.stdout == ""
+    assert not marker.exists()
+
+
+@needs_loader
+def test_missing_config_file_exits_1(tmp_path):
+    r = run_cli(f"-config={tmp_path / 'nope.yaml'}")
+    assert r.returncode == 1
+    assert r.stderr.startswith("failed to load config: ")
+    assert "nope.yaml" in r.stderr
+
+
+def test_demo_config_loads_and_uses_this_python():
+    if not loader_ready():
+        pytest.skip("config loader not in the tree yet")
+    from llamaswap.config import load_config_text
+    from llamaswap.demo.config import DEMO_MODELS, demo_config_text
+    config = load_config_text(demo_config_text(start_port=40000), path="<demo>")
+    assert sorted(config.models) == sorted(m[0] for m in DEMO_MODELS)
+    fast = config.models["demo-fast"]
+    assert fast.argv[:3] == (sys.executable, "-m", "llamaswap.demo.backend")
+    assert "--model-id" in fast.argv and "demo-fast" in fast.argv
+    assert config.real_model_name("demo") == "demo-fast"
+    ports = sorted(int(m.proxy.rsplit(":", 1)[1]) for m in config.models.values())
+    assert ports == [40000, 40001, 40002]
+
+
+def test_demo_backend_command_inside_zipapp(tmp_path):
+    """From a .pyz, the demo backends are started as `python <pyz> demo-backend`."""
+    import zipfile
+    pyz = tmp_path / "app.pyz"
+    with zipfile.ZipFile(pyz, "w") as zf:
+        for path in (ROOT / "llamaswap").rglob("*.py"):
+            zf.write(path, path.relative_to(ROOT).as_posix())
+    code = ("import llamaswap.demo.config as c, json; print(json.dumps(c.backend_command()))")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(pyz)!r}); {code}"],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [sys.executable, str(pyz), "demo-backend"]
+
+
+def test_hidden_demo_backend_subcommand_runs_the_backend():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llamaswap", "demo-backend", "--port", str(port),
+                             "--model-id", "hidden", "--quiet"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
+        body = _post_json(f"http://127.0.0.1:{port}/v1/chat/completions",
+                          {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        assert body["model"] == "hidden"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# ---- end to end: needs the App and the HTTP server
+
+def _get(url: str, timeout: float = 5) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def _post_json(url: str, payload: dict, timeout: float = 30) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _start_proxy(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llamaswap", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[str, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return out, err
+
+
+@needs_server
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_demo_end_to_end_and_clean_shutdown(sig):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start_proxy("-demo", "-listen", f"127.0.0.1:{port}")
+    try:
+        assert wait_until(lambda: _get(base + "/health") == 200, timeout=20), "proxy never served"
+        body = _post_json(base + "/v1/chat/completions",
+                          {"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
+        assert body["choices"][0]["message"]["content"]
+        assert "demo-fast" in json.dumps(body)
+        backends = descendants(proc.pid)
+        assert backends, "the demo backend should be a child of the proxy"
+    finally:
+        out, err = _stop(proc, sig)
+    assert proc.returncode == 0, err
+    assert "curl" in out and "/v1/chat/completions" in out  # the banner
+    assert "reachable from the network" not in err
+    wait_until(lambda: not (descendants() & backends), timeout=15)
+    assert not (descendants() & backends), "demo backends outlived the proxy"
+
+
+@needs_server
+def test_listen_on_every_interface_warns(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("apiKeys: [sekrit]\nmodels: {}\n")
+    port = free_port()
+    proc = _start_proxy("-config", str(config), "-listen", f":{port}")
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
+    finally:
+        out, err = _stop(proc)
+    assert proc.returncode == 0
+    assert "reachable from the network" in err and "apiKeys are set" in err
+
+
+@needs_server
+def test_port_in_use_exits_1(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        r = run_cli("-config", str(config), "-listen", f"127.0.0.1:{s.getsockname()[1]}")
+    assert r.returncode == 1
+    assert "http server error" in r.stderr
+
+
+@needs_server
+def test_sighup_without_reload_support_keeps_serving(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    port = free_port()
+    proc = _start_proxy("-config", str(config), "-listen", f"127.0.0.1:{port}")
+    try:
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
+        proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=10)
+        assert proc.poll() is None
+    finally:
+        out, err = _stop(proc)
+    assert proc.returncode == 0, err
+    assert "received SIGHUP, reloading config" in out
