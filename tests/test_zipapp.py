@@ -1,0 +1,127 @@
+"""dist/llama-swap.pyz: one file, pure Python, runs on 3.10+ with nothing installed."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, descendants, free_port, wait_until
+from test_cli import _get, _post_json, needs_server
+
+PYENV = os.environ.get("PYENV_ROOT", "/root/.pyenv")
+
+
+def _pythons() -> dict[tuple[int, ...], str]:
+    """version -> interpreter for every pyenv CPython 3.10 or newer."""
+    found = {}
+    for path in glob.glob(f"{PYENV}/versions/3.*/bin/python3"):
+        m = re.search(r"/versions/(\d+)\.(\d+)\.(\d+)/", path)
+        if m and (int(m[1]), int(m[2])) >= (3, 10):
+            found[tuple(int(x) for x in m.groups())] = path
+    return found
+
+
+PYTHONS = _pythons()
+OLDEST_NEWEST = sorted({min(PYTHONS), max(PYTHONS)}) if PYTHONS else []
+
+
+def clean_env(tmp: Path) -> dict[str, str]:
+    """No PYTHONPATH, no user site, an empty HOME: only the archive can supply packages."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zipapp") / "llama-swap.pyz"
+    r = subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--output", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_archive_layout(pyz):
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert os.access(pyz, os.X_OK)
+    with zipfile.ZipFile(pyz) as zf:
+        names = zf.namelist()
+        licences = {n: zf.read(n).decode() for n in names if n.startswith("licenses/")}
+    assert "__main__.py" in names and "llamaswap/cli.py" in names
+    assert "llamaswap/demo/backend.py" in names
+    assert "yaml/__init__.py" in names and "gjson/__init__.py" in names
+    assert not [n for n in names if n.endswith((".so", ".pyd", ".pyc", ".c", ".pyx"))]
+    assert not [n for n in names if "__pycache__" in n or n.startswith("_yaml")]
+    assert "MIT License" in licences["licenses/llama-swap-LICENSE"]
+    assert "Permission is hereby granted" in licences["licenses/PyYAML-LICENSE"]
+    assert "GNU GENERAL PUBLIC LICENSE" in licences["licenses/gjson-py-LICENSE"]
+    assert names == sorted(names)
+
+
+def test_build_is_reproducible(pyz, tmp_path):
+    again = tmp_path / "again.pyz"
+    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--output", str(again)],
+                   check=True, capture_output=True, timeout=300)
+    assert again.read_bytes() == pyz.read_bytes()
+
+
+@pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
+@pytest.mark.parametrize("version", OLDEST_NEWEST, ids=lambda v: ".".join(map(str, v)))
+def test_version_runs_isolated(pyz, version, tmp_path):
+    python = PYTHONS[version]
+    r = subprocess.run([python, "-I", str(pyz), "-version"], env=clean_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(r"version: \S+ \(\S+\), built at \S+\n", r.stdout)
+    # the dependencies come from the archive, and PyYAML runs without its C extension
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import yaml, gjson; "
+            "print(yaml.__file__, gjson.__file__, yaml.__with_libyaml__, "
+            "yaml.safe_load('a: [1, 2]'), gjson.get({'a': {'b': 3}}, 'a.b'))")
+    r = subprocess.run([python, "-I", "-c", code, str(pyz)], env=clean_env(tmp_path),
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [f"{pyz}/yaml/__init__.py", f"{pyz}/gjson/__init__.py", "False",
+                                "{'a':", "[1,", "2]}", "3"]
+
+
+@pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
+def test_unknown_flag_from_the_archive(pyz, tmp_path):
+    r = subprocess.run([PYTHONS[min(PYTHONS)], "-I", str(pyz), "-nope"], env=clean_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("flag provided but not defined: -nope\nUsage of llama-swap:")
+
+
+@needs_server
+@pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
+def test_demo_from_the_archive(pyz, tmp_path):
+    """-demo inside the .pyz starts its backends as `python <pyz> demo-backend`."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([PYTHONS[max(PYTHONS)], "-I", str(pyz), "-demo", "-listen",
+                             f"127.0.0.1:{port}"], env=clean_env(tmp_path), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backends: set[int] = set()
+    try:
+        assert wait_until(lambda: _get(base + "/health") == 200, timeout=30)
+        body = _post_json(base + "/v1/chat/completions",
+                          {"model": "demo-slow", "messages": [{"role": "user", "content": "hi"}]})
+        assert "demo-slow" in json.dumps(body)
+        backends = descendants(proc.pid)
+        assert any(str(pyz) in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
+                   for p in backends if Path(f"/proc/{p}/cmdline").exists())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    assert wait_until(lambda: not (descendants() & backends), timeout=15)
