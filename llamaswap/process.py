@@ -1,0 +1,387 @@
+"""Process: one local model's backend, from spawn to reaped exit.
+
+The Process owns the *how* (spawn, readiness, stop, cleanup); the router owns the *when*.
+All state lives behind one lock and changes only through :meth:`Process._set_state`, which
+checks the transition table, publishes ``ProcessStateChanged`` and logs the change.
+
+    stopped --start--> starting --healthy--> ready --stop/exit--> stopping --> stopped
+    starting --failed start--> stopped          starting --stop--> stopping --> stopped
+    stopped --shutdown--> shutdown (terminal)
+
+A backend that exits on its own while ready passes through ``stopping`` while what is left of
+its process group is cleared and it is reaped, so a start() in that window waits and then
+starts a fresh backend instead of being told "ready" about a dead one.
+"""
+
+from __future__ import annotations
+
+import enum
+import subprocess
+import threading
+import time
+from typing import Callable
+
+from llamaswap import procutil
+from llamaswap.config.model import ModelConfig
+from llamaswap.ops.events import EventBus, ProcessStateChanged
+from llamaswap.ops.logs import LogMonitor, ProxyLogger
+
+PROBE_FIRST_INTERVAL = 0.01  # seconds between the first two health probes
+PROBE_MAX_INTERVAL = 0.25  # the interval doubles up to this
+PROBE_TIMEOUT = 1.0  # each probe's own connect+response timeout
+ERROR_TAIL_LINES = 10
+OUTPUT_DRAIN_TIMEOUT = 1.0  # wait for a dead child's last output before quoting it
+
+
+class ProcessState(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    SHUTDOWN = "shutdown"
+
+
+S = ProcessState
+TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
+    S.STOPPED: frozenset({S.STARTING, S.SHUTDOWN}),
+    S.STARTING: frozenset({S.READY, S.STOPPING, S.STOPPED}),
+    S.READY: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.SHUTDOWN: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the table does not allow: always a bug in this module."""
+
+
+def check_transition(old: ProcessState, new: ProcessState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"illegal process state transition {old.value} -> {new.value}")
+
+
+class StartError(Exception):
+    """A start that did not reach ready. ``str()`` names the model and what failed."""
+
+    def __init__(self, message: str, *, aborted: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.aborted = aborted
+
+    def copy(self) -> "StartError":
+        return StartError(self.message, aborted=self.aborted)
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds in Go's time.Duration.String() form for whole seconds: 5s, 2m0s, 1h0m0s."""
+    if seconds != int(seconds) or seconds < 1:
+        return f"{seconds:g}s"
+    s = int(seconds)
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown exit code"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Attempt:
+    """One start(): shared by the caller that runs it and every caller that joins it."""
+
+    def __init__(self) -> None:
+        self.child: procutil.Child | None = None
+        self.spawned = threading.Event()  # the spawn finished (child set, or it failed)
+        self.wake = threading.Event()  # child exited or stop requested: re-check at once
+        self.aborted = False
+        self.done = threading.Event()
+        self.error: StartError | None = None
+
+    def finish(self, error: StartError | None) -> None:
+        """First outcome wins."""
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class Process:
+    def __init__(self, config: ModelConfig, *, log: LogMonitor, proxy_log: ProxyLogger,
+                 events: EventBus | None = None, spawner: procutil.Spawner | None = None):
+        self.model_id = config.id
+        self.config = config
+        self.log = log
+        self._proxy_log = proxy_log
+        self._events = events
+        self._spawner = spawner
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._state = ProcessState.STOPPED
+        self._attempt: _Attempt | None = None
+        self._child: procutil.Child | None = None
+        self._closing = False
+        self._stop_hooks: tuple[Callable[[], None], ...] = ()
+        self._exit_listeners: tuple[Callable[[str, int | None], None], ...] = ()
+        self.pid: int | None = None
+        self.ready_at: float | None = None
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def state(self) -> ProcessState:
+        return self._state
+
+    def add_stop_hook(self, fn: Callable[[], None]) -> None:
+        self._stop_hooks = self._stop_hooks + (fn,)
+
+    def add_exit_listener(self, fn: Callable[[str, int | None], None]) -> None:
+        self._exit_listeners = self._exit_listeners + (fn,)
+
+    def start(self) -> None:
+        with self._lock:
+            while True:
+                if self._closing or self._state is S.SHUTDOWN:
+                    raise StartError(f"[{self.model_id}] shutdown")
+                if self._state is S.READY:
+                    return
+                if self._state is S.STARTING:
+                    attempt = self._attempt
+                    assert attempt is not None
+                    break
+                if self._state is S.STOPPING:
+                    self._changed.wait()
+                    continue
+                attempt = _Attempt()
+                self._attempt = attempt
+                self.ready_at = None
+                self._set_state(S.STARTING)
+                self._lock.release()
+                try:
+                    self._run_start(attempt)
+                finally:
+                    self._lock.acquire()
+                break
+        attempt.done.wait()
+        if attempt.error is not None:
+            raise attempt.error.copy()
+
+    def stop(self, grace: float) -> None:
+        with self._lock:
+            while True:
+                if self._state in (S.STOPPED, S.SHUTDOWN):
+                    return
+                if self._state is S.STOPPING:
+                    self._changed.wait()
+                    continue
+                attempt = self._attempt if self._state is S.STARTING else None
+                if attempt is not None:
+                    attempt.aborted = True
+                    attempt.finish(StartError(
+                        f"[{self.model_id}] start aborted: the model is being stopped",
+                        aborted=True))
+                    attempt.wake.set()
+                self._set_state(S.STOPPING)
+                break
+        if attempt is not None:
+            attempt.spawned.wait()
+            child = attempt.child
+        else:
+            child = self._child
+        if child is not None:
+            child.terminate(grace, cmd_stop=self._cmd_stop_argv(child), spawner=self._spawner,
+                            before_wait=self._run_stop_hooks, report=self._report)
+            child.join_output(OUTPUT_DRAIN_TIMEOUT)
+            self._proxy_log.info(f"<{self.model_id}> stopped ({_describe_exit(child.returncode)})")
+        with self._lock:
+            self._child = None
+            self.pid = None
+            self.ready_at = None
+            self._set_state(S.STOPPED)
+
+    def shutdown(self, grace: float) -> None:
+        with self._lock:
+            self._closing = True
+        self.stop(grace)
+        with self._lock:
+            if self._state is S.STOPPED:
+                self._set_state(S.SHUTDOWN)
+
+    # -- start -----------------------------------------------------------------------------
+    def _run_start(self, attempt: _Attempt) -> None:
+        """Runs in the thread of the start() that began the attempt; never raises."""
+        cfg = self.config
+        error: StartError | None = None
+        if not cfg.proxy:
+            error = StartError(f"[{self.model_id}] upstream proxy missing")
+        elif not cfg.argv:
+            error = StartError(f"[{self.model_id}] empty command")
+        child = None
+        if error is None and not attempt.aborted:
+            env = procutil.build_env(cfg.env)
+            try:
+                popen = self._spawner_or_default().spawn(cfg.argv, env)
+            except (OSError, ValueError, TypeError, subprocess.SubprocessError) as exc:
+                error = StartError(f"[{self.model_id}] failed to start command "
+                                   f"'{' '.join(cfg.argv)}': {exc}")
+            else:
+                child = procutil.Child(popen, env, self.log, on_exit=self._child_exited,
+                                       name=f"model:{self.model_id}")
+        with self._lock:
+            attempt.child = child
+            if child is not None:
+                self._child = child
+                self.pid = child.pid
+        attempt.spawned.set()
+        if child is None:
+            self._fail_start(attempt, None, error)
+            return
+        self._proxy_log.debug(f"<{self.model_id}> started pid {child.pid}: {' '.join(cfg.argv)}")
+        error = self._wait_ready(attempt, child)
+        if error is None:
+            with self._lock:
+                if attempt.aborted or self._attempt is not attempt:
+                    return
+                if not child.exited.is_set():  # (else someone else answered on the port)
+                    self.ready_at = time.time()
+                    self._set_state(S.READY)
+                    attempt.finish(None)
+                    return
+        self._fail_start(attempt, child, error)
+
+    def _wait_ready(self, attempt: _Attempt, child: procutil.Child) -> StartError | None:
+        cfg = self.config
+        if cfg.check_endpoint.strip().lower() == "none":
+            return None
+        url = procutil.health_url(cfg.proxy, cfg.check_endpoint)
+        timeout = float(cfg.health_check_timeout)
+        deadline = child.started + timeout
+        interval = PROBE_FIRST_INTERVAL
+        while True:
+            if attempt.aborted:
+                return attempt.error
+            if child.exited.is_set():
+                return None  # the caller sees the exit and reports it after the cleanup
+            left = deadline - time.monotonic()
+            status = procutil.probe(url, min(PROBE_TIMEOUT, max(left, 0.05)))
+            if status == 200:
+                self._proxy_log.info(f"<{self.model_id}> Health check passed on {url}")
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return StartError(f"[{self.model_id}] health check timed out after "
+                                  f"{go_duration(timeout)}" + self._tail_suffix(child))
+            attempt.wake.wait(min(interval, left))
+            interval = min(interval * 2, PROBE_MAX_INTERVAL)
+
+    def _exit_error(self, child: procutil.Child) -> StartError:
+        return StartError(f"[{self.model_id}] upstream command exited prematurely "
+                          f"({_describe_exit(child.returncode)})" + self._tail_suffix(child))
+
+    @staticmethod
+    def _tail_suffix(child: procutil.Child) -> str:
+        tail = child.tail(ERROR_TAIL_LINES)
+        return f"; last output:\n{tail}" if tail else "; it printed nothing"
+
+    def _fail_start(self, attempt: _Attempt, child: procutil.Child | None,
+                    error: StartError | None) -> None:
+        """Clear up a start that did not make it, then STARTING -> STOPPED (unless a stop()
+        took over, in which case the stop sets STOPPED when it has finished)."""
+        if child is not None and not attempt.aborted:
+            child.terminate(self.config.unload_timeout, cmd_stop=self._cmd_stop_argv(child),
+                            spawner=self._spawner, report=self._report)
+            child.join_output(OUTPUT_DRAIN_TIMEOUT)
+        if error is None and child is not None and not attempt.aborted:
+            error = self._exit_error(child)  # quoted after the group is gone: all output in
+        with self._lock:
+            if error is not None and not attempt.aborted:
+                self._proxy_log.error(str(error))
+            attempt.finish(error)
+            if self._attempt is attempt and self._state is S.STARTING:
+                self._child = None
+                self.pid = None
+                self._set_state(S.STOPPED)
+
+    # -- exits and stops -------------------------------------------------------------------
+    def _child_exited(self, child: procutil.Child) -> None:
+        """The watcher thread saw the leader exit. While ready, that is a crash: clean up the
+        group and reap it here, then tell the exit listeners."""
+        with self._lock:
+            attempt = self._attempt
+            if attempt is not None and attempt.child is child:
+                attempt.wake.set()
+            if self._child is not child or self._state is not S.READY or child.terminating:
+                return
+            self._set_state(S.STOPPING)
+        child.terminate(self.config.unload_timeout, spawner=self._spawner,
+                        before_wait=self._run_stop_hooks, report=self._report)
+        child.join_output(OUTPUT_DRAIN_TIMEOUT)
+        code = child.returncode
+        tail = child.tail(ERROR_TAIL_LINES)
+        self._proxy_log.warn(f"<{self.model_id}> upstream exited unexpectedly "
+                             f"({_describe_exit(code)})"
+                             + (f"; last output:\n{tail}" if tail else ""))
+        with self._lock:
+            if self._child is child:
+                self._child = None
+                self.pid = None
+                self.ready_at = None
+            if self._state is S.STOPPING:
+                self._set_state(S.STOPPED)
+        for listener in self._exit_listeners:
+            try:
+                listener(self.model_id, code)
+            except Exception as exc:  # a listener's bug must not kill the watcher
+                self._proxy_log.error(f"<{self.model_id}> exit listener failed: {exc!r}")
+
+    def _run_stop_hooks(self) -> None:
+        for hook in self._stop_hooks:
+            try:
+                hook()
+            except Exception as exc:
+                self._proxy_log.error(f"<{self.model_id}> stop hook failed: {exc!r}")
+
+    def _cmd_stop_argv(self, child: procutil.Child) -> list[str] | None:
+        cmd = self.config.cmd_stop.strip()
+        if not cmd:
+            return None
+        text = cmd.replace("${PID}", str(child.pid))
+        try:
+            from llamaswap.config.command import split_command, strip_comments
+            argv = split_command(strip_comments(text))
+        except ImportError:  # config/command.py not written yet
+            import shlex
+            argv = shlex.split(text)
+        except Exception as exc:  # ConfigError: upstream falls back to SIGTERM
+            self._proxy_log.warn(f"<{self.model_id}> cannot parse cmdStop, sending SIGTERM: {exc}")
+            return None
+        return argv or None
+
+    def _report(self, level: str, message: str) -> None:
+        self._proxy_log.log(level, f"<{self.model_id}> {message}")
+
+    def _spawner_or_default(self) -> procutil.Spawner:
+        if self._spawner is None:
+            self._spawner = procutil.default_spawner()
+        return self._spawner
+
+    # -- state -----------------------------------------------------------------------------
+    def _set_state(self, new: ProcessState) -> None:
+        """Caller holds the lock. Publishing never blocks, so it happens under the lock and
+        subscribers see changes in the order they happened."""
+        old = self._state
+        if new is old:
+            return
+        check_transition(old, new)
+        self._state = new
+        self._changed.notify_all()
+        self._proxy_log.debug(f"<{self.model_id}> swapState() State transitioned from "
+                              f"{old.value} to {new.value}")
+        if self._events is not None:
+            self._events.publish(ProcessStateChanged(self.model_id, old.value, new.value))
+

@@ -1,0 +1,424 @@
+"""OS mechanics for backends: spawning, output, exit watching, group kill, health probes.
+
+Nothing here decides anything about a model's life (that is ``process.Process``); this module
+only knows how to run a command so that it can always be taken down again:
+
+* Every backend starts in a new session, so it and anything it forks share one process group
+  that is signalled as a whole (``sh -c "server & wait"`` leaves nothing behind).
+* On Linux every child gets a parent-death signal (SIGKILL). Linux delivers it when the
+  *thread* that forked the child exits, so every ``Popen`` runs on one long-lived
+  :class:`Spawner` thread rather than on the short-lived worker that asked for it.
+* The exit is observed with ``waitid(WNOWAIT)``: the leader stays a zombie, so its pid (which
+  is also the group id) cannot be reused while we still signal the group; it is reaped last.
+* Output is read by a thread that writes into a :class:`LogMonitor`, which never blocks, so
+  a slow log reader can never fill the pipe and stall the backend.
+
+Windows (untested here): ``CREATE_NEW_PROCESS_GROUP`` and ``taskkill /T`` (``/F`` to force)
+stand in for sessions and group signals; there is no parent-death signal.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import http.client
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from llamaswap.ops.logs import LogMonitor
+
+IS_WINDOWS = sys.platform == "win32"
+IS_LINUX = sys.platform.startswith("linux")
+
+PR_SET_PDEATHSIG = 1
+TAIL_BYTES = 8192  # how much of a run's own output is kept for error messages
+KILL_WAIT = 10.0  # seconds to wait for an exit after SIGKILL before giving up loudly
+CMD_STOP_MIN_TIMEOUT = 30.0  # cmdStop gets max(grace, this) seconds before it is killed
+
+# Resolved once, in the parent: the forked child must not look anything up (see _pdeathsig).
+_prctl = None
+if IS_LINUX:
+    try:
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+        _prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        _prctl = None
+
+
+def build_env(extra: Sequence[str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parent environment plus ``NAME=value`` entries; later entries win."""
+    env = dict(os.environ if base is None else base)
+    for entry in extra:
+        name, sep, value = entry.partition("=")
+        if sep and name:
+            env[name] = value
+    return env
+
+
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """The ``preexec_fn`` for Linux: one pre-resolved libc call and a getppid check.
+
+    ``preexec_fn`` runs Python in the forked child of a threaded program, so it does nothing
+    that could need a lock another thread held at fork time: no imports, no name lookups
+    beyond closure cells, no allocation worth mentioning. If the parent died between fork and
+    prctl, the signal would never come: the child is already orphaned, so it exits.
+    """
+    prctl = _prctl
+    getppid = os.getppid
+    exit_ = os._exit
+    sigkill = int(signal.SIGKILL)
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if getppid() != parent_pid:
+            exit_(127)
+
+    return setup
+
+
+def popen_child(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen:
+    """Start `argv` in its own session (group), stdin closed, stdout+stderr on one pipe.
+
+    Call it from the :class:`Spawner` thread: on Linux the child's parent-death signal is
+    tied to the calling thread.
+    """
+    kwargs: dict = {}
+    if IS_WINDOWS:
+        kwargs["creationflags"] = (subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+                                   | 0x08000000)  # CREATE_NO_WINDOW
+    else:
+        kwargs["start_new_session"] = True
+        if _prctl is not None:
+            kwargs["preexec_fn"] = _child_setup(os.getpid())
+    return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                            close_fds=True, **kwargs)
+
+
+class Spawner:
+    """One long-lived thread that performs every Popen (see the module docstring)."""
+
+    def __init__(self, name: str = "spawner"):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fn, future = self._queue.get()
+            if fn is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, who decides
+                future.set_exception(exc)
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run `fn` on the spawner thread and return its result (or raise its exception)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((fn, future))
+        return future.result()
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen:
+        return self.call(lambda: popen_child(argv, env))  # type: ignore[return-value]
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+
+_default_spawner: Spawner | None = None
+_default_lock = threading.Lock()
+
+
+def default_spawner() -> Spawner:
+    """The process-wide spawner, created on first use (its thread lives until exit)."""
+    global _default_spawner
+    with _default_lock:
+        if _default_spawner is None:
+            _default_spawner = Spawner()
+        return _default_spawner
+
+
+# -- process groups ------------------------------------------------------------------------
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Signal a whole group; False when no process is left in it."""
+    if IS_WINDOWS:
+        args = ["taskkill", "/T", "/PID", str(pgid)]
+        if sig != signal.SIGTERM:
+            args.insert(1, "/F")
+        return subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              check=False).returncode == 0
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed credentials; nothing more we can do
+        return True
+
+
+def group_members(pgid: int) -> set[int] | None:
+    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
+    if not IS_LINUX:
+        return None
+    found = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.add(int(entry))
+    return found
+
+
+def _group_empty(pgid: int) -> bool:
+    members = group_members(pgid)
+    if members is not None:
+        return not members
+    # elsewhere: signal 0 also counts zombies, which init reaps quickly
+    return not signal_group(pgid, 0) if not IS_WINDOWS else True
+
+
+def wait_group_empty(pgid: int, deadline: float) -> bool:
+    """Poll until no live process is left in the group or `deadline` (monotonic) passes."""
+    interval = 0.005
+    while True:
+        if _group_empty(pgid):
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(interval, left))
+        interval = min(interval * 2, 0.1)
+
+
+# -- one running child ----------------------------------------------------------------------
+
+class Child:
+    """A spawned command: its output reader, its exit watcher and its termination.
+
+    ``on_exit(child)`` is called from the watcher thread as soon as the leader exits (it is
+    not reaped yet). ``terminate()`` is shared: the first caller does the work with its own
+    arguments, later and concurrent callers wait for it to finish.
+    """
+
+    def __init__(self, popen: subprocess.Popen, env: Mapping[str, str], log: LogMonitor,
+                 on_exit: Callable[["Child"], None] | None = None, name: str = "child"):
+        self.popen = popen
+        self.pid: int = popen.pid
+        self.pgid: int = popen.pid  # a new session's leader leads its group
+        self.env = dict(env)
+        self.log = log
+        self.started = time.monotonic()
+        self.exited = threading.Event()
+        self.returncode: int | None = None
+        self.killed = False  # SIGKILL was needed
+        self._on_exit = on_exit
+        self._tail = bytearray()
+        self._tail_lock = threading.Lock()
+        self._term_lock = threading.Lock()
+        self._term_started = False
+        self._term_done = threading.Event()
+        self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-exit", daemon=True)
+        self._reader.start()
+        self._watcher.start()
+
+    # output
+    def _read(self) -> None:
+        stream = self.popen.stdout
+        assert stream is not None
+        fd = stream.fileno()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                with self._tail_lock:
+                    self._tail += data
+                    if len(self._tail) > TAIL_BYTES:
+                        del self._tail[:len(self._tail) - TAIL_BYTES]
+                self.log.write(data)
+        finally:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def join_output(self, timeout: float) -> bool:
+        """Wait for the output pipe to reach EOF (every writer gone)."""
+        self._reader.join(timeout)
+        return not self._reader.is_alive()
+
+    def tail(self, lines: int = 10) -> str:
+        """The last non-empty lines of this run's own output."""
+        with self._tail_lock:
+            text = bytes(self._tail).decode("utf-8", "replace")
+        kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
+
+    # exit
+    def _watch(self) -> None:
+        if hasattr(os, "waitid") and not IS_WINDOWS:
+            while True:
+                try:
+                    info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                except ChildProcessError:  # reaped elsewhere; Popen knows the code
+                    self.returncode = self.popen.returncode
+                    break
+                if info is None:
+                    continue
+                self.returncode = (info.si_status if info.si_code == os.CLD_EXITED
+                                   else -info.si_status)
+                break
+        else:
+            self.returncode = self.popen.wait()
+        self.exited.set()
+        if self._on_exit is not None:
+            self._on_exit(self)
+
+    def reap(self) -> int | None:
+        """Collect the exit status (after the group has been cleared)."""
+        try:
+            code = self.popen.wait(timeout=KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            return self.returncode
+        if self.returncode is None:
+            self.returncode = code
+        return self.returncode
+
+    # stop
+    def terminate(self, grace: float, *, cmd_stop: Sequence[str] | None = None,
+                  spawner: Spawner | None = None,
+                  before_wait: Callable[[], None] | None = None,
+                  report: Callable[[str, str], None] | None = None) -> None:
+        """Stop the whole group: cmdStop (or SIGTERM to the group), `before_wait`, wait up to
+        `grace` for every member to exit, SIGKILL the group, reap. Shared and idempotent."""
+        with self._term_lock:
+            owner = not self._term_started
+            self._term_started = True
+        if not owner:
+            self._term_done.wait()
+            return
+        try:
+            self._terminate(grace, cmd_stop, spawner, before_wait, report or (lambda _l, _m: None))
+        finally:
+            self._term_done.set()
+
+    def _terminate(self, grace, cmd_stop, spawner, before_wait, report) -> None:
+        if not self.exited.is_set():
+            if cmd_stop:
+                run_stop_command(cmd_stop, self.env, max(grace, CMD_STOP_MIN_TIMEOUT),
+                                 spawner or default_spawner(), self.log, report)
+            else:
+                signal_group(self.pgid, signal.SIGTERM)
+        elif not IS_WINDOWS:
+            # the leader is gone: whatever is left of its group is an orphan
+            signal_group(self.pgid, signal.SIGTERM)
+        if before_wait is not None:
+            before_wait()
+        deadline = time.monotonic() + max(grace, 0.0)
+        if not self.exited.wait(max(deadline - time.monotonic(), 0.0)):
+            report("warn", f"pid {self.pid} did not exit within {grace:g}s, sending SIGKILL "
+                           f"to its process group")
+            self.killed = True
+            signal_group(self.pgid, signal.SIGKILL)
+            if not self.exited.wait(KILL_WAIT):
+                report("error", f"pid {self.pid} still running {KILL_WAIT:g}s after SIGKILL")
+        if not IS_WINDOWS:
+            # the leader is an unreaped zombie here, so its pid (the group id) is still ours
+            if not wait_group_empty(self.pgid, deadline):
+                report("warn", f"process group {self.pgid} still has members after "
+                               f"{grace:g}s, sending SIGKILL")
+                self.killed = True
+                signal_group(self.pgid, signal.SIGKILL)
+                if not wait_group_empty(self.pgid, time.monotonic() + KILL_WAIT):
+                    report("error", f"process group {self.pgid} survived SIGKILL")
+            signal_group(self.pgid, signal.SIGKILL)  # members we cannot see (no /proc)
+        self.reap()
+
+    @property
+    def terminating(self) -> bool:
+        return self._term_started
+
+
+def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float,
+                     spawner: Spawner, log: LogMonitor,
+                     report: Callable[[str, str], None]) -> int | None:
+    """Run cmdStop synchronously with the backend's environment; its output goes to `log`."""
+    try:
+        popen = spawner.spawn(argv, env)
+    except OSError as exc:
+        report("error", f"cmdStop '{' '.join(argv)}' could not start: {exc}; sending SIGTERM")
+        return None
+    child = Child(popen, env, log, name="cmdstop")
+    if not child.exited.wait(timeout):
+        report("warn", f"cmdStop '{' '.join(argv)}' still running after {timeout:g}s, "
+                       f"killing it")
+        signal_group(child.pgid, signal.SIGKILL)
+        child.exited.wait(KILL_WAIT)
+    if not IS_WINDOWS:
+        signal_group(child.pgid, signal.SIGKILL)  # leftovers of the stop command itself
+    child.join_output(1.0)
+    code = child.reap()
+    if code:
+        report("warn", f"cmdStop '{' '.join(argv)}' exited with code {code}")
+    return code
+
+
+# -- health ---------------------------------------------------------------------------------
+
+def health_url(proxy: str, endpoint: str) -> str:
+    """`endpoint` joined to the proxy URL's path with exactly one slash (as Go's proxy)."""
+    base = proxy.rstrip("/")
+    return base + "/" + endpoint.lstrip("/")
+
+
+def probe(url: str, timeout: float) -> int | None:
+    """One GET; the status code, or None when nothing answered in time."""
+    parts = urlsplit(url)
+    conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
+                else http.client.HTTPConnection)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    try:
+        conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    except (ValueError, http.client.HTTPException):
+        return None
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        resp.read(65536)
+        return resp.status
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
