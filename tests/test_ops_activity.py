@@ -275,7 +275,7 @@ def meter_run(log, clock, status=200, headers=(("Content-Type", "application/jso
               req_body=b""):
     m = log.meter("m1", path, "POST", req_headers or [("Content-Type", "application/json")])
     if req_body:
-        m.on_request_body(req_body)
+        m.on_request_chunk(req_body)
     clock.t += elapsed
     m.on_response(status, list(headers))
     for piece in pieces(body, 5):

@@ -9,8 +9,9 @@ and deflate bodies are inflated on the fly. The numbers follow upstream's rules 
 unknown rates and cache counts are -1, and responses that are not 200 or carry no usable
 data get an entry with every token field 0.
 
-Wiring: the forwarding code asks ``ActivityLog.meter(...)`` for a ``RequestMeter`` when a
-request enters the metered chain and calls ``on_response``/``on_chunk``/``on_end`` on it.
+Wiring (docs/architecture.md, "Forwarding observer"): the forwarding code calls
+``App.activity.observe(ctx, model_id)`` when a model-dispatched request arrives and, when it
+gets a ``RequestMeter`` back, calls ``on_request_chunk``/``on_response``/``on_chunk``/``on_end``.
 """
 
 from __future__ import annotations
@@ -557,7 +558,7 @@ def filter_accept_encoding(value: str) -> str:
 
 
 class RequestMeter:
-    """Observer for one metered request. Call order: ``on_request_body`` (any number of
+    """Observer for one metered request. Call order: ``on_request_chunk`` (any number of
     times, optional), ``on_response`` once, ``on_chunk`` per response chunk, ``on_end`` once
     (also when the client went away or the upstream failed). Never raises into the caller."""
 
@@ -587,7 +588,7 @@ class RequestMeter:
         if self._capture_on:
             self._fields = self._log.captures.fields_for(path)
 
-    def on_request_body(self, data: bytes) -> None:
+    def on_request_chunk(self, data: bytes) -> None:
         if self._req_body is not None:
             if len(self._req_body) + len(data) > self._log.captures.max_bytes:
                 self._req_body = None
@@ -612,10 +613,14 @@ class RequestMeter:
             except Exception as e:  # a parser bug must never break the response
                 self._parser.error = f"parser error: {e}"
 
-    def on_end(self) -> ActivityEntry | None:
+    def on_end(self, error: str | None = None) -> ActivityEntry | None:
+        """Record the entry. ``error`` (the upstream failed or the client left) is logged;
+        the entry keeps whatever status was seen (502 when no response came)."""
         if self._ended:
             return None
         self._ended = True
+        if error:
+            self._log.debug(f"metrics: request for {self.model_id} ended early: {error}")
         try:
             return self._finish()
         except Exception as e:  # never break the request because of metrics
@@ -680,6 +685,19 @@ class ActivityLog:
     def warn(self, msg: str) -> None:
         if self._proxy_log is not None:
             self._proxy_log.warn(msg)
+
+    def debug(self, msg: str) -> None:
+        if self._proxy_log is not None:
+            self._proxy_log.debug(msg)
+
+    def observe(self, ctx: Any, model_id: str) -> RequestMeter | None:
+        """The forwarding observer for one request (None when it is not metered). The path
+        is recorded as dispatched: versionless ``/v/x`` becomes ``/x``, as upstream."""
+        path = ctx.path
+        if path.startswith("/v/"):
+            path = path[2:]
+        headers = ctx.headers.items() if ctx.headers is not None else ()
+        return self.meter(model_id, path, ctx.method, list(headers))
 
     def meter(self, model_id: str, path: str, method: str = "POST",
               req_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
