@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     use_tls = bool(cert)
     listen = opts["listen"] or ("127.0.0.1:8080" if demo else ":8443" if use_tls else ":8080")
-    return run(opts, listen, demo, use_tls)
+    try:
+        return run(opts, listen, demo, use_tls)
+    except KeyboardInterrupt:  # Ctrl-C while loading the config, before signals are ours
+        return 130
 
 
 def load(opts, demo: bool):
