@@ -1,0 +1,484 @@
+"""The routing decision core: pure state and rules, no threads, sockets or clocks.
+
+The router thread (``loop.Router``) feeds it one command at a time and carries out the
+effects it returns (start a swap, stop models, arm a timer, log). Requests are objects
+with ``model``, ``offer_grant() -> bool``, ``offer_error(err) -> bool`` and
+``set_position(n)``; an offer returns False when the client already left, so a grant
+that nobody receives is never counted as in flight.
+
+Decision tree for a request for model m (upstream's, re-run in order over the queue
+whenever a swap ends, a stop ends or a model's last request ends):
+  1. m unknown -> 404.
+  2. a swap for m is active -> join it (one load serves every waiter).
+  3. m is being stopped or drained by an explicit order -> wait in the queue.
+  4. evict = planner.eviction_for(m, running).
+  5. m ready, nothing to evict, no collision -> grant now (fast path).
+  6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
+  7. we would evict a model with requests in flight (or one being drained) -> queue.
+  8. otherwise start a swap; swaps that do not collide run in parallel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import AbstractSet, Iterable, Mapping, Protocol
+
+STOPPED = "stopped"
+STARTING = "starting"
+READY = "ready"
+STOPPING = "stopping"
+
+
+class RouterError(Exception):
+    """A request the router could not serve. ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def unknown_model_error(model: str) -> RouterError:
+    return RouterError(404, f"no local server found for requested model '{model}'")
+
+
+def shutting_down_error(model: str) -> RouterError:
+    return RouterError(503, f"cannot serve model '{model}': llama-swap is shutting down")
+
+
+def unloaded_error(model: str) -> RouterError:
+    return RouterError(500, f"model '{model}' unloaded")
+
+
+def start_failed_error(model: str, reason: str) -> RouterError:
+    return RouterError(500, f"model '{model}' failed to start: {reason}")
+
+
+class Requester(Protocol):
+    model: str
+
+    def offer_grant(self) -> bool: ...
+
+    def offer_error(self, error: RouterError) -> bool: ...
+
+    def set_position(self, position: int) -> None: ...
+
+
+# ---- effects: what the loop must do after a command ---------------------------------
+
+@dataclass(frozen=True)
+class StartSwap:
+    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error)."""
+    swap_id: int
+    model: str
+    evict: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StopModels:
+    """Stop `models` in parallel; report stops_done(token).
+
+    `reason` is "unload", "ttl" or "retire". `grace` None means each model's own
+    unload_timeout. `after_swaps`: cancelled swaps whose workers may still start one
+    of these models; stop again once each of them has finished.
+    """
+    token: int
+    models: tuple[str, ...]
+    reason: str
+    grace: float | None = None
+    after_swaps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShutdownAll:
+    token: int
+    grace: float | None
+
+
+@dataclass(frozen=True)
+class ArmTimer:
+    """Call ttl_expired(model, token) at `deadline` (the core's clock)."""
+    model: str
+    deadline: float
+    token: int
+
+
+@dataclass(frozen=True)
+class Log:
+    level: str  # "debug" | "info" | "warn"
+    message: str
+
+
+# ---- internal bookkeeping --------------------------------------------------------------
+
+@dataclass
+class _Swap:
+    swap_id: int
+    model: str
+    evict: frozenset[str]
+    waiters: list
+    gens: dict[str, int]  # generation of each evicted model when the swap marked it stopping
+
+
+@dataclass
+class _Order:
+    token: int
+    models: tuple[str, ...]
+    reason: str
+    gens: dict[str, int] = field(default_factory=dict)
+
+
+class RouterCore:
+    def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
+                 ready: AbstractSet[str] = frozenset(), now: float = 0.0):
+        self.planner = planner
+        self._ids = itertools.count(1)
+        self.models: set[str] = set(models)
+        self._ttl: dict[str, float] = dict(ttl or {})
+        self.state: dict[str, str] = {m: (READY if m in ready else STOPPED) for m in self.models}
+        self._gen: dict[str, int] = {m: 0 for m in self.models}
+        self.active: dict[str, _Swap] = {}  # target model -> swap
+        self._swap_ids: dict[int, str] = {}  # swap id -> target model (active swaps)
+        self._cancelled: dict[int, dict[str, int]] = {}  # cancelled swap id -> its evictions' gens
+        self._cancel_blocked: dict[str, set[int]] = {}  # model -> cancelled swaps still stopping it
+        self.in_flight: dict[str, int] = {}
+        self.queue: list = []
+        self._orders: dict[int, _Order] = {}
+        self._orders_of: dict[str, set[int]] = {}  # model -> stop orders in progress for it
+        self.retiring: set[str] = set()  # reconfigure: drain, then stop the old process
+        self._retire_swaps: dict[str, int] = {}
+        self._ttl_token: dict[str, int] = {}
+        self.shutting_down = False
+        self._effects: list = []
+        for m in self.models:
+            if self.state[m] == READY:
+                self._arm_ttl(m, now)
+
+    # ---- read-only views ---------------------------------------------------------------
+
+    def running(self) -> frozenset[str]:
+        """Models running or committed to run: what planners must take into account."""
+        alive = {m for m, s in self.state.items() if s != STOPPED}
+        return frozenset(alive | set(self.active) | self.retiring)
+
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def in_flight_of(self, model: str) -> int:
+        return self.in_flight.get(model, 0)
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def request(self, req, now: float) -> list:
+        if self.shutting_down:
+            req.offer_error(shutting_down_error(req.model))
+        elif not self._decide(req, now):
+            self.queue.append(req)
+            self._publish_positions()
+        return self._take()
+
+    def give_up(self, req, now: float) -> list:
+        if req in self.queue:
+            self.queue.remove(req)
+            req.set_position(0)
+            self._publish_positions()
+        swap = self.active.get(req.model)
+        if swap is not None and req in swap.waiters:
+            swap.waiters.remove(req)
+        return self._take()
+
+    def request_done(self, model: str, now: float) -> list:
+        count = self.in_flight.get(model, 0) - 1
+        if count < 0:
+            raise AssertionError(f"request_done for {model!r} without a request in flight")
+        if count:
+            self.in_flight[model] = count
+            return self._take()
+        del self.in_flight[model]
+        if model in self.retiring:
+            self._retire_stop(model)
+        elif self.state.get(model) == READY and model not in self.active:
+            self._arm_ttl(model, now)
+        self._drain(now)
+        return self._take()
+
+    def swap_done(self, swap_id: int, error: str | None, now: float) -> list:
+        if swap_id in self._cancelled:
+            for m, gen in self._cancelled.pop(swap_id).items():
+                blockers = self._cancel_blocked.get(m)
+                if blockers is not None:
+                    blockers.discard(swap_id)
+                    if not blockers:
+                        del self._cancel_blocked[m]
+                if self._gen.get(m) == gen:
+                    self._set_state(m, STOPPED)
+            self._drain(now)
+            return self._take()
+        model = self._swap_ids.pop(swap_id, None)
+        if model is None:
+            return self._take()
+        swap = self.active.pop(model)
+        for m in swap.evict:
+            if self._gen.get(m) == swap.gens[m]:
+                self._set_state(m, STOPPED)
+        if error is None:
+            self._set_state(model, READY)
+            for req in swap.waiters:
+                self._grant(req, model)
+            if not self.in_flight.get(model):
+                self._arm_ttl(model, now)
+        else:
+            self._set_state(model, STOPPED)
+            failure = start_failed_error(model, error)
+            for req in swap.waiters:
+                req.offer_error(failure)
+        self._drain(now)
+        return self._take()
+
+    def stops_done(self, token: int, now: float) -> list:
+        order = self._orders.pop(token, None)
+        if order is None:
+            return self._take()
+        for m in order.models:
+            pending = self._orders_of.get(m, set())
+            pending.discard(token)
+            if self._gen.get(m) == order.gens.get(m):
+                self._set_state(m, STOPPED)
+            if not pending:
+                self._orders_of.pop(m, None)
+                if m in self.retiring:
+                    self._finish_retire(m)
+        self._drain(now)
+        return self._take()
+
+    def ttl_expired(self, model: str, token: int, now: float) -> list:
+        if (self._ttl_token.get(model) != token or self.state.get(model) != READY
+                or self.in_flight.get(model) or model in self.active or self._blocked(model)):
+            return self._take()
+        del self._ttl_token[model]
+        ttl = self._ttl.get(model, 0)
+        self._effects.append(Log("info", f"{model} Unloading model, TTL of {_seconds(ttl)}s reached"))
+        self._order_stop((model,), "ttl", None)
+        return self._take()
+
+    def process_exited(self, model: str, now: float) -> list:
+        """The backend exited on its own while ready."""
+        if self.state.get(model) == READY and model not in self.active:
+            self._set_state(model, STOPPED)
+            self._drain(now)
+        return self._take()
+
+    def unload(self, models: Iterable[str] | None, grace: float | None, now: float) -> tuple[int, list]:
+        """Stop `models` (None: all). Returns the order token; stops_done(token) ends it."""
+        targets = sorted(self.models | self.retiring) if models is None else [
+            m for m in dict.fromkeys(models) if m in self.models or m in self.retiring]
+        wanted = set(targets)
+        after = []
+        for m in targets:
+            swap = self.active.get(m)
+            if swap is not None:
+                for req in swap.waiters:
+                    req.offer_error(unloaded_error(m))
+                swap.waiters.clear()
+                after.append(self._cancel_swap(swap))
+            if m in self._retire_swaps:
+                after.append(self._retire_swaps.pop(m))
+        kept = []
+        for req in self.queue:
+            if req.model in wanted:
+                req.offer_error(unloaded_error(req.model))
+                req.set_position(0)
+            else:
+                kept.append(req)
+        self.queue = kept
+        token = self._order_stop(tuple(targets), "unload", grace, tuple(after))
+        self._drain(now)
+        return token, self._take()
+
+    def shutdown(self, grace: float | None, now: float) -> tuple[int, list]:
+        self.shutting_down = True
+        for swap in self.active.values():
+            for req in swap.waiters:
+                req.offer_error(shutting_down_error(swap.model))
+            swap.waiters.clear()
+        for req in self.queue:
+            req.offer_error(shutting_down_error(req.model))
+        self.queue = []
+        token = next(self._ids)
+        self._effects.append(ShutdownAll(token, grace))
+        return token, self._take()
+
+    def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
+                    stop: Iterable[str], now: float) -> list:
+        """Route with a new config. Models in `stop` (and removed ones) are drained: no new
+        grants, their in-flight requests finish, then their old process is stopped."""
+        new_models = set(models)
+        stop_set = {m for m in stop if m in self.models} | (self.models - new_models)
+        requeue = []
+        for m in sorted(stop_set):
+            swap = self.active.get(m)
+            if swap is not None:
+                requeue.extend(swap.waiters)
+                swap.waiters = []
+                self._retire_swaps[m] = self._cancel_swap(swap)
+            self._ttl_token.pop(m, None)
+            self.retiring.add(m)
+        self.models = new_models
+        old_ttl, self._ttl = self._ttl, dict(ttl)
+        for m in new_models - stop_set:
+            if (old_ttl.get(m, 0) != self._ttl.get(m, 0) and self.state.get(m) == READY
+                    and not self.in_flight.get(m) and m not in self.active):
+                self._ttl_token.pop(m, None)
+                self._arm_ttl(m, now)
+        self.planner = planner
+        for m in new_models:
+            if m not in self.state:
+                self.state[m] = STOPPED
+                self._gen[m] = 0
+        self.queue = requeue + self.queue
+        for m in sorted(stop_set):
+            if not self.in_flight.get(m):
+                self._retire_stop(m)
+        self._drain(now)
+        self._publish_positions()
+        return self._take()
+
+    # ---- the decision tree -----------------------------------------------------------
+
+    def _decide(self, req, now: float) -> bool:
+        """Serve, join, fail or start a swap for `req`; False when it must wait."""
+        model = req.model
+        if model not in self.models:
+            req.offer_error(unknown_model_error(model))
+            return True
+        swap = self.active.get(model)
+        if swap is not None:
+            swap.waiters.append(req)
+            return True
+        if self._blocked(model):
+            return False
+        running = self.running()
+        evict = frozenset(self.planner.eviction_for(model, running)) & running - {model}
+        collides = self._collides(model, evict)
+        if self.state[model] == READY and not evict and not collides:
+            self._grant(req, model)
+            return True
+        if collides:
+            return False
+        if any(self.in_flight.get(m) or m in self.retiring for m in evict):
+            return False
+        self._start_swap(req, evict)
+        return True
+
+    def _blocked(self, model: str) -> bool:
+        return model in self.retiring or model in self._orders_of or model in self._cancel_blocked
+
+    def _collides(self, model: str, evict: frozenset[str]) -> bool:
+        for target, swap in self.active.items():
+            if target != model and (target in evict or model in swap.evict):
+                return True
+        return False
+
+    def _start_swap(self, req, evict: frozenset[str]) -> None:
+        model = req.model
+        swap_id = next(self._ids)
+        description = None
+        describe = getattr(self.planner, "describe_swap", None)
+        if describe is not None:
+            description = describe(model, self.running() - set(self.active))
+        gens = {m: self._set_state(m, STOPPING) for m in evict}
+        for m in evict:
+            self._ttl_token.pop(m, None)
+        self._set_state(model, STARTING)
+        self.active[model] = _Swap(swap_id, model, evict, [req], gens)
+        self._swap_ids[swap_id] = model
+        if description is not None:
+            self._effects.append(Log(*description))
+        self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
+                                          f"[{' '.join(sorted(evict))}]"))
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict))))
+
+    def _grant(self, req, model: str) -> None:
+        req.set_position(0)
+        if req.offer_grant():
+            self.in_flight[model] = self.in_flight.get(model, 0) + 1
+            self._ttl_token.pop(model, None)
+
+    def _drain(self, now: float) -> None:
+        if not self.queue or self.shutting_down:
+            return
+        pending, self.queue = self.queue, []
+        remaining = []
+        for req in pending:
+            # Decisions made earlier in this pass (new swaps) shape the later ones.
+            if self._decide(req, now):
+                req.set_position(0)
+            else:
+                remaining.append(req)
+        self.queue = remaining + self.queue
+        self._publish_positions()
+
+    def _publish_positions(self) -> None:
+        for index, req in enumerate(self.queue, start=1):
+            req.set_position(index)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _set_state(self, model: str, state: str) -> int:
+        self._gen[model] = self._gen.get(model, 0) + 1
+        if model in self.state or model in self.models or model in self.retiring:
+            self.state[model] = state
+        if state != READY:
+            self._ttl_token.pop(model, None)
+        return self._gen[model]
+
+    def _arm_ttl(self, model: str, now: float) -> None:
+        ttl = self._ttl.get(model, 0)
+        if ttl and ttl > 0:
+            token = next(self._ids)
+            self._ttl_token[model] = token
+            self._effects.append(ArmTimer(model, now + ttl, token))
+
+    def _order_stop(self, models: tuple[str, ...], reason: str, grace: float | None,
+                    after_swaps: tuple[int, ...] = ()) -> int:
+        token = next(self._ids)
+        order = _Order(token, models, reason)
+        for m in models:
+            order.gens[m] = self._set_state(m, STOPPING)
+            self._orders_of.setdefault(m, set()).add(token)
+        self._orders[token] = order
+        self._effects.append(StopModels(token, models, reason, grace, after_swaps))
+        return token
+
+    def _cancel_swap(self, swap: _Swap) -> int:
+        """Forget an active swap; its worker runs on and its report is only bookkeeping."""
+        del self.active[swap.model]
+        del self._swap_ids[swap.swap_id]
+        self._cancelled[swap.swap_id] = dict(swap.gens)
+        for m in swap.evict:
+            self._cancel_blocked.setdefault(m, set()).add(swap.swap_id)
+        return swap.swap_id
+
+    def _retire_stop(self, model: str) -> None:
+        if any(self._orders[t].reason == "retire" for t in self._orders_of.get(model, ())):
+            return
+        after = (self._retire_swaps.pop(model),) if model in self._retire_swaps else ()
+        self._order_stop((model,), "retire", None, after)
+
+    def _finish_retire(self, model: str) -> None:
+        self.retiring.discard(model)
+        self._retire_swaps.pop(model, None)
+        if model in self.models:
+            # The new process for this id has never run.
+            self.state[model] = STOPPED
+        else:
+            self.state.pop(model, None)
+
+    def _take(self) -> list:
+        effects, self._effects = self._effects, []
+        return effects
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,95 @@
+"""Planners: the one decision that differs between routing strategies.
+
+A planner answers "which running models must stop before `target` can serve?". It is a
+plain object: no threads, no clocks, no process handles. The router core passes it the
+set of models it considers running (starting, ready or stopping) or committed to load,
+which may include the target itself. A custom strategy is a small class with an
+``eviction_for`` method (and optionally ``describe_swap`` for the log).
+"""
+
+from __future__ import annotations
+
+from typing import AbstractSet, Mapping, Protocol
+
+from llamaswap.config.model import Config, GroupConfig, MatrixConfig
+from llamaswap.router.solver import MatrixSolver
+
+_NO_GROUP = GroupConfig(id="", swap=False, exclusive=False, persistent=False)
+
+
+class Planner(Protocol):
+    def eviction_for(self, target: str, running: AbstractSet[str]) -> AbstractSet[str] | tuple[str, ...]:
+        """Models in `running` that must stop before `target` can serve. Pure."""
+        ...
+
+
+class GroupPlanner:
+    """Upstream's group rules.
+
+    For each running model m other than the target (tg = the target's group):
+    same group and tg.swap -> evict; other group, tg.exclusive and m's group not
+    persistent -> evict; otherwise keep. A target in a non-exclusive group therefore
+    never evicts other groups (upstream keeps this legacy behaviour on purpose).
+    """
+
+    def __init__(self, groups: Mapping[str, GroupConfig]):
+        self.groups = dict(groups)
+        self._group_of: dict[str, str] = {}
+        for gid, group in self.groups.items():
+            for member in group.members:
+                self._group_of.setdefault(member, gid)
+
+    def _group(self, model: str) -> tuple[str | None, GroupConfig]:
+        gid = self._group_of.get(model)
+        return gid, (self.groups[gid] if gid is not None else _NO_GROUP)
+
+    def eviction_for(self, target: str, running: AbstractSet[str]) -> frozenset[str]:
+        tg_id, tg = self._group(target)
+        evict = set()
+        for model in running:
+            if model == target:
+                continue
+            og_id, og = self._group(model)
+            if og_id == tg_id:
+                if tg.swap:
+                    evict.add(model)
+            elif tg.exclusive and not og.persistent:
+                evict.add(model)
+        return frozenset(evict)
+
+    def describe_swap(self, target: str, running: AbstractSet[str]) -> tuple[str, str] | None:
+        return None
+
+
+class MatrixPlanner:
+    """Evictions chosen by the matrix solver (lowest total evict cost)."""
+
+    def __init__(self, matrix: MatrixConfig):
+        self.matrix = matrix
+        self.solver = MatrixSolver(matrix.expanded_sets, matrix.model_evict_costs)
+
+    def eviction_for(self, target: str, running: AbstractSet[str]) -> tuple[str, ...]:
+        return self.solver.solve(target, running).evict
+
+    def describe_swap(self, target: str, running: AbstractSet[str]) -> tuple[str, str] | None:
+        """(level, message) for the log, in upstream's words."""
+        result = self.solver.solve(target, running)
+        if result.evict:
+            return ("info", f"matrix: model={target} set={result.set_name} dsl={_go_quote(result.dsl)} "
+                            f"evict=[{' '.join(result.evict)}] target=[{' '.join(result.target_set)}] "
+                            f"cost={result.total_cost}")
+        if not running:
+            return ("info", f"matrix: model={target} starting (no models running)")
+        return ("debug", f"matrix: model={target} already running in set={result.set_name} "
+                         f"dsl={_go_quote(result.dsl)}")
+
+
+def _go_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def planner_for(config: Config) -> Planner:
+    """The matrix planner when the config has a matrix, else the group planner."""
+    if config.matrix is not None:
+        return MatrixPlanner(config.matrix)
+    return GroupPlanner(config.groups)

@@ -1,0 +1,329 @@
+"""Randomised simulation of the router core against a fake world with a fake clock.
+
+Each interleaving builds a random configuration (groups, a matrix, or a custom planner),
+then applies random events: requests, completions, swap successes and failures, stops
+finishing, give-ups, unloads, TTL expiries, backend crashes, config reloads and sometimes
+a shutdown. Invariants are checked after every step; at the end the world runs to
+quiescence and every request must have been answered exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
+from llamaswap.router.core import (READY, ArmTimer, Log, RouterCore, RouterError, ShutdownAll,
+                                   StartSwap, StopModels)
+from llamaswap.router.planners import GroupPlanner, MatrixPlanner
+
+INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "12000"))
+STEPS = 60
+
+
+class Violation(AssertionError):
+    pass
+
+
+class SimRequest:
+    def __init__(self, world, rid: int, model: str):
+        self.world, self.rid, self.model = world, rid, model
+        self.status = "waiting"  # waiting | granted | failed | gone | done
+        self.error: RouterError | None = None
+        self.position = 0
+
+    def offer_grant(self) -> bool:
+        if self.status == "gone":
+            return False
+        if self.status != "waiting":
+            raise Violation(f"request {self.rid} answered twice (was {self.status})")
+        self.world.check_grantable(self.model)
+        self.status = "granted"
+        return True
+
+    def offer_error(self, error: RouterError) -> bool:
+        if self.status == "gone":
+            return False
+        if self.status != "waiting":
+            raise Violation(f"request {self.rid} answered twice (was {self.status})")
+        assert isinstance(error, RouterError) and error.status in (404, 500, 503)
+        assert f"'{self.model}'" in error.message
+        self.status, self.error = "failed", error
+        return True
+
+    def set_position(self, position: int) -> None:
+        assert position >= 0
+        self.position = position
+
+
+class EvictOthers:
+    """A custom planner: every target runs alone (the simplest possible class)."""
+
+    def eviction_for(self, target, running):
+        return {m for m in running if m != target}
+
+
+def random_planner(rng: random.Random, models: list[str]):
+    kind = rng.choice(["groups", "matrix", "custom"])
+    if kind == "custom":
+        return EvictOthers()
+    if kind == "groups":
+        groups: dict[str, list[str]] = {}
+        for m in models:
+            groups.setdefault(f"g{rng.randrange(3)}", []).append(m)
+        return GroupPlanner({gid: GroupConfig(gid, swap=rng.random() < 0.6,
+                                              exclusive=rng.random() < 0.6,
+                                              persistent=rng.random() < 0.3,
+                                              members=tuple(ms))
+                             for gid, ms in groups.items()})
+    sets = []
+    for i in range(rng.randint(1, 4)):
+        members = tuple(sorted(rng.sample(models, rng.randint(1, len(models)))))
+        sets.append(ExpandedSet(f"s{i}", " & ".join(members), members))
+    costs = {m: rng.randint(1, 5) for m in models if rng.random() < 0.4}
+    return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
+
+
+class World:
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.models = [f"m{i}" for i in range(rng.randint(2, 5))]
+        self.ttl = {m: rng.choice([0, 0, 1, 3, 10]) for m in self.models}
+        self.now = 0.0
+        self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl)
+        self.requests: list[SimRequest] = []
+        self.ready = {m: False for m in self.models}  # the real processes
+        self.swaps: dict[int, StartSwap] = {}  # running swap workers
+        self.stops: dict[int, StopModels] = {}  # running stop workers
+        self.finished_swaps: set[int] = set()
+        self.timers: list[ArmTimer] = []
+        self.shutdown_pending: ShutdownAll | None = None
+        self.steps = 0
+
+    # ---- invariants -------------------------------------------------------------------
+
+    def outstanding(self, model: str) -> int:
+        return sum(1 for r in self.requests if r.model == model and r.status == "granted")
+
+    def check_grantable(self, model: str) -> None:
+        if not self.ready[model]:
+            raise Violation(f"granted {model} which is not running")
+        for sw in self.swaps.values():
+            if model in sw.evict and sw.swap_id in self.core._swap_ids:
+                raise Violation(f"granted {model} while swap {sw.swap_id} evicts it")
+        for st in self.stops.values():
+            if model in st.models:
+                raise Violation(f"granted {model} while it is being stopped ({st.reason})")
+
+    def check(self) -> None:
+        core = self.core
+        for m, n in core.in_flight.items():
+            if n <= 0:
+                raise Violation(f"in-flight count {n} for {m}")
+        for m in set(self.models) | set(core.in_flight):
+            if core.in_flight.get(m, 0) != self.outstanding(m):
+                raise Violation(f"in-flight {m}: core {core.in_flight.get(m, 0)} "
+                                f"world {self.outstanding(m)}")
+        active = list(core.active.values())
+        for a in active:
+            for b in active:
+                if a is not b and (a.model in b.evict):
+                    raise Violation(f"swap for {b.model} evicts running swap target {a.model}")
+        for i, req in enumerate(core.queue, start=1):
+            if req.status != "waiting":
+                raise Violation(f"queued request {req.rid} is {req.status}")
+            if req.position != i:
+                raise Violation(f"queued request {req.rid} at {i} sees position {req.position}")
+        for a in active:
+            for req in a.waiters:
+                if req.status not in ("waiting", "gone"):
+                    raise Violation(f"waiter {req.rid} is {req.status}")
+
+    # ---- effects ------------------------------------------------------------------------
+
+    def apply(self, effects: list) -> None:
+        for eff in effects:
+            if isinstance(eff, StartSwap):
+                for m in eff.evict:
+                    if self.outstanding(m):
+                        raise Violation(f"swap to {eff.model} stops {m} with requests in flight")
+                self.swaps[eff.swap_id] = eff
+            elif isinstance(eff, StopModels):
+                if eff.reason in ("ttl", "retire"):
+                    for m in eff.models:
+                        if self.outstanding(m):
+                            raise Violation(f"{eff.reason} stop of {m} with requests in flight")
+                self.stops[eff.token] = eff
+            elif isinstance(eff, ShutdownAll):
+                self.shutdown_pending = eff
+            elif isinstance(eff, ArmTimer):
+                self.timers.append(eff)
+            elif isinstance(eff, Log):
+                pass
+            else:
+                raise Violation(f"unknown effect {eff!r}")
+
+    # ---- events ---------------------------------------------------------------------------
+
+    def new_request(self) -> None:
+        model = self.rng.choice(self.models + ["nope"] if self.rng.random() < 0.05 else self.models)
+        req = SimRequest(self, len(self.requests), model)
+        self.requests.append(req)
+        self.apply(self.core.request(req, self.now))
+
+    def finish_swap(self, swap_id: int, ok: bool) -> None:
+        sw = self.swaps.pop(swap_id)
+        self.finished_swaps.add(swap_id)
+        for m in sw.evict:
+            self.ready[m] = False
+        # A cancelled swap's worker may still start its target; the stop that cancelled
+        # it stops it again afterwards (StopModels.after_swaps).
+        self.ready[sw.model] = ok
+        self.apply(self.core.swap_done(swap_id, None if ok else "exit code 1", self.now))
+
+    def finish_stop(self, token: int) -> None:
+        st = self.stops.pop(token)
+        for m in st.models:
+            self.ready[m] = False
+        self.apply(self.core.stops_done(token, self.now))
+
+    def stop_can_finish(self, st: StopModels) -> bool:
+        return all(s in self.finished_swaps for s in st.after_swaps)
+
+    def finish_request(self, req: SimRequest) -> None:
+        req.status = "done"
+        self.apply(self.core.request_done(req.model, self.now))
+
+    def give_up(self, req: SimRequest) -> None:
+        req.status = "gone"
+        self.apply(self.core.give_up(req, self.now))
+
+    def fire_timer(self) -> None:
+        timer = min(self.timers, key=lambda t: t.deadline)
+        self.timers.remove(timer)
+        self.now = max(self.now, timer.deadline)
+        self.apply(self.core.ttl_expired(timer.model, timer.token, self.now))
+
+    def crash(self, model: str) -> None:
+        self.ready[model] = False
+        self.apply(self.core.process_exited(model, self.now))
+
+    def unload(self) -> None:
+        models = None if self.rng.random() < 0.3 else self.rng.sample(
+            self.models, self.rng.randint(1, len(self.models)))
+        _token, effects = self.core.unload(models, None, self.now)
+        self.apply(effects)
+
+    def reconfigure(self) -> None:
+        stop = self.rng.sample(self.models, self.rng.randint(0, len(self.models)))
+        self.ttl = {m: self.rng.choice([0, 2, 5]) for m in self.models}
+        self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
+                                         ttl=self.ttl, stop=stop, now=self.now))
+
+    def random_step(self) -> None:
+        rng = self.rng
+        self.now += rng.random() * 0.5
+        waiting = [r for r in self.requests if r.status == "waiting"]
+        granted = [r for r in self.requests if r.status == "granted"]
+        choices = [("request", 30)]
+        if self.swaps:
+            choices.append(("swap", 25))
+        if any(self.stop_can_finish(s) for s in self.stops.values()):
+            choices.append(("stop", 15))
+        if granted:
+            choices.append(("done", 25))
+        if waiting:
+            choices.append(("give_up", 4))
+        if self.timers:
+            choices.append(("timer", 6))
+        if any(self.ready[m] and self.core.state.get(m) == READY and m not in self.core.active
+               for m in self.models):
+            choices.append(("crash", 2))
+        choices += [("unload", 2), ("reconfigure", 1)]
+        kind = rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
+        if kind == "request":
+            self.new_request()
+        elif kind == "swap":
+            self.finish_swap(rng.choice(list(self.swaps)), rng.random() < 0.85)
+        elif kind == "stop":
+            self.finish_stop(rng.choice([t for t, s in self.stops.items() if self.stop_can_finish(s)]))
+        elif kind == "done":
+            self.finish_request(rng.choice(granted))
+        elif kind == "give_up":
+            self.give_up(rng.choice(waiting))
+        elif kind == "timer":
+            self.fire_timer()
+        elif kind == "crash":
+            self.crash(rng.choice([m for m in self.models if self.ready[m]
+                                   and self.core.state.get(m) == READY and m not in self.core.active]))
+        elif kind == "unload":
+            self.unload()
+        else:
+            self.reconfigure()
+        self.steps += 1
+        self.check()
+
+    def quiesce(self) -> None:
+        """No new work: let every worker and every request finish."""
+        for _ in range(10_000):
+            if self.swaps:
+                self.finish_swap(next(iter(self.swaps)), True)
+            elif self.stops:
+                token = next(t for t, s in self.stops.items() if self.stop_can_finish(s))
+                self.finish_stop(token)
+            elif any(r.status == "granted" for r in self.requests):
+                self.finish_request(next(r for r in self.requests if r.status == "granted"))
+            else:
+                break
+            self.steps += 1
+            self.check()
+        core = self.core
+        if core.queue:
+            raise Violation(f"queue not empty after quiescence: {[r.model for r in core.queue]}")
+        if core.active:
+            raise Violation(f"swaps still active: {list(core.active)}")
+        if core.in_flight:
+            raise Violation(f"in-flight counts left: {core.in_flight}")
+        for r in self.requests:
+            if r.status not in ("done", "failed", "gone"):
+                raise Violation(f"request {r.rid} for {r.model} never answered ({r.status})")
+        if core.retiring:
+            raise Violation(f"models still retiring: {core.retiring}")
+        # TTL: after quiescence each idle ready model with a ttl has a live timer.
+        for m in [] if core.shutting_down else self.models:
+            if core.state.get(m) == READY and self.ttl.get(m) and not core.in_flight.get(m):
+                assert any(t.model == m and core._ttl_token.get(m) == t.token for t in self.timers), \
+                    f"ready idle model {m} with ttl {self.ttl[m]} has no live timer"
+
+
+def run_interleaving(seed: int) -> int:
+    rng = random.Random(seed)
+    world = World(rng)
+    try:
+        for _ in range(rng.randint(10, STEPS)):
+            world.random_step()
+        if rng.random() < 0.1:
+            _token, effects = world.core.shutdown(None, world.now)
+            world.apply(effects)
+            world.check()
+            for r in world.requests:
+                assert r.status != "waiting", "shutdown left a waiter unanswered"
+            late = SimRequest(world, -1, world.models[0])
+            world.apply(world.core.request(late, world.now))
+            assert late.status == "failed" and late.error.status == 503
+        world.quiesce()
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed} after {world.steps} steps: {exc}") from exc
+    return world.steps
+
+
+def test_random_interleavings_keep_every_invariant():
+    started = time.monotonic()
+    steps = 0
+    base = int(os.environ.get("ROUTER_SIM_SEED", "0"))
+    for seed in range(base, base + INTERLEAVINGS):
+        steps += run_interleaving(seed)
+    elapsed = time.monotonic() - started
+    print(f"\nrouter simulation: {INTERLEAVINGS} interleavings, {steps} steps, {elapsed:.1f}s")
+    assert steps > INTERLEAVINGS * 10
