@@ -1,0 +1,418 @@
+"""``GET /metrics``: Prometheus text exposition (format 0.0.4).
+
+Upstream exposes only system gauges from its performance monitor (behaviour.md 3.5.8); those
+keep their names here, read from /proc on each scrape. Beyond upstream, operators get
+per-model request, token and load metrics, the state of every model, in-flight requests and
+the router queue, and the proxy's own CPU and memory.
+
+``RequestMetrics`` is fed from the event bus (``ActivityRecorded``, ``SwapFinished``) by a
+pump thread and outlives config reloads, so counters never go backwards while the proxy runs.
+Gauges that describe "now" (states, in-flight, queue) are read from the App at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from typing import Any, Iterable, Sequence
+
+from llamaswap.ops.events import ActivityRecorded, SwapFinished
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MB = 1024 * 1024
+
+REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def format_value(v: float) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{escape_label(str(v))}"' for k, v in pairs) + "}"
+
+
+class Exposition:
+    """Writes metric families: each name once, HELP and TYPE first, then its samples."""
+
+    def __init__(self) -> None:
+        self._out: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str,
+               samples: Iterable[tuple[Sequence[tuple[str, str]], float]]) -> None:
+        samples = list(samples)
+        if not samples:
+            return
+        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        for labels, value in samples:
+            self._out.append(f"{name}{_labels(labels)} {format_value(value)}\n")
+
+    def histogram(self, name: str, help_text: str, buckets: Sequence[float],
+                  series: Iterable[tuple[Sequence[tuple[str, str]], "Histogram"]]) -> None:
+        series = list(series)
+        if not series:
+            return
+        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} histogram\n")
+        for labels, h in series:
+            cumulative = 0
+            for bound, count in zip(buckets, h.counts):
+                cumulative += count
+                le = list(labels) + [("le", format_value(float(bound)))]
+                self._out.append(f"{name}_bucket{_labels(le)} {cumulative}\n")
+            le = list(labels) + [("le", "+Inf")]
+            self._out.append(f"{name}_bucket{_labels(le)} {h.count}\n")
+            self._out.append(f"{name}_sum{_labels(labels)} {format_value(h.sum)}\n")
+            self._out.append(f"{name}_count{_labels(labels)} {h.count}\n")
+
+    def text(self) -> str:
+        return "".join(self._out)
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "count", "sum")
+
+    def __init__(self, buckets: Sequence[float]):
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)  # per bucket, not cumulative
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.count += 1
+        self.sum += v
+        for i, bound in enumerate(self.buckets):
+            if v <= bound:
+                self.counts[i] += 1
+                return
+
+
+class RequestMetrics:
+    """Counters and histograms fed by events. Thread-safe; ``handle`` never blocks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str], int] = {}
+        self.input_tokens: dict[str, int] = {}
+        self.output_tokens: dict[str, int] = {}
+        self.cached_tokens: dict[str, int] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.loads: dict[tuple[str, str], int] = {}
+        self.load_durations: dict[str, Histogram] = {}
+        self._sub: Any = None
+        self._thread: threading.Thread | None = None
+
+    def handle(self, event: Any) -> None:
+        if isinstance(event, ActivityRecorded):
+            e = event.entry
+            with self._lock:
+                key = (e.model, str(e.resp_status_code))
+                self.requests[key] = self.requests.get(key, 0) + 1
+                t = e.tokens
+                for store, n in ((self.input_tokens, t.input_tokens),
+                                 (self.output_tokens, t.output_tokens),
+                                 (self.cached_tokens, t.cache_tokens)):
+                    store[e.model] = store.get(e.model, 0) + max(0, n)
+                h = self.durations.get(e.model)
+                if h is None:
+                    h = self.durations[e.model] = Histogram(REQUEST_BUCKETS)
+                h.observe(e.duration_ms / 1000.0)
+        elif isinstance(event, SwapFinished):
+            with self._lock:
+                key = (event.model, "success" if event.ok else "failure")
+                self.loads[key] = self.loads.get(key, 0) + 1
+                if event.ok:
+                    h = self.load_durations.get(event.model)
+                    if h is None:
+                        h = self.load_durations[event.model] = Histogram(LOAD_BUCKETS)
+                    h.observe(event.seconds)
+
+    def attach(self, bus: Any) -> None:
+        """Follow ``bus`` from a daemon thread until ``detach``."""
+        self._sub = bus.subscribe()
+        self._thread = threading.Thread(target=self._pump, args=(self._sub,),
+                                        name="prometheus-events", daemon=True)
+        self._thread.start()
+
+    def _pump(self, sub: Any) -> None:
+        for event in sub:
+            self.handle(event)
+
+    def detach(self) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def write(self, out: Exposition) -> None:
+        with self._lock:
+            out.family("llamaswap_requests_total", "counter",
+                       "Inference requests by model and HTTP status",
+                       [((("model", m), ("status", s)), n)
+                        for (m, s), n in sorted(self.requests.items())])
+            out.family("llamaswap_input_tokens_total", "counter",
+                       "Prompt (input) tokens processed, by model",
+                       [((("model", m),), n) for m, n in sorted(self.input_tokens.items())])
+            out.family("llamaswap_output_tokens_total", "counter",
+                       "Generated (output) tokens, by model",
+                       [((("model", m),), n) for m, n in sorted(self.output_tokens.items())])
+            out.family("llamaswap_cached_tokens_total", "counter",
+                       "Prompt tokens served from the backend's cache, by model",
+                       [((("model", m),), n) for m, n in sorted(self.cached_tokens.items())])
+            out.histogram("llamaswap_request_duration_seconds",
+                          "Inference request duration including queueing and loading",
+                          REQUEST_BUCKETS,
+                          [((("model", m),), h) for m, h in sorted(self.durations.items())])
+            out.family("llamaswap_model_loads_total", "counter",
+                       "Model loads (swaps) by model and result",
+                       [((("model", m), ("result", r)), n)
+                        for (m, r), n in sorted(self.loads.items())])
+            out.histogram("llamaswap_model_load_duration_seconds",
+                          "Time from load start until the model was ready", LOAD_BUCKETS,
+                          [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc readers (Linux); each returns None where the file is missing
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def read_cpu_times(proc: str = "/proc") -> list[tuple[float, float]] | None:
+    """Per core (busy, total) jiffies from /proc/stat."""
+    text = _read(f"{proc}/stat")
+    if text is None:
+        return None
+    cores = []
+    for line in text.splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            f = [float(x) for x in line.split()[1:]]
+            f += [0.0] * (8 - len(f))
+            # guest time is already part of user time
+            total = sum(f[:8])
+            idle = f[3] + f[4]
+            cores.append((total - idle, total))
+    return cores
+
+
+def read_meminfo(proc: str = "/proc") -> dict[str, int] | None:
+    text = _read(f"{proc}/meminfo")
+    if text is None:
+        return None
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            try:
+                out[name] = int(parts[0]) * (1024 if len(parts) > 1 else 1)
+            except ValueError:
+                pass
+    return out
+
+
+def read_loadavg(proc: str = "/proc") -> tuple[float, float, float] | None:
+    text = _read(f"{proc}/loadavg")
+    if text is None:
+        return None
+    a, b, c = (float(x) for x in text.split()[:3])
+    return a, b, c
+
+
+def read_net(proc: str = "/proc") -> list[tuple[str, int, int]] | None:
+    """(interface, bytes received, bytes sent), loopback excluded as upstream."""
+    text = _read(f"{proc}/net/dev")
+    if text is None:
+        return None
+    out = []
+    for line in text.splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        f = rest.split()
+        if not name or name == "lo" or len(f) < 9:
+            continue
+        out.append((name, int(f[0]), int(f[8])))
+    return out
+
+
+def read_process(pid: int | str = "self", proc: str = "/proc") -> dict[str, float] | None:
+    """CPU seconds, resident bytes, threads and start time of one process."""
+    stat = _read(f"{proc}/{pid}/stat")
+    if stat is None:
+        return None
+    rest = stat[stat.rfind(")") + 2:].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    page = os.sysconf("SC_PAGE_SIZE")
+    out = {"cpu_seconds": (int(rest[11]) + int(rest[12])) / ticks,
+           "threads": int(rest[17]),
+           "rss_bytes": int(rest[21]) * page}
+    uptime = _read(f"{proc}/uptime")
+    btime = None
+    for line in (_read(f"{proc}/stat") or "").splitlines():
+        if line.startswith("btime "):
+            btime = int(line.split()[1])
+    if btime is not None:
+        out["start_time"] = btime + int(rest[19]) / ticks
+    elif uptime is not None:
+        out["start_time"] = time.time() - float(uptime.split()[0]) + int(rest[19]) / ticks
+    try:
+        out["open_fds"] = len(os.listdir(f"{proc}/{pid}/fd"))
+    except OSError:
+        pass
+    return out
+
+
+class SystemSampler:
+    """System gauges as upstream's performance monitor names them. CPU utilisation is the
+    share of busy time per core since the previous scrape (since start for the first)."""
+
+    def __init__(self, proc: str = "/proc"):
+        self.proc = proc
+        self._lock = threading.Lock()
+        self._prev_cpu = read_cpu_times(proc)
+
+    def cpu_percent(self) -> list[float] | None:
+        cur = read_cpu_times(self.proc)
+        if cur is None:
+            return None
+        with self._lock:
+            prev, self._prev_cpu = self._prev_cpu, cur
+        out = []
+        for i, (busy, total) in enumerate(cur):
+            pb, pt = prev[i] if prev and i < len(prev) else (0.0, 0.0)
+            dt = total - pt
+            pct = (busy - pb) / dt * 100 if dt > 0 else 0.0
+            out.append(min(100.0, max(0.0, pct)))
+        return out
+
+    def write(self, out: Exposition) -> None:
+        cpu = self.cpu_percent()
+        if cpu is not None:
+            out.family("llamaswap_cpu_util_percent", "gauge", "CPU utilization per core (0-100)",
+                       [((("core", str(i)),), round(p, 2)) for i, p in enumerate(cpu)])
+        mem = read_meminfo(self.proc)
+        if mem is not None and "MemTotal" in mem:
+            total = mem["MemTotal"]
+            free = mem.get("MemFree", 0)
+            cached = mem.get("Cached", 0) + mem.get("SReclaimable", 0)
+            used = total - free - mem.get("Buffers", 0) - cached
+            for name, help_text, v in (
+                    ("llamaswap_memory_total_bytes", "Total memory in bytes", total),
+                    ("llamaswap_memory_used_bytes", "Used memory in bytes", used),
+                    ("llamaswap_memory_free_bytes", "Free memory in bytes", free),
+                    ("llamaswap_swap_total_bytes", "Total swap in bytes", mem.get("SwapTotal", 0)),
+                    ("llamaswap_swap_used_bytes", "Used swap in bytes",
+                     mem.get("SwapTotal", 0) - mem.get("SwapFree", 0))):
+                # whole megabytes, as upstream's monitor stores them
+                out.family(name, "gauge", help_text, [((), max(0, v) // MB * MB)])
+        load = read_loadavg(self.proc)
+        if load is not None:
+            out.family("llamaswap_load_average", "gauge", "Load average",
+                       [((("interval", "1m"),), load[0]), ((("interval", "5m"),), load[1]),
+                        ((("interval", "15m"),), load[2])])
+        net = read_net(self.proc)
+        if net:
+            samples = []
+            for name, recv, sent in net:
+                samples.append(((("interface", name), ("direction", "recv")), recv))
+                samples.append(((("interface", name), ("direction", "sent")), sent))
+            out.family("llamaswap_network_bytes_total", "counter",
+                       "Total network bytes transferred", samples)
+
+
+def write_proxy_process(out: Exposition, proc: str = "/proc") -> None:
+    p = read_process("self", proc)
+    if p is None:
+        return
+    out.family("llamaswap_process_cpu_seconds_total", "counter",
+               "CPU time used by the llama-swap process (user + system)",
+               [((), round(p["cpu_seconds"], 3))])
+    out.family("llamaswap_process_resident_memory_bytes", "gauge",
+               "Resident memory of the llama-swap process", [((), p["rss_bytes"])])
+    out.family("llamaswap_process_threads", "gauge", "Threads of the llama-swap process",
+               [((), p["threads"])])
+    if "open_fds" in p:
+        out.family("llamaswap_process_open_fds", "gauge",
+                   "Open file descriptors of the llama-swap process", [((), p["open_fds"])])
+    if "start_time" in p:
+        out.family("llamaswap_process_start_time_seconds", "gauge",
+                   "Start time of the llama-swap process since the Unix epoch",
+                   [((), round(p["start_time"], 2))])
+
+
+def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
+    """Gauges read from the running App: model states, in-flight, queue, backend memory."""
+    processes = dict(getattr(app, "processes", {}) or {})
+    states = []
+    rss = []
+    for model_id in sorted(processes):
+        p = processes[model_id]
+        state = getattr(getattr(p, "state", None), "value", None) or str(getattr(p, "state", ""))
+        for s in STATES:
+            states.append(((("model", model_id), ("state", s)), 1 if s == state else 0))
+        pid = getattr(p, "pid", None)
+        if pid and state in ("starting", "ready", "stopping"):
+            info = read_process(pid, proc)
+            if info is not None:
+                rss.append(((("model", model_id),), info["rss_bytes"]))
+    out.family("llamaswap_model_state", "gauge",
+               "Current state of each local model (1 for the state it is in)", states)
+    out.family("llamaswap_model_resident_memory_bytes", "gauge",
+               "Resident memory of each running backend's main process", rss)
+    inflight = getattr(app, "inflight", None)
+    if inflight is not None:
+        out.family("llamaswap_inflight_requests", "gauge",
+                   "Model-dispatched requests in flight", [((), int(inflight.total))])
+        per_model = inflight.per_model() if hasattr(inflight, "per_model") else {}
+        out.family("llamaswap_model_inflight_requests", "gauge",
+                   "Requests in flight per model",
+                   [((("model", m),), n) for m, n in sorted(per_model.items())])
+    router = getattr(app, "router", None)
+    if router is not None and hasattr(router, "queue_length"):
+        out.family("llamaswap_queue_length", "gauge",
+                   "Requests waiting in the router queue for a model swap",
+                   [((), int(router.queue_length()))])
+
+
+def render(app: Any, requests: RequestMetrics | None, system: SystemSampler | None,
+           build: tuple[str, str, str] | None = None, proc: str = "/proc") -> str:
+    """The whole /metrics body. ``system`` is None when performance monitoring is disabled."""
+    out = Exposition()
+    if build is not None:
+        out.family("llamaswap_build_info", "gauge", "Version information of llama-swap",
+                   [((("version", build[0]), ("commit", build[1]), ("build_date", build[2])), 1)])
+    if system is not None:
+        system.write(out)
+    write_proxy_process(out, proc)
+    if app is not None:
+        write_app_state(out, app, proc)
+    if requests is not None:
+        requests.write(out)
+    return out.text()
