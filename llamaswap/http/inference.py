@@ -1,18 +1,33 @@
-"""The model-dispatched routes (behaviour.md 3.2) and the listing/health routes.
+"""The model-dispatched routes (behaviour.md 3.2, 4.1) and the listing/health routes.
 
-Adding an inference path is one line in the tables below.
+Adding an inference path is one line in the tables below. Each request goes through, in
+upstream's order: auth (dispatcher), model extraction, concurrency limit (429 before any
+byte), body filters, in-flight counter, activity observer, then the router (local model) or
+the peer. Admission is always decided before the loading stream starts.
 """
 
 from __future__ import annotations
 
-from llamaswap.http.routes import RequestContext, RouteTable
+import threading
+import time
+import weakref
+from typing import Any
 
-# POST, model from the JSON body
+from llamaswap.config.model import thaw
+from llamaswap.http import extract, filters
+from llamaswap.http.forward import (body_bytes, body_stream, forward, request_headers)
+from llamaswap.http.loading import LoadingStream, is_loading_path
+from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
+from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
+from llamaswap.ops import gojson
+
+# POST, model from the JSON body (or an urlencoded form)
 JSON_PATHS = (
     "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/messages",
     "/v1/messages/count_tokens", "/v1/embeddings", "/reranking", "/rerank", "/v1/rerank",
     "/v1/reranking", "/infill", "/completion", "/v1/audio/speech", "/v1/audio/voices",
     "/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
+    "/audioapi/v1/tasks/run",
 )
 # POST, versionless: the leading /v is stripped before forwarding
 VERSIONLESS_PATHS = (
@@ -24,11 +39,350 @@ MULTIPART_PATHS = ("/v1/audio/transcriptions", "/v1/images/edits")
 # GET, model from ?model=
 QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 
+NO_MODEL = "no model id could be identified"
+NOT_READY = "llama-swap-error: [{}] process is not ready"
+
+
+# ---- concurrency limit (per App, so a reload resets it as upstream) -------------------------
+
+class _Limits:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[str, int] = {}
+
+    def try_acquire(self, model: str, limit: int) -> bool:
+        with self._lock:
+            n = self._used.get(model, 0)
+            if n >= limit:
+                return False
+            self._used[model] = n + 1
+            return True
+
+    def release(self, model: str) -> None:
+        with self._lock:
+            n = self._used.get(model, 0) - 1
+            if n > 0:
+                self._used[model] = n
+            else:
+                self._used.pop(model, None)
+
+
+_limits_by_app: "weakref.WeakKeyDictionary[Any, _Limits]" = weakref.WeakKeyDictionary()
+_limits_lock = threading.Lock()
+
+
+def limits_for(app: Any) -> _Limits:
+    with _limits_lock:
+        lim = _limits_by_app.get(app)
+        if lim is None:
+            lim = _limits_by_app[app] = _Limits()
+        return lim
+
+
+# ---- handlers -------------------------------------------------------------------------------
+
+def _model_handler(source: str, strip_v: bool = False):
+    def handle(ctx: RequestContext) -> None:
+        try:
+            if source == "query":
+                ex = extract.from_query(ctx)
+            else:
+                ex = extract.from_body(ctx)
+        except extract.MultipartError as e:
+            ctx.send_error(400, f"error parsing multipart form: {e}")
+            return
+        except ValueError as e:
+            ctx.send_error(400, f"could not read request body: {e}")
+            return
+        try:
+            path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+            dispatch(ctx, ex, path)
+        finally:
+            ex.close()
+    return handle
+
+
+def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
+             pinned: str | None = None) -> None:
+    """Route one extracted request to its local model or peer (behaviour.md 4.1).
+    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection."""
+    app = ctx.app
+    cfg = app.config
+    requested = pinned or ex.model
+    if not requested:
+        ctx.send_error(404, NO_MODEL)
+        return
+    real = pinned or cfg.real_model_name(requested)
+    target = path + ("?" + ctx.query_string if ctx.query_string else "")
+    if real is None or real not in app.processes:
+        peer = None
+        peers = getattr(app, "peers", None)
+        if real is None and peers is not None:
+            peer = peers.peer_for(requested)
+        if peer is None:
+            if real is not None:
+                ctx.send_error(404, f"no local server found for requested model: {requested}")
+            else:
+                ctx.send_error(404, f"no router for requested model: {requested} "
+                                    "(not a configured model, alias or peer model)")
+            return
+        _serve_peer(ctx, ex, requested, peer, target)
+        return
+    _serve_local(ctx, ex, requested, real, target, pinned is not None)
+
+
+def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
+                  rewrite: bool) -> Any:
+    """The body to send upstream, with the filters applied (JSON bodies; multipart gets only
+    useModelName)."""
+    flt, use_name = filters.find_filters(ctx.app, requested) if rewrite else (None, "")
+    if ex.kind == "json" and ex.obj is not None and filters.needs_rewrite(flt, use_name, requested):
+        return body_bytes(filters.encode(filters.apply(ex.obj, flt, use_name, requested)))
+    if ex.kind in ("json", "form"):
+        return body_bytes(ex.data or b"")
+    length = _content_length(ctx)
+    if ex.kind == "multipart":
+        replace = use_name.encode() if use_name and ex.value_span is not None else None
+        if replace is not None and length is not None:
+            start, end = ex.value_span
+            length += len(replace) - (end - start)
+        return body_stream(ctx.body, prefix=ex.prefix_chunks(replace), length=length)
+    if ctx.body.done:
+        return body_bytes(b"")
+    return body_stream(ctx.body, length=length)
+
+
+def _content_length(ctx: RequestContext) -> int | None:
+    if "chunked" in (ctx.headers.get("Transfer-Encoding") or "").lower():
+        return None
+    try:
+        return int(ctx.headers.get("Content-Length") or 0)
+    except ValueError:
+        return None
+
+
+def _observer(ctx: RequestContext, model_id: str) -> Any:
+    if ctx.method != "POST":
+        return None  # upstream meters POST requests only
+    activity = getattr(ctx.app, "activity", None)
+    if activity is None:
+        return None
+    try:
+        return activity.observe(ctx, model_id)
+    except Exception:
+        return None
+
+
+class _InFlight:
+    def __init__(self, app: Any, model: str):
+        self.counter = getattr(app, "inflight", None)
+        self.model = model
+
+    def __enter__(self):
+        if self.counter is not None:
+            self.counter.enter(self.model)
+        return self
+
+    def __exit__(self, *exc):
+        if self.counter is not None:
+            self.counter.leave(self.model)
+
+
+def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
+                 target: str, pinned: bool) -> None:
+    app = ctx.app
+    mcfg = app.config.models[real]
+    limits = limits_for(app)
+    limit = mcfg.effective_concurrency_limit
+    if not pinned and not limits.try_acquire(real, limit):
+        ctx.send_error(429, f"Too many requests: model {requested} is at its concurrency limit "
+                            f"of {limit}", headers=[("Retry-After", "1")])
+        return
+    try:
+        body = _forward_body(ctx, ex, requested, rewrite=not pinned)
+        headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
+        with _InFlight(app, real):
+            observer = _observer(ctx, real) if not pinned else None
+            ticket = app.router.request(real)
+            process = app.processes[real]
+            loading = (not pinned and ex.stream and mcfg.send_loading_state
+                       and is_loading_path(target) and _state(process) != "ready")
+            grant = _await_grant(ctx, ticket, real, loading)
+            if grant is None:
+                if observer is not None and hasattr(observer, "on_end"):
+                    observer.on_end("client disconnected before the model was ready")
+                return
+            try:
+                proc = getattr(grant, "process", process)
+                if _state(proc) != "ready":
+                    _reply_error(ctx, 503, NOT_READY.format(real), observer)
+                    return
+                forward(ctx, pool_for_process(proc), target, headers, body,
+                        observer=observer, label=real)
+            finally:
+                ticket.done()
+    finally:
+        if not pinned:
+            limits.release(real)
+
+
+def _state(process: Any) -> str:
+    st = getattr(process, "state", None)
+    return getattr(st, "value", st) or ""
+
+
+def _reply_error(ctx: RequestContext, status: int, message: str, observer: Any = None) -> None:
+    from llamaswap.http.forward import append_error
+
+    if ctx.started:
+        append_error(ctx, status, message)
+    else:
+        ctx.send_error(status, message)
+    if observer is not None and hasattr(observer, "on_end"):
+        observer.on_end(message)
+
+
+def _await_grant(ctx: RequestContext, ticket: Any, model_id: str, loading: bool) -> Any:
+    """The Grant, or None when the client left (the ticket is given up) or the router said
+    no (the error has been answered)."""
+    gone = threading.Event()
+
+    def on_gone() -> None:
+        gone.set()
+        ticket.give_up()
+
+    watch = watch_disconnect(ctx.handler.connection, on_gone)
+    try:
+        if loading and not ticket.wait(0):
+            ctx.state["loading"] = True
+            stream = LoadingStream(ctx, ticket, model_id)
+            stream.start()
+            stream.run()
+        else:
+            while not ticket.wait(0.5):
+                if gone.is_set():
+                    break
+    except ClientGone:
+        gone.set()
+        ticket.give_up()
+    finally:
+        fired = watch.cancel() if watch is not None else False
+    if gone.is_set() or fired:
+        ctx.mark_gone()
+        _release_late_grant(ticket)
+        return None
+    try:
+        return ticket.result()
+    except Exception as e:  # RouterError: status + message naming the model
+        status = getattr(e, "status", 500)
+        message = getattr(e, "message", None) or str(e)
+        try:
+            if ctx.started:
+                from llamaswap.http.forward import append_error
+                append_error(ctx, status, message)
+            else:
+                ctx.send_error(status, message)
+        except ClientGone:
+            pass
+        return None
+
+
+def _release_late_grant(ticket: Any) -> None:
+    """A grant that raced the client's departure is finished at once."""
+    try:
+        if ticket.wait(0):
+            ticket.result()
+            ticket.done()
+    except Exception:
+        pass
+
+
+def serve_peer_path(ctx: RequestContext, requested: str, peer: Any, remainder: str) -> None:
+    """/upstream/<peer model>/<path>: the body passes untouched."""
+    target = remainder + ("?" + ctx.query_string if ctx.query_string else "")
+    _serve_peer(ctx, extract.Extracted(kind="none"), requested, peer, target, rewrite=False)
+
+
+def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer: Any,
+                target: str, rewrite: bool = True) -> None:
+    app = ctx.app
+    body = _forward_body(ctx, ex, requested, rewrite=rewrite)
+    pool = pool_for_peer(peer)
+    extra: list[tuple[str, str]] = []
+    drop: list[str] = []
+    if peer.api_key:
+        drop = ["authorization", "x-api-key"]
+        extra = [("Authorization", f"Bearer {peer.api_key}"), ("x-api-key", peer.api_key)]
+    headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=pool.host_header,
+                              extra=extra, drop=drop)
+    with _InFlight(app, requested):
+        observer = _observer(ctx, requested)
+        out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
+                      label=f"peer {peer.id}", error_prefix="peer proxy error: ")
+    if out.error and not out.client_gone:
+        app.loggers.log.warn(f"peer proxy error: {out.error}")
+
+
+# ---- listing and health ---------------------------------------------------------------------
 
 def handle_health(ctx: RequestContext) -> None:
     ctx.send(200, b"OK", "text/plain; charset=utf-8")
 
 
+def model_records(app: Any) -> list[dict]:
+    cfg = app.config
+    created = int(time.time())
+    records = []
+
+    def record(model_id: str, m: Any) -> dict:
+        rec: dict[str, Any] = {"id": model_id, "object": "model", "created": created,
+                               "owned_by": "llama-swap"}
+        name, desc = m.name.strip(), m.description.strip()
+        if name:
+            rec["name"] = name
+        if desc:
+            rec["description"] = desc
+        if m.metadata:
+            rec["meta"] = {"llamaswap": thaw(m.metadata)}
+        return rec
+
+    for mid, m in cfg.models.items():
+        if m.unlisted:
+            continue
+        records.append(record(mid, m))
+        if cfg.include_aliases_in_list:
+            for alias in m.aliases:
+                records.append(record(alias, m))
+    for pid, peer in cfg.peers.items():
+        for pm in peer.models:
+            records.append({"id": pm, "object": "model", "created": created,
+                            "owned_by": "llama-swap", "name": f"{pid}: {pm}",
+                            "meta": {"llamaswap": {"peerID": pid}}})
+    records.sort(key=lambda r: r["id"])
+    return records
+
+
+def handle_models(ctx: RequestContext) -> None:
+    body = gojson.dumps({"data": model_records(ctx.app), "object": "list"}) + "\n"
+    headers = []
+    origin = ctx.headers.get("Origin")
+    if origin:
+        headers.append(("Access-Control-Allow-Origin", origin))
+    ctx.send(200, body, "application/json", headers)
+
+
 def register(table: RouteTable) -> None:
+    for p in JSON_PATHS:
+        table.add("POST", p, _model_handler("json"))
+    for p in VERSIONLESS_PATHS:
+        table.add("POST", p, _model_handler("json", strip_v=True))
+    for p in MULTIPART_PATHS:
+        table.add("POST", p, _model_handler("multipart"))
+    for p in QUERY_PATHS:
+        table.add("GET", p, _model_handler("query"))
+    table.add("GET", "/v1/models", handle_models)
+    table.add("GET", "/models", handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)
+    from llamaswap.http import upstream_path
+    upstream_path.register(table)

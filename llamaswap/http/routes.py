@@ -65,7 +65,7 @@ class RouteTable:
             auth: bool = True, log: bool = True) -> Route:
         if isinstance(methods, str):
             methods = (methods,)
-        ms = {m.upper() for m in methods}
+        ms = {m.upper() for m in methods}  # "*" matches any method
         if "GET" in ms:
             ms.add("HEAD")
         segs = tuple(pattern.strip("/").split("/")) if pattern != "/" else ()
@@ -85,7 +85,7 @@ class RouteTable:
         """(route, params, allowed methods). route None with allowed non-empty means 405."""
         allowed: set[str] = set()
         for route in self._exact.get(raw_path, ()):
-            if method in route.methods:
+            if method in route.methods or "*" in route.methods:
                 return route, {}, []
             allowed |= route.methods
         if not allowed:
@@ -93,7 +93,7 @@ class RouteTable:
                 params = _match_segments(route._segments, raw_path)
                 if params is None:
                     continue
-                if method in route.methods:
+                if method in route.methods or "*" in route.methods:
                     return route, params, []
                 allowed |= route.methods
         return None, {}, sorted(allowed)
@@ -320,9 +320,14 @@ class RequestContext:
 
     def _head(self, status: int, headers: Iterable[tuple[str, str]]) -> bytearray:
         reason = _REASONS.get(status, "")
-        out = bytearray(f"HTTP/1.1 {status} {reason}\r\nDate: {http_date()}\r\n".encode("latin-1"))
+        out = bytearray(f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1"))
+        has_date = False
         for k, v in headers:
+            if k.lower() == "date":
+                has_date = True
             out += f"{k}: {v}\r\n".encode("latin-1", "replace")
+        if not has_date:
+            out += f"Date: {http_date()}\r\n".encode("latin-1")
         return out
 
     def send(self, status: int, body: bytes | str = b"", content_type: str | None = None,

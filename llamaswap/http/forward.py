@@ -1,0 +1,399 @@
+"""Relaying one request to a backend and its response back, byte for byte as it arrives.
+
+- every chunk the backend sends is written to the client at once (no buffering, no merging
+  of SSE events); ``X-Accel-Buffering: no`` is added to event streams;
+- a response without a length is relayed chunked; hop-by-hop headers are dropped both ways;
+- the client hanging up cuts the backend connection at once (llama-server stops generating)
+  and the call returns quietly; the backend dying mid-response cuts the client connection,
+  or answers 502 when nothing was sent yet;
+- ``Upgrade`` requests (websockets) become a two-way byte tunnel after the backend's 101.
+
+An optional observer (activity/captures) sees the response as it passes:
+``on_response(status, headers)``, ``on_chunk(bytes)``, ``on_end(error)``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from llamaswap.http.pool import BackendPool, cut, watch_disconnect
+from llamaswap.http.routes import ClientGone, RequestContext
+
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization",
+))
+READ_SIZE = 64 * 1024
+BODY_SIZE = 256 * 1024
+
+
+@dataclass
+class Outcome:
+    status: int = 0          # what the client got (0: nothing)
+    sent_bytes: int = 0
+    client_gone: bool = False
+    error: str | None = None  # backend failure, if any
+
+
+def request_headers(ctx: RequestContext, *, strip_auth: bool, host: str | None,
+                    extra: Iterable[tuple[str, str]] = (),
+                    drop: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """The client's headers as the backend should see them."""
+    conn_tokens = {t.strip().lower() for v in ctx.headers.get_all("Connection", [])
+                   for t in v.split(",")}
+    skip = set(HOP_BY_HOP) | conn_tokens | {"content-length", "host", "expect"}
+    skip |= {d.lower() for d in drop}
+    if strip_auth:
+        skip |= {"authorization", "x-api-key"}
+    out = [(k, v) for k, v in ctx.headers.items() if k.lower() not in skip]
+    out.append(("Host", host if host is not None else (ctx.headers.get("Host") or "localhost")))
+    xff = ctx.headers.get("X-Forwarded-For")
+    ip = ctx.handler.client_address[0]
+    out = [(k, v) for k, v in out if k.lower() != "x-forwarded-for"]
+    out.append(("X-Forwarded-For", f"{xff}, {ip}" if xff else ip))
+    out.extend(extra)
+    return out
+
+
+def response_headers(resp: http.client.HTTPResponse) -> list[tuple[str, str]]:
+    conn_tokens = {t.strip().lower() for v in resp.headers.get_all("Connection", []) or []
+                   for t in v.split(",")}
+    skip = HOP_BY_HOP | conn_tokens | {"content-length"}
+    out = [(k, v) for k, v in resp.headers.items() if k.lower() not in skip]
+    ctype = resp.headers.get("Content-Type", "")
+    if "text/event-stream" in ctype and resp.headers.get("X-Accel-Buffering") is None:
+        out.append(("X-Accel-Buffering", "no"))
+    return out
+
+
+class _Body:
+    """What we send upstream: bytes, or the client's streaming body (prefix + rest)."""
+
+    def __init__(self, data: bytes | None = None, stream: Any = None, prefix: Any = b"",
+                 length: int | None = None):
+        self.data = data
+        self.stream = stream
+        self.prefix = prefix
+        self.length = len(data) if data is not None else length
+        self.started = False
+
+    @property
+    def replayable(self) -> bool:
+        return self.data is not None or not self.started
+
+    def chunks(self):
+        self.started = True
+        if self.data is not None:
+            if self.data:
+                yield self.data
+            return
+        if isinstance(self.prefix, (bytes, bytearray)):
+            if self.prefix:
+                yield bytes(self.prefix)
+        else:
+            yield from self.prefix
+        if self.stream is not None:
+            while True:
+                b = self.stream.read(BODY_SIZE)
+                if not b:
+                    return
+                yield b
+
+
+def body_bytes(data: bytes | None) -> _Body:
+    return _Body(data=data if data is not None else b"")
+
+
+def body_stream(stream: Any, prefix: Any = b"", length: int | None = None) -> _Body:
+    """The client's body as it arrives; ``prefix`` (bytes or an iterable of bytes) goes first."""
+    return _Body(stream=stream, prefix=prefix, length=length)
+
+
+def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
+                  headers: list[tuple[str, str]], body: _Body, has_body: bool,
+                  observer: Any) -> None:
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for k, v in headers:
+        conn.putheader(k, v)
+    chunked = False
+    if has_body:
+        if body.length is not None:
+            conn.putheader("Content-Length", str(body.length))
+        else:
+            conn.putheader("Transfer-Encoding", "chunked")
+            chunked = True
+    conn.endheaders()
+    if not has_body:
+        return
+    on_req = getattr(observer, "on_request_chunk", None) if observer is not None else None
+    for piece in body.chunks():
+        if on_req is not None:
+            on_req(piece)
+        if chunked:
+            conn.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+        else:
+            conn.send(piece)
+    if chunked:
+        conn.send(b"0\r\n\r\n")
+
+
+_RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+              http.client.BadStatusLine)
+
+
+def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
+            body: _Body, *, observer: Any = None, label: str = "",
+            error_prefix: str = "") -> Outcome:
+    """Send ``ctx.method path`` with ``headers`` and ``body`` to the pool's backend and relay
+    the answer to ``ctx``. Never raises for client or backend trouble; returns what happened."""
+    out = Outcome()
+    method = ctx.method
+    has_body = not (body.length == 0 and method in ("GET", "HEAD", "DELETE", "OPTIONS"))
+    upgrade = (ctx.headers.get("Upgrade") is not None
+               and "upgrade" in (ctx.headers.get("Connection") or "").lower())
+    if upgrade:
+        return tunnel(ctx, pool, path, headers, label=label, error_prefix=error_prefix)
+
+    gone = threading.Event()
+    conn = None
+    resp = None
+    attempts = 0
+    watch = None
+    try:
+        while True:
+            attempts += 1
+            try:
+                conn, reused = pool.acquire()
+            except OSError as e:
+                return _fail(ctx, out, observer, 502, f"{error_prefix}{_conn_error(pool, label, e)}")
+
+            def on_gone(c=conn):
+                gone.set()
+                cut(c)
+            watch = watch_disconnect(ctx.handler.connection, on_gone)
+            try:
+                _send_request(conn, method, path, headers, body, has_body, observer)
+                rh = pool.timeouts.response_header
+                if rh > 0 and conn.sock is not None:
+                    conn.sock.settimeout(rh)
+                resp = conn.getresponse()
+                if conn.sock is not None:
+                    conn.sock.settimeout(None)
+                break
+            except ClientGone:
+                raise
+            except (OSError, http.client.HTTPException) as e:
+                fired = watch.cancel() if watch is not None else False
+                watch = None
+                pool.discard(conn)
+                conn = None
+                if fired or gone.is_set():
+                    raise ClientGone() from None
+                if reused and attempts == 1 and isinstance(e, _RETRYABLE) and body.replayable:
+                    continue  # a kept-alive connection the backend had just closed
+                if isinstance(e, (TimeoutError, socket.timeout)):
+                    msg = (f"{label}: no response headers within "
+                           f"{pool.timeouts.response_header:g}s")
+                    return _fail(ctx, out, observer, 504, f"{error_prefix}{msg}")
+                return _fail(ctx, out, observer, 502,
+                             f"{error_prefix}{label}: backend connection error: {_describe(e)}")
+
+        status = resp.status
+        rheaders = response_headers(resp)
+        if observer is not None and hasattr(observer, "on_response"):
+            observer.on_response(status, resp.headers)
+        no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        length = None if resp.chunked else resp.length
+        if no_body:
+            length = resp.length if (method == "HEAD" and resp.length is not None) else None
+        if ctx.started:  # after the loading stream: status and headers are already out
+            length = None
+        else:
+            ctx.start(status, rheaders, length=length if not no_body or method == "HEAD" else None)
+        out.status = status
+        if no_body:
+            resp.close() if method != "HEAD" else None
+        else:
+            on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
+            read1 = resp.read1
+            write = ctx.write
+            while True:
+                try:
+                    data = read1(READ_SIZE)
+                except (OSError, http.client.HTTPException, ValueError) as e:
+                    if gone.is_set():
+                        raise ClientGone() from None
+                    out.error = f"{label}: backend connection lost mid-response: {_describe(e)}"
+                    break
+                if not data:
+                    if gone.is_set():
+                        raise ClientGone()
+                    if length is not None and resp.length:
+                        out.error = f"{label}: backend response ended early"
+                    break
+                if on_chunk is not None:
+                    on_chunk(data)
+                write(data)
+        fired = watch.cancel() if watch is not None else False
+        watch = None
+        if fired or gone.is_set():
+            raise ClientGone()
+        if out.error:
+            ctx.abort()
+            pool.discard(conn)
+            conn = None
+        else:
+            ctx.finish()
+            reusable = not resp.will_close and resp.isclosed()
+            pool.release(conn, reusable)
+            conn = None
+        out.sent_bytes = ctx.bytes_sent
+        _end(observer, out.error)
+        return out
+    except ClientGone:
+        out.client_gone = True
+        out.sent_bytes = ctx.bytes_sent
+        ctx.mark_gone()
+        _end(observer, "client disconnected")
+        return out
+    finally:
+        if watch is not None:
+            watch.cancel()
+        if conn is not None:
+            pool.discard(conn)
+
+
+def _end(observer: Any, error: str | None) -> None:
+    fn = getattr(observer, "on_end", None) if observer is not None else None
+    if fn is not None:
+        try:
+            fn(error)
+        except Exception:
+            pass
+
+
+def _fail(ctx: RequestContext, out: Outcome, observer: Any, status: int, message: str) -> Outcome:
+    out.error = message
+    try:
+        if not ctx.started:
+            ctx.send_error(status, message)
+            out.status = status
+        elif ctx.state.get("loading") and not ctx.finished:
+            append_error(ctx, status, message)
+        else:
+            ctx.abort()
+    except ClientGone:
+        out.client_gone = True
+    _end(observer, message)
+    return out
+
+
+def append_error(ctx: RequestContext, status: int, message: str) -> None:
+    """After the loading stream has sent a 200, an error can only be appended (upstream
+    writes the JSON body raw, unframed)."""
+    from llamaswap.http.errors import error_body
+
+    _, body = error_body(status, message, ctx.headers.get("Accept"))
+    ctx.write(body)
+    ctx.finish()
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _conn_error(pool: BackendPool, label: str, e: OSError) -> str:
+    return f"{label}: cannot connect to {pool.base_url}: {_describe(e)}"
+
+
+# ---- websocket (any Upgrade) tunnel ---------------------------------------------------------
+
+def tunnel(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
+           *, label: str = "", error_prefix: str = "") -> Outcome:
+    """Send the Upgrade request on a fresh connection; after a 101 copy bytes both ways until
+    either side closes."""
+    out = Outcome()
+    try:
+        conn = pool._new()  # noqa: SLF001 - an upgraded connection never returns to the pool
+    except OSError as e:
+        return _fail(ctx, out, None, 502, f"{error_prefix}{_conn_error(pool, label, e)}")
+    try:
+        hs = [(k, v) for k, v in headers if k.lower() not in ("connection", "upgrade")]
+        hs.append(("Connection", "Upgrade"))
+        hs.append(("Upgrade", ctx.headers.get("Upgrade", "")))
+        body = body_bytes(b"")
+        backend = conn.sock
+        try:
+            _send_request(conn, ctx.method, path, hs, body, False, None)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            return _fail(ctx, out, None, 502,
+                         f"{error_prefix}{label}: backend connection error: {_describe(e)}")
+        if resp.status != 101:
+            data = resp.read()
+            ctx.send(resp.status, data, None, response_headers(resp))
+            out.status = resp.status
+            return out
+        rh = [(k, v) for k, v in resp.headers.items()
+              if k.lower() not in ("content-length", "transfer-encoding")]
+        ctx.start(101, rh, length=None)
+        ctx.close_connection = True
+        out.status = 101
+        client = ctx.handler.connection
+        # bytes already read into buffers on either side go first
+        buffered = _take_buffered(resp.fp, backend)
+        if buffered:
+            client.sendall(buffered)
+        client_buffered = _take_buffered(ctx.handler.rfile, client)
+        _pump(client, ctx.handler.rfile, backend, client_buffered)
+        ctx.mark_gone()
+        return out
+    finally:
+        conn.close()
+
+
+def _take_buffered(fp: Any, sock: socket.socket) -> bytes:
+    """Whatever a buffered reader already holds, without blocking."""
+    try:
+        sock.setblocking(False)
+        try:
+            data = fp.peek(READ_SIZE)
+        except (OSError, ValueError, TypeError):
+            data = b""
+        return fp.read(len(data)) if data else b""
+    finally:
+        try:
+            sock.setblocking(True)
+        except OSError:
+            pass
+
+
+def _pump(client: socket.socket, client_rfile: Any, backend: socket.socket, first: bytes) -> None:
+    if first:
+        backend.sendall(first)
+    socks = [client, backend]
+    try:
+        while True:
+            r, _, _ = select.select(socks, [], [])
+            for s in r:
+                try:
+                    data = s.recv(READ_SIZE)
+                except (OSError, ValueError):
+                    data = b""
+                if not data:
+                    return
+                (backend if s is client else client).sendall(data)
+    except (OSError, ValueError):
+        return
+    finally:
+        for s in (client, backend):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -1,0 +1,268 @@
+"""Kept-alive ``http.client`` connections to each backend, and the client-disconnect watcher.
+
+One ``BackendPool`` per backend (a local Process or a peer). Idle connections are reused
+newest first; one that the backend has closed meanwhile is noticed (readable while idle) and
+dropped before use. ``close_all()`` closes idle connections and cuts the ones in use: it runs
+as a Process stop hook because llama-server does not exit on SIGTERM while a client holds a
+connection open.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+import weakref
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from llamaswap.config.model import Timeouts
+
+MAX_IDLE = 32
+
+
+class BackendPool:
+    def __init__(self, base_url: str, timeouts: Timeouts | None = None, max_idle: int = MAX_IDLE):
+        u = urlsplit(base_url)
+        self.base_url = base_url
+        self.scheme = u.scheme or "http"
+        self.host = u.hostname or "localhost"
+        self.port = u.port or (443 if self.scheme == "https" else 80)
+        self.base_path = u.path.rstrip("/")
+        self.host_header = u.netloc
+        self.timeouts = timeouts or Timeouts()
+        self.max_idle = max_idle
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._busy: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def _new(self) -> http.client.HTTPConnection:
+        t = self.timeouts
+        connect_timeout = t.connect if t.connect > 0 else None
+        if self.scheme == "https":
+            ctx = ssl.create_default_context()
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=connect_timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if t.keepalive > 0:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        return conn
+
+    def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
+        """(connection, reused). Raises OSError when the backend cannot be reached."""
+        now = time.monotonic()
+        idle_limit = self.timeouts.idle_conn
+        while True:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if (idle_limit > 0 and now - since > idle_limit) or not _usable(conn):
+                conn.close()
+                continue
+            with self._lock:
+                self._busy.add(conn)
+            return conn, True
+        conn = self._new()
+        with self._lock:
+            self._busy.add(conn)
+            conn._pool_generation = self._generation  # type: ignore[attr-defined]
+        return conn, False
+
+    def release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        with self._lock:
+            self._busy.discard(conn)
+            fresh = getattr(conn, "_pool_generation", self._generation) == self._generation
+            if reusable and fresh and conn.sock is not None and len(self._idle) < self.max_idle:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def discard(self, conn: http.client.HTTPConnection) -> None:
+        self.release(conn, False)
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+            self._generation += 1
+        for conn, _ in idle:
+            conn.close()
+        for conn in busy:
+            cut(conn)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def busy_count(self) -> int:
+        return len(self._busy)
+
+
+def _usable(conn: http.client.HTTPConnection) -> bool:
+    sock = conn.sock
+    if sock is None:
+        return False
+    try:
+        r, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not r  # an idle keep-alive connection with data or EOF waiting is dead to us
+
+
+def cut(conn: http.client.HTTPConnection) -> None:
+    """Make a blocked read or write on this connection return at once."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+# ---- registries: one pool per Process (its stop hook closes it) and per peer ---------------
+
+_process_pools: "weakref.WeakKeyDictionary[Any, BackendPool]" = weakref.WeakKeyDictionary()
+_peer_pools: dict[tuple[str, Timeouts], BackendPool] = {}
+_registry_lock = threading.Lock()
+
+
+def pool_for_process(process: Any) -> BackendPool:
+    pool = _process_pools.get(process)
+    if pool is not None:
+        return pool
+    with _registry_lock:
+        pool = _process_pools.get(process)
+        if pool is None:
+            cfg = process.config
+            pool = BackendPool(cfg.proxy, cfg.timeouts)
+            _process_pools[process] = pool
+            add_hook = getattr(process, "add_stop_hook", None)
+            if add_hook is not None:
+                add_hook(pool.close_all)
+    return pool
+
+
+def pool_for_peer(peer: Any) -> BackendPool:
+    key = (peer.proxy, peer.timeouts)
+    with _registry_lock:
+        pool = _peer_pools.get(key)
+        if pool is None:
+            pool = _peer_pools[key] = BackendPool(peer.proxy, peer.timeouts)
+    return pool
+
+
+def close_peer_pools() -> None:
+    with _registry_lock:
+        pools = list(_peer_pools.values())
+        _peer_pools.clear()
+    for p in pools:
+        p.close_all()
+
+
+# ---- client disconnect watcher -------------------------------------------------------------
+
+class Watch:
+    """One registration: ``fn`` runs once if the client hangs up before ``cancel()``."""
+
+    __slots__ = ("fd", "fn", "fired", "cancelled", "lock")
+
+    def __init__(self, fd: int, fn: Callable[[], None]):
+        self.fd = fd
+        self.fn = fn
+        self.fired = False
+        self.cancelled = False
+        self.lock = threading.Lock()
+
+    def cancel(self) -> bool:
+        """Stop watching; True if the client had already gone (fn ran or is running)."""
+        with self.lock:
+            self.cancelled = True
+            fired = self.fired
+        _WATCHER.forget(self)
+        return fired
+
+
+class DisconnectWatcher:
+    """One thread, one epoll: EPOLLRDHUP tells us a client closed its side while its handler
+    thread is blocked elsewhere (waiting for a grant, or reading a backend that is still
+    thinking). Pipelined request bytes only raise EPOLLIN, which we do not ask for."""
+
+    def __init__(self) -> None:
+        self._ep = select.epoll() if hasattr(select, "epoll") else None
+        self._watches: dict[int, Watch] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, fn: Callable[[], None]) -> Watch | None:
+        if self._ep is None:
+            return None
+        w = Watch(sock.fileno(), fn)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="disconnect-watcher",
+                                                daemon=True)
+                self._thread.start()
+            old = self._watches.get(w.fd)
+            self._watches[w.fd] = w
+            try:
+                if old is not None:
+                    self._ep.modify(w.fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+                else:
+                    self._ep.register(w.fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+            except OSError:
+                self._watches.pop(w.fd, None)
+                return None
+        return w
+
+    def forget(self, w: Watch) -> None:
+        with self._lock:
+            if self._watches.get(w.fd) is w:
+                del self._watches[w.fd]
+                try:
+                    self._ep.unregister(w.fd)
+                except (OSError, ValueError):
+                    pass
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self._ep.poll()
+            except InterruptedError:
+                continue
+            for fd, _ev in events:
+                with self._lock:
+                    w = self._watches.pop(fd, None)
+                    if w is not None:
+                        try:
+                            self._ep.unregister(fd)
+                        except (OSError, ValueError):
+                            pass
+                if w is None:
+                    continue
+                with w.lock:
+                    if w.cancelled:
+                        continue
+                    w.fired = True
+                try:
+                    w.fn()
+                except Exception:
+                    pass
+
+
+_WATCHER = DisconnectWatcher()
+
+
+def watch_disconnect(sock: socket.socket, fn: Callable[[], None]) -> Watch | None:
+    return _WATCHER.watch(sock, fn)

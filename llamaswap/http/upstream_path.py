@@ -1,0 +1,72 @@
+"""``/upstream/<model>/<path>``: straight to one model's backend (behaviour.md 3.4).
+
+The model is the longest run of leading path segments that names a local model or alias
+(ids may contain ``/``), else a peer's model; matching uses the raw path, so ``%2F`` in the
+remainder reaches the backend as sent. The bare model path is redirected to its trailing-slash
+form (301 for GET/HEAD, 308 otherwise). Any method; websocket upgrades are tunnelled.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from llamaswap.http.routes import RequestContext, RouteTable
+
+PREFIX = "/upstream/"
+
+
+def find_model(raw_rest: str, is_known) -> tuple[str, str, str] | None:
+    """(name as matched, raw name segment text, raw remainder) for the longest prefix of
+    non-empty segments that ``is_known``; remainder is "" for the bare model path."""
+    segs = raw_rest.split("/")
+    best = None
+    name_parts: list[str] = []
+    for i, seg in enumerate(segs):
+        if not seg:
+            continue
+        name_parts.append(unquote(seg))
+        name = "/".join(name_parts)
+        if is_known(name):
+            rest = segs[i + 1:]
+            best = (name, "/".join(segs[:i + 1]), "/" + "/".join(rest) if rest else "")
+    return best
+
+
+def handle_upstream(ctx: RequestContext) -> None:
+    from llamaswap.http import extract
+    from llamaswap.http.inference import dispatch, serve_peer_path
+
+    app = ctx.app
+    cfg = app.config
+    raw_rest = ctx.raw_path[len(PREFIX):]
+    found = find_model(raw_rest, lambda n: cfg.real_model_name(n) is not None)
+    peer = None
+    if found is None:
+        peer_models = {m: p for p in cfg.peers.values() for m in p.models}
+        found = find_model(raw_rest, lambda n: n in peer_models)
+        if found is None:
+            ctx.send_error(404, f"model not found: no local model, alias or peer model in "
+                                f"path {ctx.raw_path}")
+            return
+        peer = peer_models[found[0]]
+    name, raw_name, remainder = found
+    if remainder == "":
+        location = f"{PREFIX}{raw_name.strip('/')}/"
+        if ctx.query_string:
+            location += "?" + ctx.query_string
+        ctx.redirect(301 if ctx.method in ("GET", "HEAD") else 308, location)
+        return
+    if peer is not None:
+        serve_peer_path(ctx, name, peer, remainder)
+        return
+    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=cfg.real_model_name(name))
+
+
+def handle_upstream_root(ctx: RequestContext) -> None:
+    ctx.redirect(302, "/ui/models")
+
+
+def register(table: RouteTable) -> None:
+    table.add("GET", "/upstream", handle_upstream_root, auth=False)
+    table.add("*", "/upstream/{path...}", handle_upstream)
+
