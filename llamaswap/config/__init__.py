@@ -1,0 +1,38 @@
+"""Configuration: ``load_config(path) -> Config`` and the immutable data model."""
+
+from .errors import ConfigError
+from .loader import load_config, load_config_text
+from .model import (
+    DEFAULT_CONCURRENCY_LIMIT,
+    DEFAULT_GROUP_ID,
+    Config,
+    ExpandedSet,
+    Filters,
+    GroupConfig,
+    MatrixConfig,
+    ModelConfig,
+    PeerConfig,
+    PerformanceConfig,
+    Timeouts,
+    freeze,
+    thaw,
+)
+
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "load_config_text",
+    "Config",
+    "ModelConfig",
+    "GroupConfig",
+    "MatrixConfig",
+    "ExpandedSet",
+    "PeerConfig",
+    "Filters",
+    "Timeouts",
+    "PerformanceConfig",
+    "freeze",
+    "thaw",
+    "DEFAULT_GROUP_ID",
+    "DEFAULT_CONCURRENCY_LIMIT",
+]

@@ -1,0 +1,25 @@
+"""The one exception the loader raises, and how its message is put together."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config that cannot be loaded. ``str()`` is the full message.
+
+    The message starts with the file (and line, when the YAML node is known) and the key
+    path, then upstream's own error text, so users can find the spot and tests can match
+    the upstream wording with ``in``.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def located(message: str, *, source: str, key: str | None = None, line: int | None = None) -> ConfigError:
+    """Build a ConfigError prefixed with ``<source>[:line]: [key: ]``."""
+    where = source if line is None else f"{source}:{line}"
+    return ConfigError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
