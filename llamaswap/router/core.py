@@ -338,7 +338,12 @@ class RouterCore:
                 self._gen[m] = 0
         self.queue = requeue + self.queue
         for m in sorted(stop_set):
-            if not self.in_flight.get(m):
+            if self.in_flight.get(m):
+                continue
+            if (self.state.get(m) == STOPPED and m not in self._orders_of
+                    and m not in self._retire_swaps):
+                self._finish_retire(m)  # nothing runs: nothing to stop
+            else:
                 self._retire_stop(m)
         self._drain(now)
         self._publish_positions()
@@ -359,7 +364,7 @@ class RouterCore:
         if self._blocked(model):
             return False
         running = self.running()
-        evict = frozenset(self.planner.eviction_for(model, running)) & running - {model}
+        evict = frozenset(self.planner.eviction_for(model, running)) - {model}
         collides = self._collides(model, evict)
         if self.state[model] == READY and not evict and not collides:
             self._grant(req, model)

@@ -1,0 +1,441 @@
+"""Router: the one thread that owns routing state, and the tickets handlers wait on.
+
+HTTP handler threads call ``Router.request(model_id)`` and block on the returned Ticket;
+after a grant they forward the request themselves to ``Grant.process`` and call
+``ticket.done()`` once. Everything that changes routing state happens on the router
+thread, which feeds commands to the pure ``RouterCore`` and carries out its effects:
+swaps and stops run in short-lived worker threads (``Process.start``/``stop`` block) that
+report back with a command, TTL deadlines sit in a heap the loop waits on.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import queue
+import threading
+import time
+from typing import Callable, Mapping, Sequence
+
+from llamaswap.config.model import Config
+from llamaswap.ops.events import EventBus, QueueLengthChanged, SwapFinished
+from llamaswap.router.core import (ArmTimer, Log, RouterCore, RouterError, ShutdownAll, StartSwap,
+                                   StopModels, shutting_down_error)
+from llamaswap.router.planners import planner_for
+
+_WAITING, _GRANTED, _FAILED, _ABANDONED, _DONE = "waiting", "granted", "failed", "abandoned", "done"
+
+
+class Grant:
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process):
+        self.model_id = model_id
+        self.process = process
+
+    def __repr__(self) -> str:
+        return f"Grant({self.model_id!r})"
+
+
+class Ticket:
+    """One request's place in the router, used by exactly one handler thread."""
+
+    def __init__(self, router: "Router", model_id: str):
+        self.model_id = model_id
+        self._router = router
+        self._cond = threading.Condition()
+        self.position_changed = self._cond  # notified on every position or outcome change
+        self._state = _WAITING
+        self._grant: Grant | None = None
+        self._error: RouterError | None = None
+        self.position = 0
+        self._position_version = 0
+        self._position_seen = 0
+
+    @property
+    def model(self) -> str:  # the core's name for it
+        return self.model_id
+
+    # ---- handler side ----------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once granted or failed; False on timeout or after give_up()."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._state != _WAITING, timeout)
+            return self._state in (_GRANTED, _FAILED, _DONE)
+
+    def result(self) -> Grant:
+        """The grant (blocking until there is an outcome); raises RouterError on failure."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._state != _WAITING)
+            if self._state == _FAILED:
+                raise self._error
+            if self._state == _ABANDONED:
+                raise RouterError(500, f"request for model '{self.model_id}' was given up")
+            return self._grant
+
+    def wait_position(self, timeout: float | None = None) -> int:
+        """Block until the queue position changes (or there is an outcome); the position."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._position_version != self._position_seen
+                                or self._state != _WAITING, timeout)
+            self._position_seen = self._position_version
+            return self.position
+
+    def give_up(self) -> None:
+        """The client went away. Before the grant: leave the queue. After it: same as done()."""
+        with self._cond:
+            state = self._state
+            if state == _WAITING:
+                self._state = _ABANDONED
+                self._cond.notify_all()
+            elif state == _GRANTED:
+                self._state = _DONE
+        if state == _WAITING:
+            self._router._post(("give_up", self))
+        elif state == _GRANTED:
+            self._router._post(("done", self.model_id))
+
+    def done(self) -> None:
+        """The granted request finished. Extra calls are ignored."""
+        with self._cond:
+            if self._state != _GRANTED:
+                return
+            self._state = _DONE
+        self._router._post(("done", self.model_id))
+
+    # ---- router side (called on the router thread) -----------------------------------
+
+    def offer_grant(self) -> bool:
+        process = self._router._processes[self.model_id]
+        with self._cond:
+            if self._state != _WAITING:
+                return False
+            self._state = _GRANTED
+            self._grant = Grant(self.model_id, process)
+            self._cond.notify_all()
+            return True
+
+    def offer_error(self, error: RouterError) -> bool:
+        with self._cond:
+            if self._state != _WAITING:
+                return False
+            self._state = _FAILED
+            self._error = error
+            self._cond.notify_all()
+            return True
+
+    def set_position(self, position: int) -> None:
+        with self._cond:
+            if position != self.position:
+                self.position = position
+                self._position_version += 1
+                self._cond.notify_all()
+
+
+class Router:
+    def __init__(self, config: Config, processes: Mapping[str, object], *, log,
+                 events: EventBus | None = None, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self._processes = dict(processes)
+        self._log = log
+        self._events = events
+        self._clock = clock
+        self._commands: queue.Queue = queue.Queue()
+        self._core = RouterCore(
+            self._processes, planner_for(config),
+            ttl={m: p.config.ttl for m, p in self._processes.items()},
+            ready={m for m, p in self._processes.items() if _state(p) == "ready"},
+            now=clock())
+        self._startup_effects = self._core._take()
+        self._timers: list = []
+        self._seq = itertools.count()
+        self._retired: dict[str, object] = {}  # model -> old Process being drained or stopped
+        self._swap_finished: dict[int, threading.Event] = {}
+        self._calls: dict[int, threading.Event] = {}
+        self._listening: dict[int, object] = {}
+        self._lock = threading.Lock()
+        self._shutting_down = False
+        self._thread: threading.Thread | None = None
+        self._last_queue_length = 0
+        self._listen(self._processes)
+
+    # ---- public API (any thread) ---------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self.run, name="router", daemon=True)
+                self._thread.start()
+
+    def request(self, model_id: str) -> Ticket:
+        ticket = Ticket(self, model_id)
+        with self._lock:
+            if not self._shutting_down:
+                self._commands.put(("request", ticket))
+                return ticket
+        ticket.offer_error(shutting_down_error(model_id))
+        return ticket
+
+    def unload(self, models: Sequence[str] | None = None, grace: float | None = None) -> None:
+        """Stop `models` (all when None) with `grace` (default: each model's unload_timeout);
+        their waiting and queued requests get an error. Returns when they are stopped."""
+        done = threading.Event()
+        with self._lock:
+            if self._shutting_down:
+                return
+            self._commands.put(("unload", None if models is None else list(models), grace, done))
+        done.wait()
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Answer every waiter with a "shutting down" error and stop every process."""
+        done = threading.Event()
+        with self._lock:
+            if self._shutting_down:
+                raise RouterError(503, "router shutdown already in progress")
+            self._shutting_down = True
+            self._commands.put(("shutdown", grace, done))
+        self.start()
+        done.wait()
+        self._thread.join()
+
+    def reconfigure(self, config: Config, processes: Mapping[str, object],
+                    stop: Sequence[str]) -> None:
+        """Route with `config` and `processes` from now on. Models in `stop` (and models
+        no longer configured) get no new grants; once their in-flight requests finish
+        their old process is stopped and new requests for them start the new one. Returns
+        once the new config is in effect, without waiting for the drain."""
+        done = threading.Event()
+        with self._lock:
+            if self._shutting_down:
+                return
+            self._commands.put(("reconfigure", config, dict(processes), list(stop), done))
+        done.wait()
+
+    def queue_length(self) -> int:
+        return self._core.queue_length()
+
+    def in_flight(self, model_id: str) -> int:
+        return self._core.in_flight_of(model_id)
+
+    # ---- the router thread ---------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._apply(self._startup_effects)
+            while True:
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - self._clock())
+                try:
+                    command = self._commands.get(timeout=timeout)
+                except queue.Empty:
+                    command = None
+                now = self._clock()
+                while self._timers and self._timers[0][0] <= now:
+                    _deadline, _seq, model, token = heapq.heappop(self._timers)
+                    self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
+                if command is not None:
+                    finished = [False]
+
+                    def handle(command=command, now=now) -> None:
+                        finished[0] = self._handle(command, now)
+
+                    self._guarded(handle)
+                    if finished[0]:
+                        return
+                self._publish_queue_length()
+        finally:
+            for event in self._calls.values():
+                event.set()
+
+    def _guarded(self, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # a bug must not take routing down with it
+            self._log.error(f"router: internal error: {exc!r}")
+
+    def _handle(self, command: tuple, now: float) -> bool:
+        kind = command[0]
+        core = self._core
+        if kind == "request":
+            self._apply(core.request(command[1], now))
+        elif kind == "done":
+            self._apply(core.request_done(command[1], now))
+        elif kind == "give_up":
+            self._apply(core.give_up(command[1], now))
+        elif kind == "swap_done":
+            _, swap_id, model, error, seconds = command
+            self._swap_finished.pop(swap_id, None)
+            if self._events is not None:
+                self._events.publish(SwapFinished(model, seconds, error is None))
+            self._apply(core.swap_done(swap_id, error, now))
+        elif kind == "stops_done":
+            token = command[1]
+            self._apply(core.stops_done(token, now))
+            for model in [m for m in self._retired if m not in core.retiring]:
+                del self._retired[model]
+            event = self._calls.pop(token, None)
+            if event is not None:
+                event.set()
+        elif kind == "exited":
+            _, model, process = command
+            if self._processes.get(model) is process and model not in self._retired:
+                self._apply(core.process_exited(model, now))
+        elif kind == "unload":
+            _, models, grace, done = command
+            token, effects = core.unload(models, grace, now)
+            self._calls[token] = done
+            self._apply(effects)
+        elif kind == "reconfigure":
+            _, config, processes, stop, done = command
+            self._reconfigure(config, processes, stop, now)
+            done.set()
+        elif kind == "shutdown":
+            _, grace, done = command
+            token, effects = core.shutdown(grace, now)
+            self._calls[token] = done
+            self._apply(effects)
+        elif kind == "shutdown_done":
+            event = self._calls.pop(command[1], None)
+            if event is not None:
+                event.set()
+            return True
+        return False
+
+    def _reconfigure(self, config: Config, processes: dict, stop: list, now: float) -> None:
+        old = self._processes
+        retire = {m for m in stop if m in old} | (set(old) - set(processes))
+        for model in retire:
+            self._retired.setdefault(model, old[model])
+        self.config = config
+        self._processes = processes
+        self._listen(processes)
+        self._apply(self._core.reconfigure(
+            processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
+            stop=sorted(retire), now=now))
+        for model in [m for m in self._retired if m not in self._core.retiring]:
+            del self._retired[model]
+
+    def _apply(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, StartSwap):
+                self._start_swap(effect)
+            elif isinstance(effect, StopModels):
+                self._start_stop(effect)
+            elif isinstance(effect, ArmTimer):
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.model, effect.token))
+            elif isinstance(effect, ShutdownAll):
+                self._start_shutdown(effect)
+            elif isinstance(effect, Log):
+                getattr(self._log, effect.level)(effect.message)
+
+    def _publish_queue_length(self) -> None:
+        length = self._core.queue_length()
+        if length != self._last_queue_length:
+            self._last_queue_length = length
+            if self._events is not None:
+                self._events.publish(QueueLengthChanged(length))
+
+    def _post(self, command: tuple) -> None:
+        self._commands.put(command)
+
+    def _listen(self, processes: Mapping[str, object]) -> None:
+        for process in processes.values():
+            if id(process) in self._listening:
+                continue
+            self._listening[id(process)] = process  # keeps the id from being reused
+
+            def exited(model_id, _returncode, process=process) -> None:
+                self._post(("exited", model_id, process))
+
+            process.add_exit_listener(exited)
+
+    def _process_for_stop(self, model: str):
+        return self._retired.get(model) or self._processes.get(model)
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _start_swap(self, effect: StartSwap) -> None:
+        target = self._processes[effect.model]
+        evict = [p for p in (self._process_for_stop(m) for m in effect.evict) if p is not None]
+        finished = threading.Event()
+        self._swap_finished[effect.swap_id] = finished
+
+        def work() -> None:
+            started = time.monotonic()
+            error = None
+            try:
+                _stop_all(evict, None, self._log)
+                target.start()
+            except Exception as exc:
+                error = str(exc) or type(exc).__name__
+            finally:
+                self._post(("swap_done", effect.swap_id, effect.model, error,
+                            time.monotonic() - started))
+                finished.set()
+
+        _spawn(work, f"swap-{effect.model}")
+
+    def _start_stop(self, effect: StopModels) -> None:
+        processes = [p for p in (self._process_for_stop(m) for m in effect.models) if p is not None]
+        waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
+
+        def work() -> None:
+            try:
+                _stop_all(processes, effect.grace, self._log)
+                if waits:
+                    # A cancelled swap may still have been about to start one of these.
+                    for event in waits:
+                        event.wait()
+                    _stop_all(processes, effect.grace, self._log)
+            finally:
+                self._post(("stops_done", effect.token))
+
+        _spawn(work, f"stop-{effect.reason}")
+
+    def _start_shutdown(self, effect: ShutdownAll) -> None:
+        processes = list(self._processes.values()) + list(self._retired.values())
+        waits = list(self._swap_finished.values())
+
+        def work() -> None:
+            try:
+                _stop_all(processes, effect.grace, self._log, terminal=True)
+                for event in waits:
+                    event.wait()  # their start() fails at once: the processes are shut down
+            finally:
+                self._post(("shutdown_done", effect.token))
+
+        _spawn(work, "router-shutdown")
+
+
+def _state(process) -> str:
+    state = process.state
+    return getattr(state, "value", state)
+
+
+def _spawn(fn, name: str) -> None:
+    threading.Thread(target=fn, name=name, daemon=True).start()
+
+
+def _stop_all(processes: list, grace: float | None, log, terminal: bool = False) -> None:
+    """Stop every process in parallel (each with its own unload_timeout unless `grace`)."""
+    def stop(process) -> None:
+        wait = process.config.unload_timeout if grace is None else grace
+        try:
+            if terminal:
+                process.shutdown(wait)
+            else:
+                process.stop(wait)
+        except Exception as exc:
+            log.warn(f"router: stopping {process.model_id} failed: {exc}")
+
+    if len(processes) == 1:
+        stop(processes[0])
+        return
+    threads = [threading.Thread(target=stop, args=(p,), name=f"stop-{p.model_id}", daemon=True)
+               for p in processes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
