@@ -38,6 +38,7 @@ IS_WINDOWS = sys.platform == "win32"
 IS_LINUX = sys.platform.startswith("linux")
 
 PR_SET_PDEATHSIG = 1
+SIGKILL = int(getattr(signal, "SIGKILL", 9))  # signal.SIGKILL does not exist on Windows
 TAIL_BYTES = 8192  # how much of a run's own output is kept for error messages
 KILL_WAIT = 10.0  # seconds to wait for an exit after SIGKILL before giving up loudly
 CMD_STOP_MIN_TIMEOUT = 30.0  # cmdStop gets max(grace, this) seconds before it is killed
@@ -75,7 +76,7 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
     prctl = _prctl
     getppid = os.getppid
     exit_ = os._exit
-    sigkill = int(signal.SIGKILL)
+    sigkill = SIGKILL
 
     def setup() -> None:
         prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
@@ -349,19 +350,23 @@ class Child:
             report("warn", f"pid {self.pid} did not exit within {grace:g}s, sending SIGKILL "
                            f"to its process group")
             self.killed = True
-            signal_group(self.pgid, signal.SIGKILL)
+            signal_group(self.pgid, SIGKILL)
             if not self.exited.wait(KILL_WAIT):
                 report("error", f"pid {self.pid} still running {KILL_WAIT:g}s after SIGKILL")
         if not IS_WINDOWS:
-            # the leader is an unreaped zombie here, so its pid (the group id) is still ours
+            if group_members(self.pgid) is None:
+                # no /proc: signal 0 would count our own zombie leader, so reap it first
+                self.reap()
+            # on Linux the leader is an unreaped zombie here, so its pid (the group id) is
+            # still ours and cannot be handed to an unrelated new group
             if not wait_group_empty(self.pgid, deadline):
                 report("warn", f"process group {self.pgid} still has members after "
                                f"{grace:g}s, sending SIGKILL")
                 self.killed = True
-                signal_group(self.pgid, signal.SIGKILL)
+                signal_group(self.pgid, SIGKILL)
                 if not wait_group_empty(self.pgid, time.monotonic() + KILL_WAIT):
                     report("error", f"process group {self.pgid} survived SIGKILL")
-            signal_group(self.pgid, signal.SIGKILL)  # members we cannot see (no /proc)
+            signal_group(self.pgid, SIGKILL)  # members we cannot see (no /proc)
         self.reap()
 
     @property
@@ -382,10 +387,10 @@ def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float
     if not child.exited.wait(timeout):
         report("warn", f"cmdStop '{' '.join(argv)}' still running after {timeout:g}s, "
                        f"killing it")
-        signal_group(child.pgid, signal.SIGKILL)
+        signal_group(child.pgid, SIGKILL)
         child.exited.wait(KILL_WAIT)
     if not IS_WINDOWS:
-        signal_group(child.pgid, signal.SIGKILL)  # leftovers of the stop command itself
+        signal_group(child.pgid, SIGKILL)  # leftovers of the stop command itself
     child.join_output(1.0)
     code = child.reap()
     if code:
