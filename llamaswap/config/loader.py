@@ -64,6 +64,7 @@ def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, st
 class _RawModel:
     id: str
     node: Node
+    fields: dict[str, Node] = field(default_factory=dict)  # for error lines
     cmd: str = ""
     cmd_stop: str = ""
     proxy: str = "http://localhost:${PORT}"
@@ -277,7 +278,7 @@ class _Load:
         d = self.d
         key = f"models.{mid}"
         f = d.mapping(node, key, "config.ModelConfig")
-        raw = _RawModel(id=mid, node=node)
+        raw = _RawModel(id=mid, node=node, fields=f)
         raw.cmd = d.string(f.get("cmd"), f"{key}.cmd")
         raw.cmd_stop = d.string(f.get("cmdStop"), f"{key}.cmdStop")
         raw.proxy = d.string(f.get("proxy"), f"{key}.proxy", raw.proxy)
@@ -358,7 +359,8 @@ class _Load:
         mid, key, node = raw.id, f"models.{raw.id}", raw.node
 
         def fail(message: str, sub: str | None = None) -> ConfigError:
-            return self.fail(message, f"{key}.{sub}" if sub else key, node)
+            at = raw.fields.get(sub.split(".")[0], node) if sub else node
+            return self.fail(message, f"{key}.{sub}" if sub else key, at)
 
         cmd = strip_comments(raw.cmd)
         cmd_stop = strip_comments(raw.cmd_stop)
