@@ -152,3 +152,16 @@ def test_peers(config):
     assert o.filters.set_params == {"provider": {"data_collection": "deny", "zdr": True}}
     t = o.timeouts
     assert (t.connect, t.keepalive, t.response_header, t.tls_handshake, t.idle_conn) == (30, 30, 60, 10, 90)
+
+
+def test_pure_python_yaml_gives_the_same_config(config, monkeypatch):
+    # the zipapp bundles only pure-Python PyYAML (no libyaml)
+    import yaml
+
+    from llamaswap.config import yamlio
+    monkeypatch.setattr(yamlio, "_Loader", yamlio.make_loader(yaml.SafeLoader))
+    stubs = "".join(f"  {m}:\n    cmd: stub-server --port 9\n    proxy: http://127.0.0.1:9\n" for m in MATRIX_MODELS)
+    pure = load_config_text(example_text().replace("\nmodels:\n", "\nmodels:\n" + stubs), "example.yaml", environ=ENV)
+    assert pure == config
+    with pytest.raises(ConfigError, match="yaml: line 3, column 3: "):
+        load_config_text("a:\n  - b\n  c: d\n", "bad.yaml", environ={})

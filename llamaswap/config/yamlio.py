@@ -19,19 +19,25 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .errors import ConfigError, located
 from .gocompat import go_quote
 
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 PLAIN = "!plain"  # marker tag: a plain scalar without an explicit tag, resolved later
 _MERGE = "<<"
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Builds nodes only; plain scalars are tagged PLAIN instead of guessed YAML 1.1 types."""
+def make_loader(base: type) -> type:
+    """A loader class that builds nodes only, tagging plain scalars PLAIN instead of
+    guessing YAML 1.1 types. ``base`` is CSafeLoader when libyaml is there; the zipapp
+    carries only pure-Python PyYAML, so SafeLoader must give the same result."""
 
-    def resolve(self, kind, value, implicit):  # noqa: D401 - PyYAML hook
-        if kind is ScalarNode and implicit[0]:
-            return PLAIN
-        return super().resolve(kind, value, implicit)
+    class Loader(base):  # type: ignore[misc, valid-type]
+        def resolve(self, kind, value, implicit):  # PyYAML hook
+            if kind is ScalarNode and implicit[0]:
+                return PLAIN
+            return super().resolve(kind, value, implicit)
+
+    return Loader
+
+
+_Loader = make_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def compose(text: str, source: str) -> Node | None:
@@ -41,7 +47,7 @@ def compose(text: str, source: str) -> Node | None:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = " ".join(p for p in (e.context, e.problem) if p)
+        problem = ": ".join(p for p in (e.context, e.problem) if p)
         raise ConfigError(f"{source}: yaml: {where}{problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: yaml: {e}") from None
