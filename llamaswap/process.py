@@ -164,6 +164,10 @@ class Process:
                 self._lock.release()
                 try:
                     self._run_start(attempt)
+                except BaseException as exc:  # a bug: never leave joiners waiting forever
+                    self._fail_start(attempt, attempt.child,
+                                     StartError(f"[{self.model_id}] start failed: {exc!r}"))
+                    raise
                 finally:
                     self._lock.acquire()
                 break
@@ -186,13 +190,12 @@ class Process:
                         f"[{self.model_id}] start aborted: the model is being stopped",
                         aborted=True))
                     attempt.wake.set()
+                child = self._child if attempt is None else None
                 self._set_state(S.STOPPING)
                 break
         if attempt is not None:
             attempt.spawned.wait()
             child = attempt.child
-        else:
-            child = self._child
         if child is not None:
             child.terminate(grace, cmd_stop=self._cmd_stop_argv(child), spawner=self._spawner,
                             before_wait=self._run_stop_hooks, report=self._report)

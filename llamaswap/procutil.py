@@ -136,6 +136,10 @@ class Spawner:
     def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen:
         return self.call(lambda: popen_child(argv, env))  # type: ignore[return-value]
 
+    def pending(self) -> int:
+        """Calls queued and not yet started (approximate)."""
+        return self._queue.qsize()
+
     @property
     def thread(self) -> threading.Thread:
         return self._thread

@@ -39,7 +39,7 @@ class Harness:
         self.processes: list[Process] = []
 
     def make(self, model_id: str = "m1", argv=None, port: int | None = None, extra=(),
-             **fields) -> Process:
+             spawner: procutil.Spawner | None = None, **fields) -> Process:
         port = port or free_port()
         if argv is None:
             argv = demo_backend_argv(model_id, port, "--quiet", *extra)
@@ -47,7 +47,7 @@ class Harness:
         fields.setdefault("health_check_timeout", 30)
         cfg = ModelConfig(id=model_id, argv=tuple(argv), port=port, **fields)
         proc = Process(cfg, log=new_process_log(model_id, self.loggers.upstream),
-                       proxy_log=self.loggers.log, events=self.events)
+                       proxy_log=self.loggers.log, events=self.events, spawner=spawner)
         self.processes.append(proc)
         return proc
 
@@ -307,6 +307,26 @@ def test_stop_aborts_a_start(h):
     assert proc.state is S.STOPPED and not is_alive(pid)
     assert h.changes("aborted") == [("stopped", "starting"), ("starting", "stopping"),
                                     ("stopping", "stopped")]
+
+
+def test_stop_while_the_spawn_is_queued_kills_what_gets_spawned(h):
+    spawner = procutil.Spawner()
+    gate = threading.Event()
+    busy, _ = run_in_thread(spawner.call, gate.wait)  # hold the spawner thread
+    proc = h.make("early-abort", spawner=spawner)
+    starter, box = run_in_thread(proc.start)
+    assert wait_until(lambda: spawner.pending() == 1, 10)  # the spawn is queued
+    stopper, stop_box = run_in_thread(proc.stop, 5)
+    assert wait_until(lambda: proc.state is S.STOPPING, 10)
+    gate.set()  # the queued spawn now happens, after the stop began
+    for thread in (busy, starter, stopper):
+        thread.join(30)
+    assert "error" not in stop_box
+    assert isinstance(box.get("error"), StartError) and box["error"].aborted
+    assert proc.state is S.STOPPED and proc.pid is None
+    assert "<early-abort> started pid" in h.proxy_log()  # it was spawned, then stopped
+    assert h.changes("early-abort") == [("stopped", "starting"), ("starting", "stopping"),
+                                        ("stopping", "stopped")]
 
 
 def test_start_while_stopping_waits_for_the_stop_then_starts(h):
