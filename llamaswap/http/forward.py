@@ -216,9 +216,7 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
         else:
             ctx.start(status, rheaders, length=length if not no_body or method == "HEAD" else None)
         out.status = status
-        if no_body:
-            resp.close() if method != "HEAD" else None
-        else:
+        if not no_body:
             on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
             read1 = resp.read1
             write = ctx.write
@@ -249,6 +247,8 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
             conn = None
         else:
             ctx.finish()
+            if not resp.isclosed() and resp.length == 0:
+                resp.read()  # http.client only hands the connection back once it is "closed"
             reusable = not resp.will_close and resp.isclosed()
             pool.release(conn, reusable)
             conn = None

@@ -1,0 +1,111 @@
+"""The HTTP front's pure pieces: route table, errors, auth parsing, filters, /upstream path
+matching, loading-stream framing."""
+
+import base64
+import json
+
+from llamaswap.config.model import Filters, freeze
+from llamaswap.http import auth, errors, filters, loading
+from llamaswap.http.routes import RouteTable
+from llamaswap.http.upstream_path import find_model
+
+
+def test_route_table_exact_wildcards_head_and_405():
+    t = RouteTable()
+    t.add("GET", "/running", "running")
+    t.add("POST", "/api/models/unload", "all")
+    t.add("POST", "/api/models/unload/{model...}", "one")
+    t.add("GET", "/logs/stream/{id...}", "logs")
+    t.add("*", "/upstream/{path...}", "up")
+    assert t.match("GET", "/running")[0].fn == "running"
+    assert t.match("HEAD", "/running")[0].fn == "running"
+    route, params, allowed = t.match("POST", "/running")
+    assert route is None and allowed == ["GET", "HEAD"]
+    route, params, _ = t.match("POST", "/api/models/unload/author/model%3Aq4")
+    assert route.fn == "one" and params == {"model": "author/model:q4"}
+    assert t.match("POST", "/api/models/unload")[0].fn == "all"
+    assert t.match("GET", "/logs/stream/")[1] == {"id": ""}
+    assert t.match("PATCH", "/upstream/m/x")[0].fn == "up"
+    assert t.match("GET", "/nothing") == (None, {}, [])
+
+
+class _Target:
+    def __init__(self, accept=None):
+        self.headers = {"Accept": accept} if accept else {}
+        self.sent = None
+
+    def send(self, status, body, ctype, headers):
+        self.sent = (status, body, ctype, list(headers))
+
+
+def test_errors_openai_envelope_plain_and_html():
+    t = _Target()
+    errors.send_error(t, 404, 'model "x" not found')
+    status, body, ctype, _ = t.sent
+    assert status == 404 and ctype == "application/json"
+    assert json.loads(body) == {"error": {"message": 'model "x" not found',
+                                          "type": "invalid_request_error", "code": 404}}
+    t = _Target("text/plain")
+    errors.send_error(t, 500, "boom")
+    assert t.sent[1] == b"llama-swap: boom" and t.sent[2].startswith("text/plain")
+    t = _Target("text/html,application/xhtml+xml")
+    errors.send_error(t, 502, "<bad>")
+    assert t.sent[1] == b"<html><body><h1>llama-swap</h1><p>&lt;bad&gt;</p></body></html>"
+    assert errors.error_type(401) == "authentication_error"
+    assert errors.error_type(429) == "rate_limit_error"
+    assert errors.error_type(503) == "server_error"
+
+
+def test_extract_api_key_order():
+    basic = "Basic " + base64.b64encode(b"user:k-basic").decode()
+    assert auth.extract_key({"Authorization": basic, "x-api-key": "k-x"}) == "k-basic"
+    assert auth.extract_key({"Authorization": "Bearer k-b", "x-api-key": "k-x"}) == "k-b"
+    # malformed Basic falls back to x-api-key
+    assert auth.extract_key({"Authorization": "Basic !!!", "x-api-key": "k-x"}) == "k-x"
+    assert auth.extract_key({"Authorization": "bearer k-b"}) == ""  # case-sensitive prefix
+    assert auth.key_ok("a", ("b", "a")) and not auth.key_ok("", ("",)) and not auth.key_ok("c", ("a",))
+
+
+def test_sanitize_access_control_request_headers():
+    assert auth.sanitize_request_headers(None) == auth.DEFAULT_ALLOW_HEADERS
+    assert auth.sanitize_request_headers("x-stainless-os, bad header, , ok\r\nx") == "x-stainless-os"
+    assert auth.sanitize_request_headers("a,b") == "a, b"
+
+
+def test_filters_order_and_paths():
+    f = Filters(strip_params=("temperature", "nested.drop"),
+                set_params=freeze({"top_k": 5, "opts.deep": [1, 2]}),
+                set_params_by_id=freeze({"m:high": {"top_k": 50, "reasoning": {"effort": "high"}}}))
+    body = {"model": "m:high", "temperature": 0.3, "nested": {"drop": 1, "keep": 2}, "top_k": 1}
+    out = filters.apply(body, f, "", "m:high")
+    assert out == {"model": "m:high", "nested": {"keep": 2}, "top_k": 50,
+                   "opts": {"deep": [1, 2]}, "reasoning": {"effort": "high"}}
+    out = filters.apply({"model": "alias"}, Filters(), "real-name", "alias")
+    assert out == {"model": "real-name"}
+    assert filters.split_path(r"a\.b.c") == ["a.b", "c"]
+    obj = {"arr": [1, 2, 3]}
+    filters.delete_path(obj, "arr.1")
+    assert obj == {"arr": [1, 3]}
+    assert not filters.needs_rewrite(Filters(), "", "m")
+    assert filters.needs_rewrite(Filters(set_params_by_id=freeze({"m": {"a": 1}})), "", "m")
+
+
+def test_upstream_find_model_longest_raw():
+    known = {"simple", "author/model", "author"}.__contains__
+    assert find_model("simple/v1/chat", known) == ("simple", "simple", "/v1/chat")
+    assert find_model("author/model/v1/chat", known) == ("author/model", "author/model", "/v1/chat")
+    assert find_model("author/model", known) == ("author/model", "author/model", "")
+    assert find_model("author/model/", known) == ("author/model", "author/model", "/")
+    assert find_model("simple/a%2Fb/c", known) == ("simple", "simple", "/a%2Fb/c")
+    assert find_model("author%2Fmodel/x", known) == ("author/model", "author%2Fmodel", "/x")
+    assert find_model("nope/x", known) is None
+
+
+def test_loading_chunk_framing():
+    assert loading.sse_chunk("━━━━━") == (
+        'data: {"choices":[{"delta":{"reasoning_content":"━━━━━"}}]}\n\n').encode()
+    assert loading.sse_chunk("<&>") == (
+        b'data: {"choices":[{"delta":{"reasoning_content":"\\u003c\\u0026\\u003e"}}]}\n\n')
+    assert loading.is_loading_path("/v1/chat/completions/extra")
+    assert not loading.is_loading_path("/v1/completions")
+    assert not loading.is_loading_path("/chat/completions")
