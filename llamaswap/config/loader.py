@@ -152,14 +152,15 @@ class _Load:
             raise self.fail(f"performance: every must be at least 5s, got {format_go_duration(perf_every_ns)}",
                             "performance.every", top.get("performance"))
         if start_port < 1:
-            raise self.fail("startPort must be greater than 1", "startPort", top.get("startPort"))
+            raise self.fail(f"startPort must be greater than 1 (got {start_port})", "startPort", top.get("startPort"))
         if global_ttl < 0:
-            raise self.fail("globalTTL must be >= 0", "globalTTL", top.get("globalTTL"))
+            raise self.fail(f"globalTTL must be >= 0 (got {global_ttl})", "globalTTL", top.get("globalTTL"))
         if log_to_stdout not in _LOG_TO_STDOUT:
             raise self.fail(f"logToStdout must be one of: proxy, upstream, both, none (got {go_quote(log_to_stdout)})",
                             "logToStdout", top.get("logToStdout"))
         if unload_timeout < 0:
-            raise self.fail("unloadTimeout must be >= 0", "unloadTimeout", top.get("unloadTimeout"))
+            raise self.fail(f"unloadTimeout must be >= 0 (got {_num(unload_timeout)})", "unloadTimeout",
+                            top.get("unloadTimeout"))
         unload_timeout = unload_timeout or DEFAULT_UNLOAD_TIMEOUT
 
         aliases = self._aliases(models)
