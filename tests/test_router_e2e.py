@@ -1,0 +1,300 @@
+"""Router + Process with real demo backends; each grant is used for a real HTTP request.
+
+No HTTP front: the test plays the handler thread (request -> result -> forward -> done).
+Backend starts are counted from ProcessStateChanged events (stopped -> starting).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+
+from helpers import demo_backend_argv, free_port, is_alive, wait_until
+from llamaswap.config.model import (DEFAULT_GROUP_ID, Config, ExpandedSet, GroupConfig,
+                                    MatrixConfig, ModelConfig)
+from llamaswap.ops.events import (EventBus, ProcessStateChanged, QueueLengthChanged,
+                                  SwapFinished)
+from llamaswap.ops.logs import build_loggers, new_process_log
+from llamaswap.process import Process
+from llamaswap.router import Router, RouterError
+
+
+def model(model_id: str, *extra: str, **fields) -> ModelConfig:
+    port = free_port()
+    fields.setdefault("health_check_timeout", 30)
+    fields.setdefault("unload_timeout", 2)
+    return ModelConfig(id=model_id, argv=tuple(demo_backend_argv(model_id, port, "--quiet", *extra)),
+                       proxy=f"http://127.0.0.1:{port}", port=port, **fields)
+
+
+class Rig:
+    """A Router over real processes, plus an event log; close() shuts everything down."""
+
+    def __init__(self) -> None:
+        self.loggers = build_loggers("none", level="debug")
+        self.events = EventBus()
+        self.sub = self.events.subscribe()
+        self.seen: list[tuple[float, object]] = []
+        self.router: Router | None = None
+        self.processes: dict[str, Process] = {}
+
+    def build(self, models: list[ModelConfig], groups=None, matrix=None) -> Router:
+        cfg_models = {m.id: m for m in sorted(models, key=lambda m: m.id)}
+        if matrix is None and groups is None:
+            groups = [GroupConfig(DEFAULT_GROUP_ID, members=tuple(cfg_models))]
+        config = Config(models=cfg_models, matrix=matrix,
+                        groups={g.id: g for g in groups or ()})
+        self.processes = {mid: self.process(m) for mid, m in cfg_models.items()}
+        self.router = Router(config, self.processes, log=self.loggers.log, events=self.events)
+        self.router.start()
+        return self.router
+
+    def process(self, cfg: ModelConfig) -> Process:
+        return Process(cfg, log=new_process_log(cfg.id, self.loggers.upstream),
+                       proxy_log=self.loggers.log, events=self.events)
+
+    def pump(self) -> list:
+        while (event := self.sub.get(0)) is not None:
+            self.seen.append((time.monotonic(), event))
+        return [e for _t, e in self.seen]
+
+    def starts(self, model_id: str) -> int:
+        return sum(1 for e in self.pump() if isinstance(e, ProcessStateChanged)
+                   and e.model == model_id and e.new == "starting")
+
+    def state(self, model_id: str) -> str:
+        return self.processes[model_id].state.value
+
+    def close(self) -> None:
+        if self.router is not None:
+            try:
+                self.router.shutdown(1)
+            except RouterError:
+                pass
+
+
+@pytest.fixture
+def rig():
+    r = Rig()
+    yield r
+    r.close()
+
+
+def chat(grant) -> dict:
+    """One real chat completion through the granted process."""
+    url = urlsplit(grant.process.config.proxy)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        body = json.dumps({"model": grant.model_id, "messages": [{"role": "user", "content": "hi"}]})
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, data
+        return json.loads(data)
+    finally:
+        conn.close()
+
+
+def serve(router: Router, model_id: str) -> dict:
+    ticket = router.request(model_id)
+    grant = ticket.result()
+    try:
+        answer = chat(grant)
+        assert answer["model"] == model_id
+        return answer
+    finally:
+        ticket.done()
+
+
+def serve_all(router: Router, tickets) -> list:
+    """Serve every ticket from its own thread (like handler threads); outcomes in order."""
+    outcomes: list = [None] * len(tickets)
+
+    def one(i, ticket) -> None:
+        try:
+            grant = ticket.result()
+        except RouterError as exc:
+            outcomes[i] = exc
+            return
+        try:
+            outcomes[i] = chat(grant)["model"]
+        finally:
+            ticket.done()
+
+    threads = [threading.Thread(target=one, args=(i, t)) for i, t in enumerate(tickets)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return outcomes
+
+
+def test_swap_in_a_group_stops_the_previous_model(rig):
+    router = rig.build([model("a"), model("b")])
+    serve(router, "a")
+    pid_a = rig.processes["a"].pid
+    assert rig.state("a") == "ready"
+    serve(router, "b")
+    assert rig.state("a") == "stopped" and rig.state("b") == "ready"
+    assert not is_alive(pid_a)
+    finished = [e for e in rig.pump() if isinstance(e, SwapFinished)]
+    assert [(e.model, e.ok) for e in finished] == [("a", True), ("b", True)]
+
+
+def test_collation_abcabc_starts_each_backend_once(rig):
+    router = rig.build([model(m, "--load-delay", "0.3") for m in "abc"])
+    tickets = [router.request(m) for m in "abcabc"]
+    assert wait_until(lambda: router.queue_length() == 4)  # b c b c wait; the second a joins
+    assert serve_all(router, tickets) == list("abcabc")
+    assert [rig.starts(m) for m in "abc"] == [1, 1, 1]
+    lengths = [e.length for e in rig.pump() if isinstance(e, QueueLengthChanged)]
+    assert lengths and lengths[-1] == 0
+
+
+def test_concurrent_requests_for_one_model_share_one_start(rig):
+    router = rig.build([model("a", "--load-delay", "0.3")])
+    tickets = [router.request("a") for _ in range(8)]
+    assert serve_all(router, tickets) == ["a"] * 8
+    assert rig.starts("a") == 1
+
+
+def test_groups_persistent_and_exclusive_rules_with_real_processes(rig):
+    router = rig.build([model("p"), model("a"), model("b")], groups=[
+        GroupConfig("keep", swap=True, exclusive=False, persistent=True, members=("p",)),
+        GroupConfig("main", swap=True, exclusive=True, members=("a", "b")),
+    ])
+    serve(router, "p")
+    serve(router, "a")
+    assert rig.state("p") == "ready"  # persistent: not evicted by the exclusive group
+    serve(router, "b")
+    assert rig.state("a") == "stopped" and rig.state("p") == "ready"
+    # a non-exclusive group's model never evicts other groups (upstream's quirk)
+    serve(router, "p")
+    assert rig.state("b") == "ready"
+
+
+def test_matrix_coexisting_models_share_the_machine_and_others_evict_them(rig):
+    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
+    router = rig.build([model("a"), model("b"), model("c")], matrix=MatrixConfig(expanded_sets=sets))
+    assert serve_all(router, [router.request("a"), router.request("b")]) == ["a", "b"]
+    assert rig.state("a") == "ready" and rig.state("b") == "ready"
+    serve(router, "c")
+    assert (rig.state("a"), rig.state("b"), rig.state("c")) == ("stopped", "stopped", "ready")
+
+
+def test_unload_while_requests_wait(rig):
+    router = rig.build([model("a", "--load-delay", "2"), model("b")])
+    waiting = [router.request("a") for _ in range(2)]
+    queued = router.request("b")  # b evicts a: queued behind a's swap
+    assert wait_until(lambda: rig.state("a") == "starting")
+    assert wait_until(lambda: queued.position == 1)
+    router.unload(["a"])
+    assert rig.state("a") == "stopped"  # unload returns when the model is down
+    for t in waiting:
+        with pytest.raises(RouterError) as info:
+            t.result()
+        assert info.value.status == 500 and "'a'" in info.value.message
+    assert serve_all(router, [queued]) == ["b"]  # the queue moved on
+
+
+def test_unload_all_returns_when_every_model_is_down(rig):
+    sets = (ExpandedSet("ab", "a & b", ("a", "b")),)
+    router = rig.build([model("a"), model("b")], matrix=MatrixConfig(expanded_sets=sets))
+    serve_all(router, [router.request("a"), router.request("b")])
+    pids = [rig.processes[m].pid for m in "ab"]
+    router.unload()
+    assert rig.state("a") == rig.state("b") == "stopped"
+    assert not any(is_alive(p) for p in pids)
+
+
+def test_ttl_counts_from_the_end_of_the_last_request(rig):
+    router = rig.build([model("a", ttl=1)])
+    ticket = router.request("a")
+    grant = ticket.result()
+    chat(grant)
+    time.sleep(1.5)  # hold the request well past the ttl: never unloaded while in flight
+    assert rig.state("a") == "ready"
+    ticket.done()
+    time.sleep(0.6)  # measuring, not synchronising: the timer restarted at done()
+    assert rig.state("a") == "ready"
+    assert wait_until(lambda: rig.state("a") == "stopped", timeout=15)
+    assert rig.starts("a") == 1
+
+
+def test_failed_start_is_reported_and_not_sticky(rig, tmp_path):
+    flag = tmp_path / "ok"
+    port = free_port()
+    # fails until the flag file exists, then serves normally
+    script = (f"import os, sys; os.path.exists({str(flag)!r}) or sys.exit('not today'); "
+              f"sys.argv[1:] = ['--port', '{port}', '--model-id', 'a', '--quiet']; "
+              f"import runpy; runpy.run_module('llamaswap.demo.backend', run_name='__main__')")
+    import sys
+    cfg = ModelConfig(id="a", argv=(sys.executable, "-c", script), proxy=f"http://127.0.0.1:{port}",
+                      port=port, health_check_timeout=30, unload_timeout=2)
+    router = rig.build([cfg])
+    with pytest.raises(RouterError) as info:
+        router.request("a").result()
+    assert info.value.status == 500
+    assert info.value.message.startswith("model 'a' failed to start: ")
+    flag.write_text("")
+    serve(router, "a")
+    assert rig.starts("a") == 2
+
+
+def test_request_for_a_stopping_model_waits_for_the_stop_then_starts_it(rig):
+    router = rig.build([model("a", "--ignore-sigterm", unload_timeout=1)])
+    serve(router, "a")
+    unloading = threading.Thread(target=router.unload, args=(["a"],))
+    unloading.start()
+    assert wait_until(lambda: rig.state("a") == "stopping")
+    serve(router, "a")  # waits for the SIGKILL after 1 s, then a fresh start
+    unloading.join(10)
+    assert rig.starts("a") == 2
+
+
+def test_shutdown_answers_waiters_and_stops_everything(rig):
+    router = rig.build([model("a", "--load-delay", "3"), model("b")])
+    waiting, queued = router.request("a"), router.request("b")
+    assert wait_until(lambda: rig.state("a") == "starting")
+    router.shutdown(1)
+    for t in (waiting, queued):
+        with pytest.raises(RouterError) as info:
+            t.result()
+        assert info.value.status == 503 and "shutting down" in info.value.message
+    assert rig.state("a") == "shutdown"
+    with pytest.raises(RouterError):
+        router.shutdown()
+    with pytest.raises(RouterError) as info:
+        router.request("b").result()
+    assert info.value.status == 503
+
+
+def test_reconfigure_drains_a_changed_model_then_starts_its_new_process(rig):
+    router = rig.build([model("a"), model("b")], groups=[
+        GroupConfig("g", swap=False, exclusive=False, members=("a", "b"))])
+    held = router.request("a")
+    old_grant = held.result()
+    serve(router, "b")
+    new_a = model("a")
+    processes = {"a": rig.process(new_a), "b": rig.processes["b"]}
+    config = Config(models={"a": new_a, "b": rig.processes["b"].config},
+                    groups={"g": GroupConfig("g", swap=False, exclusive=False, members=("a", "b"))})
+    old = rig.processes["a"]
+    router.reconfigure(config, processes, stop=["a"])
+    later = router.request("a")
+    assert not later.wait(0.3)  # no grant while the old a still serves a request
+    serve(router, "b")  # the unchanged model keeps serving
+    chat(old_grant)
+    held.done()
+    grant = later.result()
+    assert grant.process is processes["a"] and grant.process is not old
+    assert old.state.value == "stopped"
+    chat(grant)
+    later.done()
+    rig.processes = processes
