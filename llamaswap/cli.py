@@ -165,10 +165,12 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         if warning:
             _err(warning)
         try:
+            if ":" not in listen:
+                raise ValueError(f"listen tcp: address {listen}: missing port in address")
             server = serve(holder, listen, certfile=opts["tls-cert-file"] or None,
                            keyfile=opts["tls-key-file"] or None)
         except Exception as e:
-            _err(f"http server error: {e}")
+            _err(f"http server error: {_listen_error(listen, e)}")
             return 1
         scheme = "https" if use_tls else "http"
         log.info(f"llama-swap listening{' with TLS' if use_tls else ''} on {scheme}://{listen}")
@@ -205,6 +207,13 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             signal.signal(s, handler)
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _listen_error(listen: str, e: Exception) -> str:
+    """Go's wording for the common bind failures."""
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        return f"listen tcp {listen}: bind: {e.strerror[0].lower()}{e.strerror[1:]}"
+    return str(e)
 
 
 def _signal_name(signum: int) -> str:
