@@ -561,3 +561,14 @@ def test_load_config_from_file(tmp_path):
     assert str(e.value).startswith(f"{path}:4: models.m.ttl: ")
     path.write_text("models:\n  m:\n    cmd: x ${PORT}\n")
     assert load_config(str(path)).path == str(path)
+
+
+def test_group_member_that_is_both_a_model_id_and_an_alias_means_the_model():
+    c = load("""
+        models:
+          a: {cmd: "x ${PORT}", aliases: [b]}
+          b: {cmd: "x ${PORT}"}
+        groups:
+          g: {members: [b]}
+        """)
+    assert c.groups["g"].members == ("b",) and c.groups[DEFAULT_GROUP_ID].members == ("a",)

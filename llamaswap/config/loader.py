@@ -482,8 +482,8 @@ class _Load:
 
     def _groups(self, groups: dict[str, dict[str, Any]], models: dict[str, ModelConfig],
                 aliases: dict[str, str], groups_node: Node | None) -> dict[str, GroupConfig]:
-        listed = {m for g in groups.values() for m in g["members"]}
-        listed |= {aliases[m] for m in listed if m in aliases}
+        # model ids win over aliases, as in Config.real_model_name
+        listed = {m if m in models else aliases.get(m, m) for g in groups.values() for m in g["members"]}
         groups = dict(groups)
         groups[DEFAULT_GROUP_ID] = {
             "swap": True, "exclusive": True, "persistent": False,

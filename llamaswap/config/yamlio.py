@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -270,10 +270,6 @@ class Decoder:
         if is_null(node):
             return {}
         return {k: self.any(v, f"{key}.{k}") for k, _, v in self.items(node, key, "map[string]interface {}")}
-
-    def decode_each(self, node: Node | None, key: str, go_type: str,
-                    fn: Callable[[str, Node, Node], Any]) -> dict[str, Any]:
-        return {k: fn(k, kn, vn) for k, kn, vn in self.items(node, key, go_type)} if node is not None else {}
 
 
 def scalar_texts(node: Node | None) -> Iterator[str]:
