@@ -1,0 +1,94 @@
+"""The running proxy's parts, built from one Config: what every HTTP handler reads.
+
+A reload builds a new App that shares the router, the in-flight counter, the activity log
+and the captures with the old one, and reuses the Process of every model whose effective
+config did not change, so those models keep running and serving (upstream rebuilds
+everything and unloads every model on reload).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Mapping
+
+from llamaswap.config.model import Config
+from llamaswap.ops.activity import ActivityLog
+from llamaswap.ops.captures import CaptureStore
+from llamaswap.ops.events import EventBus
+from llamaswap.ops.inflight import InFlightCounter
+from llamaswap.ops.logs import Loggers, new_process_log
+from llamaswap.process import Process
+from llamaswap.router import PeerDirectory, Router
+
+
+class App:
+    def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
+                 processes: dict[str, Process], router: Router, peers: PeerDirectory,
+                 activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
+                 started_at: float):
+        self.config = config
+        self.loggers = loggers
+        self.events = events
+        self.processes = processes
+        self.router = router
+        self.peers = peers
+        self.activity = activity
+        self.captures = captures
+        self.inflight = inflight
+        self.started_at = started_at
+        self._shutdown_lock = threading.Lock()
+        self._shut = False
+
+    @classmethod
+    def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
+        events = events if events is not None else EventBus()
+        processes = _processes(config, loggers, events, keep={})
+        router = Router(config, processes, log=loggers.log, events=events)
+        router.start()
+        captures = CaptureStore(config.capture_buffer, log=loggers.log)
+        return cls(config=config, loggers=loggers, events=events, processes=processes,
+                   router=router, peers=PeerDirectory(config, loggers.log),
+                   activity=ActivityLog(config.metrics_max_in_memory, events=events,
+                                        captures=captures, log=loggers.log),
+                   captures=captures, inflight=InFlightCounter(events), started_at=time.time())
+
+    def reload(self, config: Config) -> "App":
+        """An App for `config`: unchanged models keep their Process; changed and removed
+        ones are drained and stopped by the router. Returns once the new config routes."""
+        keep = {mid: proc for mid, proc in self.processes.items()
+                if mid in config.models and config.models[mid] == proc.config}
+        processes = _processes(config, self.loggers, self.events, keep)
+        self.router.reconfigure(config, processes,
+                                stop=[mid for mid in self.processes if mid not in keep])
+        captures = self.captures
+        if config.capture_buffer != self.config.capture_buffer:
+            captures = CaptureStore(config.capture_buffer, log=self.loggers.log)
+        activity = self.activity
+        if (config.metrics_max_in_memory != self.config.metrics_max_in_memory
+                or captures is not self.captures):
+            activity = ActivityLog(config.metrics_max_in_memory, events=self.events,
+                                   captures=captures, log=self.loggers.log)
+        return App(config=config, loggers=self.loggers, events=self.events,
+                   processes=processes, router=self.router,
+                   peers=PeerDirectory(config, self.loggers.log), activity=activity,
+                   captures=captures, inflight=self.inflight, started_at=self.started_at)
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Answer every waiting request and stop every backend (each with its own unload
+        grace, in parallel). Safe to call twice."""
+        with self._shutdown_lock:
+            if self._shut:
+                return
+            self._shut = True
+        self.router.shutdown(grace)
+        from llamaswap.http.pool import close_peer_pools
+        close_peer_pools()
+
+
+def _processes(config: Config, loggers: Loggers, events: EventBus,
+               keep: Mapping[str, Process]) -> dict[str, Process]:
+    return {mid: keep[mid] if mid in keep else
+            Process(mcfg, log=new_process_log(mid, loggers.upstream), proxy_log=loggers.log,
+                    events=events)
+            for mid, mcfg in config.models.items()}
