@@ -298,3 +298,41 @@ def test_reconfigure_drains_a_changed_model_then_starts_its_new_process(rig):
     chat(grant)
     later.done()
     rig.processes = processes
+
+
+def test_crashed_backend_is_restarted_by_the_next_request(rig):
+    router = rig.build([model("a", "--crash-after", "1")])
+    serve(router, "a")
+    assert wait_until(lambda: rig.state("a") != "ready")  # it exits after one answer
+    serve(router, "a")  # never routed to the dead process: a fresh start
+    assert rig.starts("a") == 2
+
+
+def test_queue_positions_and_give_up(rig):
+    router = rig.build([model("a", "--load-delay", "1"), model("b"), model("c")])
+    loading = router.request("a")
+    first, second = router.request("b"), router.request("c")  # both would evict a
+    assert first.wait_position(10) == 1
+    assert second.wait_position(10) == 2
+    assert router.queue_length() == 2
+    first.give_up()
+    assert second.wait_position(10) == 1  # moved up
+    assert wait_until(lambda: router.queue_length() == 1)
+    assert not first.wait(0)  # given up: never granted
+    loading.give_up()  # the load goes on; its grant is not counted
+    assert serve_all(router, [second]) == ["c"]
+    assert wait_until(lambda: router.in_flight("c") == 0)  # done() is reported asynchronously
+    assert router.in_flight("a") == 0
+    assert rig.starts("a") == 1 and rig.starts("b") == 0
+
+
+def test_give_up_after_the_grant_counts_as_done(rig):
+    router = rig.build([model("a"), model("b")])
+    ticket = router.request("a")
+    ticket.result()
+    assert router.in_flight("a") == 1
+    ticket.give_up()
+    ticket.done()  # a second report is ignored
+    assert wait_until(lambda: router.in_flight("a") == 0)
+    serve(router, "b")  # a is idle again, so b may evict it
+    assert rig.state("a") == "stopped"

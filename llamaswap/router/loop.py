@@ -259,6 +259,7 @@ class Router:
         kind = command[0]
         core = self._core
         if kind == "request":
+            self._notice_crash(command[1].model_id, now)
             self._apply(core.request(command[1], now))
         elif kind == "done":
             self._apply(core.request_done(command[1], now))
@@ -302,6 +303,15 @@ class Router:
                 event.set()
             return True
         return False
+
+    def _notice_crash(self, model: str, now: float) -> None:
+        """A backend that crashed may not have reported yet (its exit listener runs after
+        the cleanup); never fast-path a request to it. Every stop the core orders marks
+        the model stopping first, so a ready model whose process is not ready crashed."""
+        process = self._processes.get(model)
+        if (process is not None and self._core.state.get(model) == "ready"
+                and _state(process) in ("stopping", "stopped")):
+            self._apply(self._core.process_exited(model, now))
 
     def _reconfigure(self, config: Config, processes: dict, stop: list, now: float) -> None:
         old = self._processes
