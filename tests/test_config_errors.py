@@ -231,3 +231,8 @@ def test_missing_file(tmp_path):
     from llamaswap.config import load_config
     with pytest.raises(ConfigError, match="no such file or directory"):
         load_config(str(tmp_path / "absent.yaml"))
+
+
+def test_env_error_names_the_line():
+    message = error_of("# ${env.NOPE} in a comment first\n" + M + "    cmdStop: stop ${env.NOPE}\n")
+    assert message == "cfg.yaml:5: environment variable 'NOPE' is not set"

@@ -24,18 +24,27 @@ def substitute_env(text: str, environ: Mapping[str, str], source: str = "<string
         scan = text
     result = text
     for match in ENV_MACRO.finditer(scan):
-        name = match.group(1)
+        macro, name = match.group(0), match.group(1)
+        where = _where(text, macro, source)
         if name not in environ:
-            raise ConfigError(f"{source}: environment variable '{name}' is not set")
-        result = result.replace(match.group(0), _yaml_safe(environ[name], name, source))
+            raise ConfigError(f"{where}: environment variable '{name}' is not set")
+        result = result.replace(macro, _yaml_safe(environ[name], name, where))
     return result
 
 
-def _yaml_safe(value: str, name: str, source: str) -> str:
+def _where(text: str, macro: str, source: str) -> str:
+    """``source:line`` of the macro's first use outside a comment-only line, for the message."""
+    for number, line in enumerate(text.split("\n"), 1):
+        if macro in line and not line.lstrip().startswith("#"):
+            return f"{source}:{number}"
+    return source
+
+
+def _yaml_safe(value: str, name: str, where: str) -> str:
     # A line break or NUL would change the YAML structure whatever the quoting context.
     if any(c in value for c in "\n\r\0"):
         raise ConfigError(
-            f"{source}: environment variable '{name}' contains newlines or null bytes which are "
+            f"{where}: environment variable '{name}' contains newlines or null bytes which are "
             "not allowed in YAML substitution")
     # Escaped for double-quoted YAML strings; in plain scalars the backslashes stay literal,
     # exactly as upstream.
