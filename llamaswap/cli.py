@@ -11,15 +11,12 @@ import ipaddress
 import os
 import signal
 import sys
-import threading
 
 import llamaswap
 from llamaswap import goflags
 
 PROGRAM = "llama-swap"
 SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
-PROFILES_WARNING = ("Profile functionality has been removed in favor of Groups. "
-                    "See the README for more information.")
 
 FLAGS = [
     goflags.Flag("config", "path to config file (required)"),
@@ -128,6 +125,7 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
     log = loggers.log
     try:
         if config.has_profiles:
+            from llamaswap.ops.reload import PROFILES_WARNING
             log.warn(PROFILES_WARNING)
         log.debug(f"PID: {os.getpid()}")
         return _serve(opts, config, loggers, EventBus(), listen, demo, use_tls)
@@ -139,6 +137,8 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
 def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
     from llamaswap.app import App
     from llamaswap.http.server import serve
+    from llamaswap.ops.preload import start_preload
+    from llamaswap.ops.reload import Reloader
     log = loggers.log
 
     # Signals are caught from here on, so a Ctrl-C during startup still stops what started.
@@ -152,7 +152,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             pass  # pipe full: a shutdown is already queued
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    app = server = watcher = None
+    app = server = reloader = None
     try:
         try:
             app = App.build(config, loggers, events)
@@ -160,7 +160,8 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             _err(f"failed to create server: {e}")
             return 1
         holder = AppHolder(app)
-        reloader = _make_reloader(opts, holder, loggers, events)
+        if not demo:
+            reloader = Reloader(holder, os.path.abspath(opts["config"]))
         warning = network_warning(listen, bool(config.api_keys))
         if warning:
             _err(warning)
@@ -172,6 +173,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         except Exception as e:
             _err(f"http server error: {_listen_error(listen, e)}")
             return 1
+        start_preload(app)
         scheme = "https" if use_tls else "http"
         log.info(f"llama-swap listening{' with TLS' if use_tls else ''} on {scheme}://{listen}")
         if demo:
@@ -179,23 +181,23 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             sys.stdout.write(banner(f"{scheme}://{_browsable(listen)}") + "\n")
             sys.stdout.flush()
         if opts["watch-config"] and reloader is not None:
-            watcher = _start_watcher(os.path.abspath(opts["config"]), reloader, log)
+            reloader.watch()
         while True:
             signum = os.read(wake_r, 1)[0]
             if signum == signal.SIGHUP:
                 log.info("received SIGHUP, reloading config")
                 if reloader is not None:
-                    threading.Thread(target=reloader, name="reload", daemon=True).start()
+                    reloader.trigger()
                 else:
-                    log.warn("config reload is not available in this build")
+                    log.warn("-demo runs on the built-in config: nothing to reload")
                 continue
             log.info(f"received signal {_signal_name(signum)}, shutting down")
             break
         # A second SIGINT/SIGTERM during shutdown is ignored, as upstream does.
         return 0
     finally:
-        if watcher is not None:
-            watcher.stop()
+        if reloader is not None:
+            reloader.stop()
         if server is not None:
             _close_server(server, log)
         current = holder.app if app is not None else None
@@ -236,29 +238,6 @@ def _close_server(server, log) -> None:
         server.shutdown()
     except Exception as e:
         log.warn(f"http server shutdown error: {e}")
-
-
-def _make_reloader(opts, holder, loggers, events):
-    """A no-argument function that reloads the config file, or None without a file or reloader."""
-    if not opts["config"] or opts["demo"]:
-        return None
-    try:
-        from llamaswap.ops import reload as reload_mod
-    except ImportError:
-        return None
-    return reload_mod.Reloader(opts["config"], holder, loggers, events).reload
-
-
-def _start_watcher(path, on_change, log):
-    try:
-        from llamaswap.ops.watcher import ConfigWatcher
-    except ImportError:
-        log.warn("-watch-config is not available in this build")
-        return None
-    log.info("watching configuration for changes (poll-based, 2s interval)")
-    watcher = ConfigWatcher(path, on_change)
-    watcher.start()
-    return watcher
 
 
 if __name__ == "__main__":
