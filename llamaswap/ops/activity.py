@@ -578,8 +578,9 @@ class RequestMeter:
         captures = log.captures
         self._capture_on = captures is not None and captures.enabled
         self._fields = captures.fields_for(path) if self._capture_on else 0
-        self._req_headers = list(req_headers.items()) if isinstance(req_headers, Mapping) \
+        self._req_headers = list(req_headers.items()) if hasattr(req_headers, "items") \
             else list(req_headers or ())
+        self.ctx: Any = None  # set by observe(): its status covers errors answered by the proxy
         self._req_body: bytearray | None = bytearray() if self._capture_on else None
 
     def set_path(self, path: str) -> None:
@@ -597,7 +598,7 @@ class RequestMeter:
 
     def on_response(self, status: int, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> None:
         self.status = status
-        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        items = list(headers.items()) if hasattr(headers, "items") else list(headers)
         self.resp_headers = items
         lower = {k.lower(): v for k, v in reversed(items)}  # first value wins
         self.content_type = lower.get("content-type", "")
@@ -629,7 +630,7 @@ class RequestMeter:
 
     def _finish(self) -> ActivityEntry:
         wall_ms = int((self._clock() - self._start) * 1000)
-        status = self.status or 502
+        status = self.status or getattr(self.ctx, "status", 0) or 502
         tokens, duration, warning = TokenMetrics(), wall_ms, None
         body_seen = self._parser is not None and self._parser.raw_bytes > 0
         if status != 200:
@@ -681,6 +682,10 @@ class ActivityLog:
         self.captures = captures
         self._proxy_log = log
         self._clock = clock
+        if events is not None and hasattr(events, "subscribe"):
+            # /metrics counts every request from the moment the first App is built
+            from llamaswap.ops.prometheus import request_metrics
+            request_metrics(events)
 
     def warn(self, msg: str) -> None:
         if self._proxy_log is not None:
@@ -697,7 +702,10 @@ class ActivityLog:
         if path.startswith("/v/"):
             path = path[2:]
         headers = ctx.headers.items() if ctx.headers is not None else ()
-        return self.meter(model_id, path, ctx.method, list(headers))
+        meter = self.meter(model_id, path, ctx.method, list(headers))
+        if meter is not None:
+            meter.ctx = ctx
+        return meter
 
     def meter(self, model_id: str, path: str, method: str = "POST",
               req_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None

@@ -193,6 +193,23 @@ class RequestMetrics:
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
 
 
+_registry: dict[int, tuple[Any, RequestMetrics]] = {}
+_registry_lock = threading.Lock()
+
+
+def request_metrics(events: Any) -> RequestMetrics:
+    """The RequestMetrics following ``events`` (created and attached on first use). The bus
+    outlives config reloads, and so do these counters."""
+    with _registry_lock:
+        found = _registry.get(id(events))
+        if found is not None and found[0] is events:
+            return found[1]
+        rm = RequestMetrics()
+        rm.attach(events)
+        _registry[id(events)] = (events, rm)
+        return rm
+
+
 # ---------------------------------------------------------------------------------------------
 # /proc readers (Linux); each returns None where the file is missing
 

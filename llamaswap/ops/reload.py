@@ -1,0 +1,124 @@
+"""Live config reload, from SIGHUP or ``-watch-config`` (behaviour.md 1.4).
+
+The new file is loaded and validated completely before anything changes; on any error the
+proxy keeps running on the old config and logs ``failed to reload config: <why>``. Beyond
+upstream (which rebuilds everything and so unloads every model): models whose effective
+config is unchanged (``ModelConfig ==``) keep their Process and keep serving; changed and
+removed models are drained and stopped (``Router.reconfigure``, via ``App.reload``); new
+settings apply to the next request. ``/api/events`` clients get a fresh ``modelStatus``, and
+the preload hook runs again, as upstream. A reload that starts while another is running is
+dropped, as upstream.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from llamaswap.ops.events import ConfigChanged
+from llamaswap.ops.watcher import DEFAULT_INTERVAL, ConfigWatcher
+
+PROFILES_WARNING = ("Profile functionality has been removed in favor of Groups. "
+                    "See the README for more information.")
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    keep: tuple[str, ...]  # same effective config: the running Process carries on
+    stop: tuple[str, ...]  # changed or removed: drain, then stop
+    new: tuple[str, ...]  # changed or added: a fresh Process (stopped until requested)
+
+
+def plan_reload(old: Any, new: Any) -> ReloadPlan:
+    """Which models survive a reload. Pure: compares the two configs only."""
+    keep = tuple(sorted(m for m in old.models if m in new.models
+                        and old.models[m] == new.models[m]))
+    kept = set(keep)
+    stop = tuple(sorted(m for m in old.models if m not in kept))
+    fresh = tuple(sorted(m for m in new.models if m not in kept))
+    return ReloadPlan(keep, stop, fresh)
+
+
+class Reloader:
+    """Reloads ``holder.app`` from ``path``. ``reload()`` runs in the caller's thread;
+    ``trigger()`` starts it in a background thread (safe from a signal handler)."""
+
+    def __init__(self, holder: Any, path: str, *, load: Callable[[str], Any] | None = None,
+                 preload: bool = True):
+        self.holder = holder
+        self.path = path
+        self._load = load
+        self._preload = preload
+        self._lock = threading.Lock()
+        self._running = False
+        self._watcher: ConfigWatcher | None = None
+        self.reloads = 0  # successful reloads, for tests and logs
+
+    @property
+    def log(self) -> Any:
+        return self.holder.app.loggers.log
+
+    def trigger(self) -> threading.Thread:
+        t = threading.Thread(target=self.reload, name="config-reload", daemon=True)
+        t.start()
+        return t
+
+    def reload(self) -> bool:
+        """True when the new config is in service; False when it failed or was dropped."""
+        with self._lock:
+            if self._running:
+                return False
+            self._running = True
+        try:
+            return self._reload()
+        finally:
+            with self._lock:
+                self._running = False
+
+    def _reload(self) -> bool:
+        log = self.log
+        log.info("reloading configuration")
+        try:
+            load = self._load
+            if load is None:
+                from llamaswap.config import load_config as load
+            new_cfg = load(self.path)
+        except Exception as e:  # ConfigError, or the file vanished between stat and open
+            log.warn(f"failed to reload config: {e}")
+            return False
+        if getattr(new_cfg, "has_profiles", False):
+            log.warn(PROFILES_WARNING)
+        old_app = self.holder.app
+        plan = plan_reload(old_app.config, new_cfg)
+        try:
+            new_app = old_app.reload(new_cfg)
+        except Exception as e:
+            log.warn(f"failed to build new server during reload: {e}")
+            return False
+        if new_app is not None and new_app is not old_app:
+            self.holder.app = new_app
+        app = self.holder.app
+        app.loggers.log.configure(new_cfg.log_level, new_cfg.log_time_format)
+        app.events.publish(ConfigChanged())
+        if plan.keep or plan.stop:
+            log.info(f"config reload: kept running {list(plan.keep)}, "
+                     f"restarted or removed {list(plan.stop)}")
+        if self._preload:
+            from llamaswap.ops.preload import start_preload
+            start_preload(app)
+        self.reloads += 1
+        log.info("configuration reloaded")
+        return True
+
+    # ---- -watch-config
+    def watch(self, interval: float = DEFAULT_INTERVAL) -> ConfigWatcher:
+        self.log.info("watching configuration for changes (poll-based, 2s interval)")
+        self._watcher = ConfigWatcher(self.path, self.reload, interval=interval,
+                                      log=self.log).start()
+        return self._watcher
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None

@@ -1,0 +1,155 @@
+"""``GET /api/events``: the server-sent event stream the web UI lives on (behaviour.md 3.5.3).
+
+Each frame is exactly ``event:message\\ndata:<envelope>\\n\\n`` where the envelope is
+``{"type":"<t>","data":"<JSON text>"}``; the four types are ``logData``, ``modelStatus``,
+``metrics`` and ``inflight``. On connect the client gets the proxy log history, the upstream
+log history, the model list, the whole activity ring and the in-flight total, in that order;
+then live updates. Every client reads from its own bounded queue (1024 messages, as upstream):
+a client that stops reading loses messages (with a warning in the proxy log), never slows a
+backend, a request, or another client. Unlike upstream, a config reload keeps the stream open
+and sends a fresh ``modelStatus``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from llamaswap.ops import gojson
+from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
+                                  LogData, ProcessStateChanged)
+
+SEND_BUFFER = 1024
+POLL = 0.25  # how often an idle stream checks for a departed client or a closing server
+DROP_WARN_INTERVAL = 5.0
+
+HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
+           ("Connection", "keep-alive"), ("X-Content-Type-Options", "nosniff"),
+           ("X-Accel-Buffering", "no")]
+
+_wired: dict[tuple[int, int], bool] = {}
+_wired_lock = threading.Lock()
+
+
+def wire_log_events(loggers: Any, events: EventBus) -> None:
+    """Publish every write to the proxy and upstream logs as a ``LogData`` event (once per
+    pair of loggers and bus; both outlive config reloads)."""
+    key = (id(loggers), id(events))
+    with _wired_lock:
+        if _wired.get(key):
+            return
+        _wired[key] = True
+    loggers.proxy.add_listener(lambda data: events.publish(LogData("proxy", data)))
+    loggers.upstream.add_listener(lambda data: events.publish(LogData("upstream", data)))
+
+
+def frame(msg_type: str, data_json: str) -> bytes:
+    envelope = gojson.dumps({"type": msg_type, "data": data_json})
+    return f"event:message\ndata:{envelope}\n\n".encode("utf-8")
+
+
+def log_frame(source: str, data: bytes) -> bytes:
+    # a Go map marshals with sorted keys: data, then source
+    return frame("logData", gojson.dumps({"data": data.decode("utf-8", "replace"),
+                                          "source": source}))
+
+
+def model_status(app: Any) -> list[dict]:
+    """Every local model (sorted) with its state, then every peer model."""
+    cfg = app.config
+    processes = getattr(app, "processes", {}) or {}
+    out = []
+    for mid in sorted(cfg.models):
+        m = cfg.models[mid]
+        p = processes.get(mid)
+        state = "stopped"
+        if p is not None:
+            st = p.state
+            state = getattr(st, "value", st) or "stopped"
+        rec = {"id": mid, "name": m.name, "description": m.description, "state": state,
+               "unlisted": m.unlisted, "peerID": ""}
+        if m.aliases:
+            rec["aliases"] = list(m.aliases)
+        out.append(rec)
+    for pid in sorted(cfg.peers):
+        for model in cfg.peers[pid].models:
+            out.append({"id": model, "name": "", "description": "", "state": "",
+                        "unlisted": False, "peerID": pid})
+    return out
+
+
+def model_status_frame(app: Any) -> bytes:
+    return frame("modelStatus", gojson.dumps(model_status(app)))
+
+
+def inflight_total(app: Any) -> int:
+    counter = getattr(app, "inflight", None)
+    return int(getattr(counter, "total", 0) or 0) if counter is not None else 0
+
+
+def metrics_json(app: Any) -> str:
+    activity = getattr(app, "activity", None)
+    return activity.dumps() if activity is not None else "[]"
+
+
+def current_app(ctx: Any) -> Any:
+    """The App serving right now (after a reload, the new one)."""
+    holder = getattr(getattr(ctx.handler, "server", None), "app_holder", None)
+    return getattr(holder, "app", None) or ctx.app
+
+
+def server_closing(ctx: Any) -> bool:
+    return bool(getattr(getattr(ctx.handler, "server", None), "closing", False))
+
+
+def event_frame(app: Any, event: Any) -> bytes | None:
+    if isinstance(event, (ProcessStateChanged, ConfigChanged)):
+        return model_status_frame(app)
+    if isinstance(event, LogData):
+        return log_frame(event.source, event.data)
+    if isinstance(event, ActivityRecorded):
+        return frame("metrics", "[" + event.entry.dumps() + "]")
+    if isinstance(event, InFlightChanged):
+        return frame("inflight", gojson.dumps({"total": event.total}))
+    return None  # ModelPreloaded and the rest are not forwarded, as upstream
+
+
+def handle_events(ctx: Any) -> None:
+    from llamaswap.http.routes import ClientGone
+
+    app = ctx.app
+    events: EventBus = app.events
+    loggers = app.loggers
+    wire_log_events(loggers, events)
+    sub = events.subscribe(SEND_BUFFER)
+    try:
+        ctx.start(200, HEADERS)
+        ctx.write(log_frame("proxy", loggers.proxy.history())
+                  + log_frame("upstream", loggers.upstream.history())
+                  + model_status_frame(app)
+                  + frame("metrics", metrics_json(app))
+                  + frame("inflight", gojson.dumps({"total": inflight_total(app)})))
+        last_warn = 0.0
+        while True:
+            try:
+                event = sub.get(POLL)
+            except EOFError:
+                break
+            if event is None:
+                if ctx.client_gone() or server_closing(ctx):
+                    break
+                continue
+            dropped = sub.take_dropped()
+            if dropped and time.monotonic() - last_warn > DROP_WARN_INTERVAL:
+                last_warn = time.monotonic()
+                loggers.log.warn(f"handleAPIEvents sendBuffer full, dropped {dropped} "
+                                 "message(s) for a slow client")
+            data = event_frame(current_app(ctx), event)
+            if data is not None:
+                ctx.write(data)
+        ctx.finish()
+    except ClientGone:
+        pass
+    finally:
+        sub.close()
