@@ -135,11 +135,9 @@ CASES = {
                                 'matrix: var key "abcdefghi" must be alphanumeric and 1-8 characters'),
     "matrix var key not alphanumeric": (M + "matrix:\n  vars: {a-b: m1}\n  sets: {s: a-b}\n",
                                         'matrix: var key "a-b" must be alphanumeric and 1-8 characters'),
-    "matrix var unknown model": (M + "matrix:\n  vars: {a: nope}\n  sets: {s: a}\n",
-                                 'matrix: var key "a" references unknown model "nope"'),
     "matrix var targets an alias": ("models:\n  m1:\n    cmd: x ${PORT}\n    aliases: [al]\n"
                                     "matrix:\n  vars: {a: al}\n  sets: {s: a}\n",
-                                    'matrix: var key "a" references unknown model "al"'),
+                                    'matrix: var key "a" references unknown model "al" (it is an alias of "m1"; use the model id)'),
     "matrix evict cost zero": (M + "matrix:\n  vars: {a: m1}\n  evict_costs: {a: 0}\n  sets: {s: a}\n",
                                'matrix: evict_cost for "a" must be a positive integer, got 0'),
     "matrix evict cost unknown var": (M + "matrix:\n  vars: {a: m1}\n  evict_costs: {b: 2}\n  sets: {s: a}\n",

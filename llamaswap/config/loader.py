@@ -179,10 +179,11 @@ class _Load:
 
         if not is_null(matrix_node) and groups:
             raise self.fail("config cannot use both 'groups' and 'matrix'", "matrix", matrix_node)
+        warnings: list[str] = []
         matrix = None
         group_configs: dict[str, GroupConfig] = {}
         if not is_null(matrix_node):
-            matrix = build_matrix(self.d, matrix_node, built)
+            matrix = build_matrix(self.d, matrix_node, built, aliases, warnings)
         else:
             group_configs = self._groups(groups, built, aliases, groups_node)
 
@@ -192,6 +193,8 @@ class _Load:
             real = name if name in built else aliases.get(name)
             if name and real is not None:
                 real_preload.append(real)
+            elif name:  # upstream drops it without a word
+                warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
         for key in api_keys:
             if key == "":
@@ -226,6 +229,7 @@ class _Load:
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
             has_profiles=bool(profiles),
+            warnings=tuple(warnings),
         )
 
     # --- decoding ----------------------------------------------------------------------

@@ -20,7 +20,10 @@ from .yamlio import Decoder, is_null
 VAR_KEY = re.compile(r"^[a-zA-Z0-9]{1,8}$")
 
 
-def build_matrix(d: Decoder, node: Node, models: Mapping[str, object]) -> MatrixConfig:
+def build_matrix(d: Decoder, node: Node, models: Mapping[str, object],
+                 aliases: Mapping[str, str] | None = None,
+                 warnings: list[str] | None = None) -> MatrixConfig:
+    """`warnings` collects what loads but deserves a word at startup (see the var check)."""
     fields = d.mapping(node, "matrix", "config.MatrixConfig")
     variables = {k: d.string(v, f"matrix.vars.{k}") for k, _, v in d.items(
         fields.get("vars"), "matrix.vars", "map[string]string")}
@@ -38,9 +41,19 @@ def build_matrix(d: Decoder, node: Node, models: Mapping[str, object]) -> Matrix
     for var in sorted(variables):
         if not VAR_KEY.match(var):
             raise fail(f"var key {go_quote(var)} must be alphanumeric and 1-8 characters", "matrix.vars")
-        if variables[var] not in models:
-            raise fail(f"var key {go_quote(var)} references unknown model {go_quote(variables[var])}",
-                       f"matrix.vars.{var}")
+        target = variables[var]
+        if target in models:
+            continue
+        message = f"var key {go_quote(var)} references unknown model {go_quote(target)}"
+        if aliases and target in aliases:
+            # an alias is a mistake we can name the fix for, so it stays an error
+            raise fail(f"{message} (it is an alias of {go_quote(aliases[target])}; "
+                       "use the model id)", f"matrix.vars.{var}")
+        # Upstream rejects this, but its own example config (which users copy and which must
+        # load unchanged) names models it never defines. A set naming such a var can never
+        # run that model, which is harmless: warn instead of refusing to start.
+        if warnings is not None:
+            warnings.append(f"matrix: {message}; sets that use it can never run that model")
     for var in sorted(costs):
         if costs[var] <= 0:
             raise fail(f"evict_cost for {go_quote(var)} must be a positive integer, got {costs[var]}",

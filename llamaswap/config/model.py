@@ -160,6 +160,7 @@ class Config:
     peers: Mapping[str, PeerConfig] = field(default_factory=_empty)  # sorted by id
     aliases: Mapping[str, str] = field(default_factory=_empty)  # alias -> real model id
     has_profiles: bool = False  # the removed `profiles:` feature was present (warn)
+    warnings: tuple[str, ...] = ()  # loaded, but worth a WARN line at startup and reload
 
     def real_model_name(self, name: str) -> str | None:
         """Model ids win over aliases, as upstream's RealModelName."""
