@@ -160,6 +160,7 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
         return tunnel(ctx, pool, path, headers, label=label, error_prefix=error_prefix)
 
     gone = threading.Event()
+    cut_early = False
     conn = None
     resp = None
     attempts = 0
@@ -236,11 +237,17 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
                     break
                 if on_chunk is not None:
                     on_chunk(data)
+                if resp.length == 0 and watch is not None:
+                    # the whole body is read: stop watching before the client gets the last
+                    # byte, or its prompt hang-up would count as an early disconnect
+                    cut_early = watch.cancel()
+                    watch = None
                 write(data)
-        fired = watch.cancel() if watch is not None else False
-        watch = None
-        if fired or gone.is_set():
-            raise ClientGone()
+        if watch is not None:
+            cut_early = watch.cancel()
+            watch = None
+            if cut_early or gone.is_set():
+                raise ClientGone()
         if out.error:
             ctx.abort()
             pool.discard(conn)
@@ -249,7 +256,7 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
             ctx.finish()
             if not resp.isclosed() and resp.length == 0:
                 resp.read()  # http.client only hands the connection back once it is "closed"
-            reusable = not resp.will_close and resp.isclosed()
+            reusable = not resp.will_close and resp.isclosed() and not cut_early
             pool.release(conn, reusable)
             conn = None
         out.sent_bytes = ctx.bytes_sent
