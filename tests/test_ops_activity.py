@@ -440,3 +440,13 @@ def test_capture_too_large_body_is_dropped_without_buffering():
     m.on_chunk(b'","usage":{"prompt_tokens":2}}')
     e = m.on_end()
     assert e.tokens.input_tokens == 2 and not e.has_capture
+
+
+def test_arrays_nested_with_objects_do_not_confuse_keys():
+    body = (b'{"data":[[1,2,{"a":1,"usage":{"prompt_tokens":99}}],[3,[4,5]],{"b":[6]}],'
+            b'"usage":{"prompt_tokens":9,"completion_tokens":1}}')
+    tokens, _, _ = parse(body, path="/v1/embeddings")
+    assert (tokens.input_tokens, tokens.output_tokens) == (9, 1)
+    tokens, _, _ = parse(b'[[1,{"timings":{"prompt_n":4}}],{"timings":{"prompt_n":6}}]',
+                         path="/infill")
+    assert tokens.input_tokens == 6

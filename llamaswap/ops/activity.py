@@ -75,6 +75,9 @@ class ActivityEntry:
 # streaming JSON: copy the values at a few paths, skip everything else
 
 _STRUCT = re.compile(rb'["{}\[\],:]')
+# inside an array, commas matter only for the top-level element reset: skipping them makes
+# long number arrays (embeddings) several times faster
+_STRUCT_IN_ARRAY = re.compile(rb'["{}\[\]]')
 _STRING_STOP = re.compile(rb'["\\]')
 _MAX_KEY = 64
 _MAX_VALUE = 256 * 1024  # usage/timings objects are a few hundred bytes
@@ -159,7 +162,11 @@ class JsonValueTap:
                     top.expect_key = False
                     self._key_buf = None
                 continue
-            m = _STRUCT.search(data, i)
+            stack = self._stack
+            if stack and stack[-1].kind == "a" and (self._reset is None or len(stack) > 1):
+                m = _STRUCT_IN_ARRAY.search(data, i)
+            else:
+                m = _STRUCT.search(data, i)
             if m is None:
                 if not self._stack and data[i:].strip():
                     self._scalar_at_top(data[i:])
