@@ -401,7 +401,8 @@ class _SseTokens:
             payload = self._data_payload(bytes(self._line))
             if payload is not None:
                 payload = payload.strip()
-                if payload and payload != b"[DONE]":
+                # only lines that mention usage or timings can change the numbers
+                if payload and (b"usage" in payload or b"timings" in payload):
                     try:
                         self._consider(json.loads(payload))
                     except ValueError:
