@@ -314,3 +314,33 @@ def test_stalled_readers_never_block_a_backend():
         for s in stalled:
             s.close()
         p.close()
+
+
+def test_metrics_with_performance_disabled_keeps_request_metrics():
+    # upstream answers 503 here (its /metrics is only the performance monitor); ours keeps the
+    # request/model metrics and leaves out the system gauges
+    from llamaswap.config.model import PerformanceConfig
+
+    p = ops_proxy(config(model("m1"), performance=PerformanceConfig(disabled=True)))
+    try:
+        status, _, body = p.request("GET", "/metrics")
+        assert status == 200
+        fams = strict_parse(body.decode())
+        assert "llamaswap_model_state" in fams and "llamaswap_memory_total_bytes" not in fams
+        assert "llamaswap_cpu_util_percent" not in fams
+    finally:
+        p.close()
+
+
+def test_metrics_and_ops_routes_need_the_api_key():
+    p = ops_proxy(config(model("m1"), api_keys=("sekrit",)))
+    try:
+        for path in ("/metrics", "/running", "/api/metrics", "/api/events", "/logs",
+                     "/api/version", "/api/captures/0", "/logs/stream"):
+            status, headers, _ = p.request("GET", path)
+            assert status == 401, path
+        status, _, _ = p.request("GET", "/metrics", headers={"Authorization": "Bearer sekrit"})
+        assert status == 200
+        assert p.request("GET", "/")[0] == 302  # the redirect stays open, as upstream
+    finally:
+        p.close()
