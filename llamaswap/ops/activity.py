@@ -685,6 +685,7 @@ class ActivityLog:
                  log: Any = None, clock: Callable[[], float] = time.monotonic):
         self._ring: deque[ActivityEntry] = deque(maxlen=max_entries if max_entries > 0 else 1000)
         self._lock = threading.Lock()
+        self._record_lock = threading.Lock()
         self._next_id = 0
         self.events = events
         self.captures = captures
@@ -725,14 +726,18 @@ class ActivityLog:
         return RequestMeter(self, model_id, path, req_headers, self._clock)
 
     def add(self, entry: ActivityEntry, capture: dict | None = None) -> ActivityEntry:
-        with self._lock:
-            entry = replace(entry, id=self._next_id)
-            self._next_id += 1
-            self._ring.append(entry)
-        if capture is not None and self.captures is not None:
-            capture["id"] = entry.id
-            if self.captures.add(entry.id, capture):
-                entry = replace(entry, has_capture=True)
+        # the capture is stored before the entry becomes visible, so a reader never sees an
+        # entry whose capture is still on its way; ids stay in ring order
+        with self._record_lock:
+            with self._lock:
+                entry = replace(entry, id=self._next_id)
+                self._next_id += 1
+            if capture is not None and self.captures is not None:
+                capture["id"] = entry.id
+                if self.captures.add(entry.id, capture):
+                    entry = replace(entry, has_capture=True)
+            with self._lock:
+                self._ring.append(entry)
         if self.events is not None:
             self.events.publish(ActivityRecorded(entry))
         return entry
