@@ -67,8 +67,10 @@ export function formatDuration(ms) {
 }
 
 export function formatRate(v) {
-  if (v === undefined || v === null || v < 0) return "-";
-  return `${v.toFixed(v >= 100 ? 0 : 1)} t/s`;
+  // -1 means unknown; 0 comes with requests that produced no usage (errors, aborts)
+  if (v === undefined || v === null || !(v > 0)) return "-";
+  if (v >= 100) return `${Math.round(v).toLocaleString()} t/s`;
+  return `${v.toFixed(1)} t/s`;
 }
 
 export function formatCount(v) {
