@@ -226,6 +226,10 @@ class Process:
             error = StartError(f"[{self.model_id}] empty command")
         child = None
         if error is None and not attempt.aborted:
+            if procutil.port_in_use(cfg.proxy):
+                # an orphan or another program: its 200 would be taken for our backend's
+                self._proxy_log.warn(f"<{self.model_id}> something already listens on "
+                                     f"{cfg.proxy} before the backend was started")
             env = procutil.build_env(cfg.env)
             try:
                 popen = self._spawner_or_default().spawn(cfg.argv, env)

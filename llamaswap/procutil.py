@@ -25,6 +25,7 @@ import http.client
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -408,6 +409,22 @@ def health_url(proxy: str, endpoint: str) -> str:
     """`endpoint` joined to the proxy URL's path with exactly one slash (as Go's proxy)."""
     base = proxy.rstrip("/")
     return base + "/" + endpoint.lstrip("/")
+
+
+def port_in_use(url: str, timeout: float = 0.2) -> bool:
+    """Whether something already accepts connections at a loopback URL's host:port."""
+    parts = urlsplit(url)
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return False  # a remote upstream may well be up already (e.g. cmd only attaches)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def probe(url: str, timeout: float) -> int | None:

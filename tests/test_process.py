@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -74,7 +75,7 @@ def h():
 
 
 def health(port: int) -> int | None:
-    return procutil.probe(f"http://127.0.0.1:{port}/health", 2.0)
+    return procutil.probe(f"http://127.0.0.1:{port}/health", 10.0)
 
 
 def run_in_thread(fn, *args):
@@ -111,8 +112,20 @@ def test_start_ready_stop_with_demo_backend(h):
                                ("ready", "stopping"), ("stopping", "stopped")]
     assert "Health check passed on http://127.0.0.1:" in h.proxy_log()
     assert "swapState() State transitioned from starting to ready" in h.proxy_log()
+    assert "something already listens" not in h.proxy_log()
     proc.stop(5)  # stopped: a no-op that publishes nothing
     assert h.changes("m1") == []
+
+
+def test_warns_when_the_port_is_already_taken(h):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = h.make("clash", port=port, extra=["--fail-start", "no"])
+        with pytest.raises(StartError):
+            proc.start()
+    assert f"<clash> something already listens on http://127.0.0.1:{port} before" in h.proxy_log()
 
 
 def test_check_endpoint_none_is_ready_right_after_spawn(h):
@@ -497,7 +510,8 @@ def test_many_processes_start_concurrently(h):
     for thread, box in runs:
         thread.join(60)
         assert "error" not in box
-    assert all(p.state is S.READY and health(p.config.port) == 200 for p in procs)
+    assert [p.state for p in procs] == [S.READY] * 4, h.proxy_log()
+    assert [health(p.config.port) for p in procs] == [200] * 4
     runs = [run_in_thread(p.stop, 5) for p in procs]
     for thread, _box in runs:
         thread.join(30)
