@@ -207,7 +207,7 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
         status = resp.status
         rheaders = response_headers(resp)
         if observer is not None and hasattr(observer, "on_response"):
-            observer.on_response(status, resp.headers)
+            observer.on_response(status, resp.headers.items())
         no_body = method == "HEAD" or status in (204, 304) or 100 <= status < 200
         length = None if resp.chunked else resp.length
         if no_body:

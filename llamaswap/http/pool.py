@@ -20,6 +20,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from llamaswap.config.model import Timeouts
+from llamaswap.http.headers import FastResponse
 
 MAX_IDLE = 32
 
@@ -49,6 +50,7 @@ class BackendPool:
                 self.host, self.port, timeout=connect_timeout, context=ctx)
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+        conn.response_class = FastResponse
         conn.connect()
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if t.keepalive > 0:

@@ -198,7 +198,7 @@ class RequestContext:
       query_string  the raw query (no "?")
       query         dict[str, list[str]] parsed lazily (blank values kept)
       params        pattern values (decoded)
-      headers       email.message.Message: case-insensitive .get / .get_all
+      headers       http.headers.Headers: case-insensitive .get / .get_all / .items()
       client_ip     X-Forwarded-For first entry, else X-Real-IP, else the peer address
       body          a BodyReader (read(n)); use read_body() for the whole body as bytes
       state         a dict for cooperating layers (e.g. "model" once resolved)

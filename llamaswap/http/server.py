@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
 from llamaswap.http import auth
+from llamaswap.http.headers import HeaderError, read_headers
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable, build_routes
 
 HEADER_TIMEOUT = 30.0
@@ -99,11 +100,6 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         if not ok:
             return
-        size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
-        if size > MAX_HEADER_BYTES:
-            self.send_error(431, "Request Header Fields Too Large")
-            self.close_connection = True
-            return
         self.connection.settimeout(None)
         self.server.begin_request()
         try:
@@ -111,6 +107,44 @@ class ProxyHandler(BaseHTTPRequestHandler):
         finally:
             self.server.end_request()
             self.idle = True
+
+    def parse_request(self) -> bool:
+        """The stdlib's request parsing with a cheap header reader (headers.py)."""
+        self.command = None
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = requestline
+        words = requestline.split()
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self.send_error(400, f"Bad request line {requestline[:80]!r}")
+            return False
+        command, path, version = words
+        try:
+            major, minor = (int(x) for x in version[5:].split(".", 1))
+        except ValueError:
+            self.send_error(400, f"Bad request version {version!r}")
+            return False
+        if major != 1:
+            self.send_error(505, f"Invalid HTTP version ({version})")
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        if minor >= 1:
+            self.close_connection = False
+        try:
+            self.headers = read_headers(self.rfile, MAX_HEADER_BYTES)
+        except HeaderError as e:
+            self.send_error(e.status, str(e))
+            return False
+        conntype = (self.headers.get("Connection") or "").lower()
+        if "close" in conntype:
+            self.close_connection = True
+        elif "keep-alive" in conntype:
+            self.close_connection = False
+        if (self.headers.get("Expect") or "").lower() == "100-continue" and minor >= 1:
+            if not self.handle_expect_100():
+                return False
+        return True
 
     def handle_expect_100(self) -> bool:
         # the 100 goes out when the body is first read is what clients want, but sending it at
