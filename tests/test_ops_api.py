@@ -344,3 +344,22 @@ def test_metrics_and_ops_routes_need_the_api_key():
         assert p.request("GET", "/")[0] == 302  # the redirect stays open, as upstream
     finally:
         p.close()
+
+
+def test_slow_log_reader_is_told_what_it_lost(proxy):
+    s = stalled_client(proxy.port, "/logs/stream/proxy?no-history")
+    try:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        assert b" 200 " in head.split(b"\r\n")[0]
+        chunk = b"y" * 10_000 + b"\n"
+        for _ in range(2000):  # 20 MB: far beyond the socket buffers plus the reader's queue
+            proxy.app.loggers.proxy.write(chunk)
+        got = b""
+        while b"chunk(s) dropped: this reader fell behind" not in got:
+            data = s.recv(1 << 20)
+            assert data, "stream ended without a drop notice"
+            got = got[-200:] + data
+    finally:
+        s.close()
