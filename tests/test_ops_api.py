@@ -363,3 +363,24 @@ def test_slow_log_reader_is_told_what_it_lost(proxy):
             got = got[-200:] + data
     finally:
         s.close()
+
+
+def test_streams_end_when_the_server_shuts_down():
+    p = ops_proxy(config(model("m1")))
+    try:
+        s = SseReader(p)
+        for _ in range(5):
+            s.next()
+        c = p.conn()
+        c.request("GET", "/logs/stream")
+        r = c.getresponse()
+        assert r.status == 200
+        p.server.shutdown(10)  # returns once both streams have ended
+        with pytest.raises(EOFError):
+            while True:
+                s.next()
+        r.read()  # the chunked body is complete, not cut
+        s.close()
+        c.close()
+    finally:
+        p.app.shutdown()
