@@ -8,7 +8,6 @@ does not dirty the checkout).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -306,7 +305,8 @@ def test_activity_shows_new_request_live_and_opens_its_capture(proxy, browser):
         marker = f"marker-{uuid.uuid4().hex[:8]}"
         status, body = proxy.request(
             "POST", "/v1/chat/completions",
-            {"model": "demo-coder", "messages": [{"role": "user", "content": marker}]},
+            {"model": "demo-coder", "stream": True,
+             "messages": [{"role": "user", "content": marker}]},
             headers={"Authorization": "Bearer sk-do-not-show"})
         assert status == 200, body
         rows = page.locator("#activity-rows tr")
@@ -461,3 +461,8 @@ def test_phone_width_and_dark_theme(proxy, browser):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
     shoot(page, "models-phone", "models-phone")
+    page.click("#nav a[data-route='/']")
+    expect(page.locator("#pg-send")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(page, "playground-phone")
+    assert page.errors == []
