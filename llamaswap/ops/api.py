@@ -24,6 +24,7 @@ INVALID_LOGGER = "invalid logger. Use 'proxy', 'upstream' or a model's ID"
 
 
 def register(table: RouteTable) -> None:
+    system_sampler()  # the first CPU reading is a baseline: take it when the server starts
     table.add("GET", "/", root_redirect, auth=False)
     table.add("GET", "/running", running)
     table.add("GET", "/unload", unload_all_text)
