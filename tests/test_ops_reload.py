@@ -205,3 +205,21 @@ def test_symlink_swap_is_detected_by_the_watcher(tmp_path, ports):
         assert rig.chat("m1")[0] == 200
     finally:
         rig.close()
+
+
+def test_new_settings_apply_to_the_next_request(rig, ports, tmp_path):
+    assert rig.chat("m1")[0] == 200
+    (tmp_path / "config.yaml").write_text(
+        'apiKeys: ["k-123"]\nmodels:\n' + model_yaml("m1", ports["m1"])
+        + model_yaml("m2", ports["m2"])
+        + "groups:\n  g:\n    swap: false\n    members: [m1, m2]\n")
+    pid = rig.app.processes["m1"].pid
+    assert rig.reloader.reload() is True
+    assert rig.chat("m1")[0] == 401
+    c = rig.conn()
+    c.request("GET", "/running", headers={"Authorization": "Bearer k-123"})
+    r = c.getresponse()
+    running = json.loads(r.read())["running"]
+    c.close()
+    assert [(m["model"], m["state"]) for m in running] == [("m1", "ready")]
+    assert rig.app.processes["m1"].pid == pid  # a settings change does not touch the model
