@@ -18,7 +18,7 @@ from llamaswap.router.core import (READY, ArmTimer, Log, RouterCore, RouterError
                                    StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
 
-INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "12000"))
+INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "8000"))
 STEPS = 60
 
 
