@@ -5,38 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import time
 
 import pytest
 
 from helpers import wait_until
-from httpkit import Proxy, config, model, raw_socket
+from httpkit import Proxy, config, model
 
-from llamaswap.ops.activity import ActivityLog
-from llamaswap.ops.captures import CaptureStore
-from llamaswap.ops.inflight import InFlightCounter
 from test_ops_prometheus import strict_parse, value_of
 
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello there"}]}
 
 
-def ops_proxy(cfg, capture_mb=5) -> Proxy:
-    p = Proxy(cfg)
-    app = p.app
-    # the real App builds these itself; httpkit's stand-in needs them added
-    if getattr(app, "captures", None) is None:
-        app.captures = CaptureStore(capture_mb, log=app.loggers.log)
-    if getattr(app, "activity", None) is None:
-        app.activity = ActivityLog(cfg.metrics_max_in_memory, events=app.events,
-                                   captures=app.captures, log=app.loggers.log)
-    if getattr(app, "inflight", None) is None:
-        app.inflight = InFlightCounter(app.events)
-    if not hasattr(app.router, "unload"):  # httpkit's stand-in router (until App lands)
-        def unload(models=None, grace=None, procs=app.processes):
-            for mid in (models or list(procs)):
-                procs[mid].stop(2)
-        app.router.unload = unload
-    return p
+def ops_proxy(cfg) -> Proxy:
+    """The real App (captureBuffer defaults to 5 MB) behind the real server."""
+    return Proxy(cfg)
 
 
 @pytest.fixture
