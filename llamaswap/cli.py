@@ -142,16 +142,14 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
     log = loggers.log
 
     # Signals are caught from here on, so a Ctrl-C during startup still stops what started.
+    # The C-level handler writes each signal's number to the wakeup pipe, whichever thread
+    # the kernel delivered it to; a Python-level write would be lost while the main thread
+    # sits in read() and another thread took the signal.
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-
-    def on_signal(signum, _frame):
-        try:
-            os.write(wake_w, bytes([signum]))
-        except OSError:
-            pass  # pipe full: a shutdown is already queued
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous_fd = signal.set_wakeup_fd(wake_w)
+    previous = {s: signal.signal(s, lambda *_: None)
+                for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     app = server = reloader = None
     try:
         try:
@@ -162,6 +160,8 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         holder = AppHolder(app)
         if not demo:
             reloader = Reloader(holder, os.path.abspath(opts["config"]))
+        if opts["watch-config"] and reloader is not None:
+            reloader.watch()  # before serving: a change right after startup is seen
         warning = network_warning(listen, bool(config.api_keys))
         if warning:
             _err(warning)
@@ -180,8 +180,6 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             from llamaswap.demo.config import banner
             sys.stdout.write(banner(f"{scheme}://{_browsable(listen)}") + "\n")
             sys.stdout.flush()
-        if opts["watch-config"] and reloader is not None:
-            reloader.watch()
         while True:
             signum = os.read(wake_r, 1)[0]
             if signum == signal.SIGHUP:
@@ -191,8 +189,10 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
                 else:
                     log.warn("-demo runs on the built-in config: nothing to reload")
                 continue
-            log.info(f"received signal {_signal_name(signum)}, shutting down")
-            break
+            if signum in (signal.SIGINT, signal.SIGTERM):
+                log.info(f"received signal {_signal_name(signum)}, shutting down")
+                break
+            # another signal with a Python handler also wakes the pipe: not ours
         # A second SIGINT/SIGTERM during shutdown is ignored, as upstream does.
         return 0
     finally:
@@ -205,6 +205,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             current.shutdown()
         if app is not None:
             log.info("shutdown complete")
+        signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)
         os.close(wake_r)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -243,17 +244,17 @@ def test_demo_backend_command_inside_zipapp(tmp_path):
 
 def test_hidden_demo_backend_subcommand_runs_the_backend():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llamaswap", "demo-backend", "--port", str(port),
-                             "--model-id", "hidden", "--quiet"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend = Proxy([sys.executable, "-m", "llamaswap", "demo-backend", "--port", str(port),
+                     "--model-id", "hidden"], cwd=ROOT)
     try:
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
+        assert backend.wait_for(f"demo backend hidden listening on http://127.0.0.1:{port}"), \
+            backend.err
         body = _post_json(f"http://127.0.0.1:{port}/v1/chat/completions",
                           {"model": "x", "messages": [{"role": "user", "content": "hi"}]})
         assert body["model"] == "hidden"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        backend.stop()
+    assert backend.returncode == 0
 
 
 # ---- end to end: needs the App and the HTTP server
@@ -275,20 +276,72 @@ def _post_json(url: str, payload: dict, timeout: float = 30) -> dict:
         return json.loads(resp.read())
 
 
-def _start_proxy(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "llamaswap", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+class Proxy:
+    """A llama-swap subprocess whose stdout and stderr are collected as they arrive."""
+
+    def __init__(self, argv: list[str], **kwargs):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, **kwargs)
+        self.pid = self.proc.pid
+        self._cv = threading.Condition()
+        self._streams = {"out": [], "err": []}
+        self._open = 2
+        self._readers = [threading.Thread(target=self._read, args=(f, name), daemon=True)
+                         for f, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err"))]
+        for t in self._readers:
+            t.start()
+
+    def _read(self, stream, name: str) -> None:
+        for line in stream:
+            with self._cv:
+                self._streams[name].append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._open -= 1
+            self._cv.notify_all()
+
+    @property
+    def out(self) -> str:
+        with self._cv:
+            return "".join(self._streams["out"])
+
+    @property
+    def err(self) -> str:
+        with self._cv:
+            return "".join(self._streams["err"])
+
+    def wait_for(self, text: str, timeout: float = 30) -> bool:
+        """Until `text` appears on stdout (False if the process closed its output first)."""
+        with self._cv:
+            self._cv.wait_for(lambda: text in "".join(self._streams["out"]) or self._open == 0,
+                              timeout)
+            return text in "".join(self._streams["out"])
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        """Until it has bound its port (so the port is ours, not another test run's)."""
+        assert self.wait_for("llama-swap listening", timeout), f"never listened: {self.err}"
+
+    def stop(self, sig=signal.SIGTERM) -> tuple[str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self._readers:
+            t.join(timeout=10)
+        return self.out, self.err
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
 
 
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[str, str]:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return out, err
+def _start_proxy(*args: str) -> Proxy:
+    proxy = Proxy([sys.executable, "-m", "llamaswap", *args], cwd=ROOT)
+    proxy.wait_listening()
+    return proxy
 
 
 @needs_server
@@ -297,33 +350,31 @@ def test_demo_end_to_end_and_clean_shutdown(sig):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start_proxy("-demo", "-listen", f"127.0.0.1:{port}")
+    backends: set[int] = set()
     try:
-        assert wait_until(lambda: _get(base + "/health") == 200, timeout=20), "proxy never served"
+        assert _get(base + "/health") == 200
         body = _post_json(base + "/v1/chat/completions",
                           {"model": "demo", "messages": [{"role": "user", "content": "hi"}]})
         assert body["choices"][0]["message"]["content"]
-        assert "demo-fast" in json.dumps(body)
+        assert body["model"] == "demo-fast"
         backends = descendants(proc.pid)
         assert backends, "the demo backend should be a child of the proxy"
     finally:
-        out, err = _stop(proc, sig)
+        out, err = proc.stop(sig)
     assert proc.returncode == 0, err
     assert "curl" in out and "/v1/chat/completions" in out  # the banner
+    assert "shutdown complete" in out
     assert "reachable from the network" not in err
-    wait_until(lambda: not (descendants() & backends), timeout=15)
-    assert not (descendants() & backends), "demo backends outlived the proxy"
+    assert wait_until(lambda: not (descendants() & backends), timeout=15), \
+        "demo backends outlived the proxy"
 
 
 @needs_server
 def test_listen_on_every_interface_warns(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("apiKeys: [sekrit]\nmodels: {}\n")
-    port = free_port()
-    proc = _start_proxy("-config", str(config), "-listen", f":{port}")
-    try:
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
-    finally:
-        out, err = _stop(proc)
+    proc = _start_proxy("-config", str(config), "-listen", f":{free_port()}")
+    out, err = proc.stop()
     assert proc.returncode == 0
     assert "reachable from the network" in err and "apiKeys are set" in err
 
@@ -340,18 +391,70 @@ def test_port_in_use_exits_1(tmp_path):
     assert "http server error" in r.stderr
 
 
+def _model_ids(port: int) -> list[str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as resp:
+        return sorted(m["id"] for m in json.loads(resp.read())["data"])
+
+
+def _config_with(path, *models: str) -> None:
+    text = "models:\n" + "".join(
+        f"  {m}:\n    cmd: {sys.executable} -m llamaswap.demo.backend --port ${{PORT}}\n"
+        for m in models)
+    path.write_text(text)
+
+
 @needs_server
-def test_sighup_without_reload_support_keeps_serving(tmp_path):
+def test_sighup_reloads_the_config_file(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text("models: {}\n")
+    _config_with(config, "one")
     port = free_port()
     proc = _start_proxy("-config", str(config), "-listen", f"127.0.0.1:{port}")
     try:
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=20)
-        proc.send_signal(signal.SIGHUP)
-        assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/health") == 200, timeout=10)
-        assert proc.poll() is None
+        assert _model_ids(port) == ["one"]
+        _config_with(config, "one", "two")
+        proc.proc.send_signal(signal.SIGHUP)
+        assert proc.wait_for("configuration reloaded")
+        assert _model_ids(port) == ["one", "two"]
     finally:
-        out, err = _stop(proc)
+        out, err = proc.stop()
     assert proc.returncode == 0, err
     assert "received SIGHUP, reloading config" in out
+
+
+@needs_server
+def test_watch_config_reloads_on_change(tmp_path):
+    config = tmp_path / "c.yaml"
+    _config_with(config, "one")
+    port = free_port()
+    proc = _start_proxy("--watch-config", f"--config={config}", "-listen", f"127.0.0.1:{port}")
+    try:
+        assert "watching configuration for changes" in proc.out
+        _config_with(config, "one", "three")
+        os.utime(config, (1, 1))  # a different mtime even within the filesystem's resolution
+        assert proc.wait_for("configuration reloaded")
+        assert _model_ids(port) == ["one", "three"]
+    finally:
+        out, err = proc.stop()
+    assert proc.returncode == 0, err
+
+
+@needs_server
+def test_demo_ignores_sighup():
+    port = free_port()
+    proc = _start_proxy("-demo", "-listen", f"127.0.0.1:{port}")
+    try:
+        proc.proc.send_signal(signal.SIGHUP)
+        assert proc.wait_for("nothing to reload")
+        assert _get(f"http://127.0.0.1:{port}/health") == 200
+    finally:
+        out, err = proc.stop()
+    assert proc.returncode == 0, err
+
+
+@needs_server
+def test_missing_port_in_listen_exits_1(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    r = run_cli("-config", str(config), "-listen", "8080")
+    assert r.returncode == 1
+    assert "http server error: listen tcp: address 8080: missing port in address" in r.stderr

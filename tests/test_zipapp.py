@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import zipfile
@@ -14,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, descendants, free_port, wait_until
-from test_cli import _get, _post_json, needs_server
+from helpers import ROOT, cmdline, descendants, free_port, wait_until
+from test_cli import Proxy, _post_json, needs_server
 
 PYENV = os.environ.get("PYENV_ROOT", "/root/.pyenv")
 
@@ -107,21 +105,17 @@ def test_demo_from_the_archive(pyz, tmp_path):
     """-demo inside the .pyz starts its backends as `python <pyz> demo-backend`."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([PYTHONS[max(PYTHONS)], "-I", str(pyz), "-demo", "-listen",
-                             f"127.0.0.1:{port}"], env=clean_env(tmp_path), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = Proxy([PYTHONS[max(PYTHONS)], "-I", str(pyz), "-demo", "-listen", f"127.0.0.1:{port}"],
+                 env=clean_env(tmp_path), cwd=tmp_path)
     backends: set[int] = set()
     try:
-        assert wait_until(lambda: _get(base + "/health") == 200, timeout=30)
+        proc.wait_listening()
         body = _post_json(base + "/v1/chat/completions",
                           {"model": "demo-slow", "messages": [{"role": "user", "content": "hi"}]})
-        assert "demo-slow" in json.dumps(body)
+        assert body["model"] == "demo-slow"
         backends = descendants(proc.pid)
-        assert any(str(pyz) in Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")
-                   for p in backends if Path(f"/proc/{p}/cmdline").exists())
+        assert any(f"{pyz} demo-backend" in cmdline(p) for p in backends)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=40)
+        out, err = proc.stop()
     assert proc.returncode == 0, err
     assert wait_until(lambda: not (descendants() & backends), timeout=15)
