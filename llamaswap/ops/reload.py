@@ -13,7 +13,6 @@ dropped, as upstream.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from llamaswap.ops.events import ConfigChanged
@@ -21,23 +20,6 @@ from llamaswap.ops.watcher import DEFAULT_INTERVAL, ConfigWatcher
 
 PROFILES_WARNING = ("Profile functionality has been removed in favor of Groups. "
                     "See the README for more information.")
-
-
-@dataclass(frozen=True)
-class ReloadPlan:
-    keep: tuple[str, ...]  # same effective config: the running Process carries on
-    stop: tuple[str, ...]  # changed or removed: drain, then stop
-    new: tuple[str, ...]  # changed or added: a fresh Process (stopped until requested)
-
-
-def plan_reload(old: Any, new: Any) -> ReloadPlan:
-    """Which models survive a reload. Pure: compares the two configs only."""
-    keep = tuple(sorted(m for m in old.models if m in new.models
-                        and old.models[m] == new.models[m]))
-    kept = set(keep)
-    stop = tuple(sorted(m for m in old.models if m not in kept))
-    fresh = tuple(sorted(m for m in new.models if m not in kept))
-    return ReloadPlan(keep, stop, fresh)
 
 
 class Reloader:
@@ -90,7 +72,6 @@ class Reloader:
         if getattr(new_cfg, "has_profiles", False):
             log.warn(PROFILES_WARNING)
         old_app = self.holder.app
-        plan = plan_reload(old_app.config, new_cfg)
         try:
             new_app = old_app.reload(new_cfg)
         except Exception as e:
@@ -101,9 +82,10 @@ class Reloader:
         app = self.holder.app
         app.loggers.log.configure(new_cfg.log_level, new_cfg.log_time_format)
         app.events.publish(ConfigChanged())
-        if plan.keep or plan.stop:
-            log.info(f"config reload: kept running {list(plan.keep)}, "
-                     f"restarted or removed {list(plan.stop)}")
+        kept = sorted(m for m, p in app.processes.items() if old_app.processes.get(m) is p)
+        replaced = sorted(m for m in old_app.processes if m not in kept)
+        log.info(f"config reload: unchanged models {kept} keep their process; "
+                 f"changed or removed models {replaced} were stopped")
         if self._preload:
             from llamaswap.ops.preload import start_preload
             start_preload(app)
