@@ -68,8 +68,9 @@ def config_text(api_keys: list[str] | None = None) -> str:
             lines.append(f"    description: {json.dumps(m['description'])}")
         if m["aliases"]:
             lines.append("    aliases: [" + ", ".join(m["aliases"]) + "]")
-    lines += ["  demo-hidden:", f"    cmd: {json.dumps(py + ' -m llamaswap.demo.backend --port ${PORT}')}",
-              "    unlisted: true"]
+    # unlisted, and its backend exits at once: the Models page shows the failed load
+    broken = f"{py} -m llamaswap.demo.backend --port ${{PORT}} --fail-start 'no GPU found'"
+    lines += ["  demo-hidden:", f"    cmd: {json.dumps(broken)}", "    unlisted: true"]
     # A peer nobody listens on: its models are listed (marked remote), never contacted.
     lines += ["peers:", "  gpu-box:", f"    proxy: http://127.0.0.1:{free_port()}",
               "    models: [big-remote-model]"]
@@ -210,6 +211,10 @@ def test_models_page_loads_and_unloads_live(proxy, browser):
         expect(row(page, "demo-hidden")).to_have_count(0)
         page.check("#show-unlisted")
         expect(row(page, "demo-hidden")).to_have_count(1)
+        # a load that fails says so on the row, and the model stays stopped
+        row(page, "demo-hidden").get_by_role("button", name="Load", exact=True).click()
+        expect(row(page, "demo-hidden").locator("[role=alert]")).to_contain_text("load failed: ")
+        expect(row(page, "demo-hidden").locator("[data-testid=state]")).to_have_text("stopped")
         page.uncheck("#show-unlisted")
         peer = page.locator("#models-peer tr[data-model='big-remote-model']")
         expect(peer).to_contain_text("remote · gpu-box")
@@ -425,6 +430,16 @@ def test_ui_works_behind_basic_auth(auth_proxy, browser):
         assert page.errors == []
     finally:
         auth_proxy.unload_all()
+
+
+def test_root_and_upstream_redirects_land_on_pages(proxy, browser):
+    page = open_page(browser, proxy.base + "/")
+    expect(page.locator("#page-playground")).to_have_count(1)
+    assert page.url.startswith(proxy.base + "/ui/")
+    page.goto(proxy.base + "/upstream")  # upstream's redirect to /ui/models
+    expect(page.locator("#page-models")).to_have_count(1)
+    expect(row(page, "demo-chat")).to_have_count(1)
+    assert page.errors == []
 
 
 def test_reconnects_with_backoff_after_a_restart(tmp_path, browser):

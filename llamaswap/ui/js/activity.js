@@ -156,6 +156,16 @@ export function mount(root) {
       empty),
   );
 
+  function sortBy(col) {
+    if (sortKey === col.key) sortDesc = !sortDesc;
+    else {
+      sortKey = col.key;
+      sortDesc = col.num || col.key === "time"; // numbers and times: biggest/newest first
+    }
+    renderHead();
+    render();
+  }
+
   function renderHead() {
     replaceChildren(headRow, COLUMNS.map((col) => {
       const active = col.key === sortKey;
@@ -164,14 +174,13 @@ export function mount(root) {
         title: col.title ? `${col.title} (click to sort)` : "click to sort",
         "aria-sort": active ? (sortDesc ? "descending" : "ascending") : "none",
         "data-key": col.key,
-        onclick: () => {
-          if (sortKey === col.key) sortDesc = !sortDesc;
-          else {
-            sortKey = col.key;
-            sortDesc = col.num || col.key === "time";
+        tabindex: "0",
+        onclick: () => sortBy(col),
+        onkeydown: (ev) => {
+          if (ev.key === "Enter" || ev.key === " ") {
+            ev.preventDefault();
+            sortBy(col);
           }
-          renderHead();
-          render();
         },
       }, col.label, active ? (sortDesc ? " ▾" : " ▴") : "");
     }), h("th", {}, "Capture"));
