@@ -378,3 +378,17 @@ def test_many_clients_random_models_and_give_ups_every_grant_serves(rig):
     assert len(running) <= 1
     # collation: far fewer loads than requests
     assert sum(rig.starts(m) for m in "abc") < len(plan) // 2
+
+
+def test_swap_eviction_waits_unload_timeout_not_health_check_timeout(rig):
+    # differences.md 4: a backend that ignores SIGTERM is killed after unload_timeout (1 s),
+    # not after healthCheckTimeout (60 s here) as upstream's swap would
+    router = rig.build([model("a", "--ignore-sigterm", unload_timeout=1, health_check_timeout=60),
+                        model("b")])
+    serve(router, "a")
+    answers = []
+    swapped = threading.Thread(target=lambda: answers.append(serve(router, "b")["model"]))
+    swapped.start()
+    swapped.join(30)  # generous: the point is 1 s versus 60 s
+    assert answers == ["b"]
+    assert rig.state("a") == "stopped" and rig.state("b") == "ready"
