@@ -16,7 +16,6 @@ Run: ``python benchmarks/readiness.py [--runs N]``.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys

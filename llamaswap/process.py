@@ -22,6 +22,8 @@ import time
 from typing import Callable
 
 from llamaswap import procutil
+from llamaswap.config.command import split_command, strip_comments
+from llamaswap.config.errors import ConfigError
 from llamaswap.config.model import ModelConfig
 from llamaswap.ops.events import EventBus, ProcessStateChanged
 from llamaswap.ops.logs import LogMonitor, ProxyLogger
@@ -359,12 +361,8 @@ class Process:
             return None
         text = cmd.replace("${PID}", str(child.pid))
         try:
-            from llamaswap.config.command import split_command, strip_comments
             argv = split_command(strip_comments(text))
-        except ImportError:  # config/command.py not written yet
-            import shlex
-            argv = shlex.split(text)
-        except Exception as exc:  # ConfigError: upstream falls back to SIGTERM
+        except ConfigError as exc:  # upstream falls back to SIGTERM
             self._proxy_log.warn(f"<{self.model_id}> cannot parse cmdStop, sending SIGTERM: {exc}")
             return None
         return argv or None

@@ -253,6 +253,16 @@ def test_cmd_stop_gets_pid_and_environment(h, tmp_path):
     assert "did not exit within" not in h.proxy_log()  # cmdStop did it, not our SIGKILL
 
 
+def test_unparsable_cmd_stop_falls_back_to_sigterm(h):
+    proc = h.make("badstop", cmd_stop="kill 'unclosed ${PID}")
+    proc.start()
+    pid = proc.pid
+    proc.stop(5)
+    assert not is_alive(pid)
+    assert "<badstop> cannot parse cmdStop, sending SIGTERM" in h.proxy_log()
+    assert "<badstop> stopped (exit code 0)" in h.proxy_log()
+
+
 def test_stop_hooks_run_once_when_the_stop_begins(h):
     proc = h.make("hooked")
     seen = []
