@@ -49,7 +49,8 @@ def config_text(api_keys: list[str] | None = None) -> str:
                           aliases=["chat", "gpt-4o-mini"], delay=1.0),
         "demo-coder": dict(name="Demo Coder", description="a second model; swaps with Demo Chat",
                            aliases=[], delay=0.3),
-        "demo-embed": dict(name="", description="", aliases=[], delay=0.2),
+        "demo-embed": dict(name="", description="", aliases=[], delay=0.2,
+                           extra=" --log-flood 800000"),  # a chatty backend
     }
     lines = ["healthCheckTimeout: 30", "logLevel: info", "sendLoadingState: true",
              "captureBuffer: 5"]
@@ -59,7 +60,7 @@ def config_text(api_keys: list[str] | None = None) -> str:
     for model_id, m in models.items():
         port = free_port()
         cmd = (f"{py} -m llamaswap.demo.backend --port {port} --model-id ${{MODEL_ID}}"
-               f" --load-delay {m['delay']}")
+               f" --load-delay {m['delay']}{m.get('extra', '')}")
         lines += [f"  {model_id}:", f"    cmd: {json.dumps(cmd)}",
                   f"    proxy: http://127.0.0.1:{port}"]
         if m["name"]:
@@ -382,6 +383,22 @@ def test_logs_page_streams_filters_and_pauses(proxy, browser):
         page.select_option("#log-source", "demo-coder")
         expect(log).to_contain_text("demo backend demo-coder listening")
         shoot(page, "logs-model", "logs-model")
+        assert page.errors == []
+    finally:
+        proxy.unload_all()
+
+
+def test_logs_page_caps_what_it_keeps_from_a_chatty_backend(proxy, browser):
+    page = open_page(browser, proxy.base + "/ui/#/logs")
+    try:
+        page.select_option("#log-source", "demo-embed")
+        log = page.locator("#log-text")
+        status, _ = proxy.request("GET", "/upstream/demo-embed/")  # prints 800 kB, then serves
+        assert status == 200
+        expect(log).to_contain_text("demo backend demo-embed listening")
+        kept = page.evaluate("document.getElementById('log-text').textContent.length")
+        assert 128 * 1024 < kept <= 256 * 1024
+        expect(page.locator("#log-status")).to_contain_text("KiB kept")
         assert page.errors == []
     finally:
         proxy.unload_all()
