@@ -210,5 +210,8 @@ export function mount(root) {
   const off = subscribe((what) => {
     if (what === "metrics" || what === "reset") render();
   });
-  return off;
+  return () => {
+    off();
+    if (dialog && dialog.open) dialog.close();
+  };
 }
