@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -119,3 +121,35 @@ def test_demo_from_the_archive(pyz, tmp_path):
         out, err = proc.stop()
     assert proc.returncode == 0, err
     assert wait_until(lambda: not (descendants() & backends), timeout=15)
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _ui_status(argv: list[str], **kwargs) -> int | None:
+    port = free_port()
+    proc = Proxy([*argv, "-demo", "-listen", f"127.0.0.1:{port}"], **kwargs)
+    try:
+        proc.wait_listening()
+        return _status(f"http://127.0.0.1:{port}/ui/")
+    finally:
+        proc.stop()
+
+
+@needs_server
+@pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
+def test_ui_is_served_from_inside_the_archive(pyz, tmp_path):
+    """Package data must be read through the import system, not from a path on disk."""
+    from_archive = _ui_status([PYTHONS[max(PYTHONS)], "-I", str(pyz)], env=clean_env(tmp_path),
+                              cwd=tmp_path)
+    if from_archive != 200:
+        from_source = _ui_status([sys.executable, "-m", "llamaswap"], cwd=ROOT)
+        if from_source != 200:
+            pytest.skip(f"the proxy does not serve /ui/ from the source tree yet ({from_source})")
+    assert from_archive == 200
