@@ -76,6 +76,8 @@ def log(msg: str) -> None:
 class DemoServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # the default backlog of 5 resets bursts of concurrent clients (benchmarks, stress tests)
+    request_queue_size = 128
 
     def __init__(self, opts: Options):
         self.opts = opts
