@@ -458,3 +458,31 @@ def test_missing_port_in_listen_exits_1(tmp_path):
     r = run_cli("-config", str(config), "-listen", "8080")
     assert r.returncode == 1
     assert "http server error: listen tcp: address 8080: missing port in address" in r.stderr
+
+
+@needs_server
+def test_sigterm_lets_a_request_in_flight_finish():
+    """Graceful shutdown: stop accepting, finish the stream in flight, then stop backends."""
+    port = free_port()
+    proc = _start_proxy("-demo", "-listen", f"127.0.0.1:{port}")
+    backends: set[int] = set()
+    try:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps({"model": "demo-fast", "stream": True,
+                             "messages": [{"role": "user", "content": "hi"}],
+                             "demo": {"chunks": 8, "chunk_delay": 0.2}}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            first = resp.readline()
+            assert first.startswith(b"data: ")
+            backends = descendants(proc.pid)
+            proc.proc.send_signal(signal.SIGTERM)
+            assert proc.wait_for("shutting down")
+            rest = resp.read()
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        assert rest.count(b"data: ") >= 8
+    finally:
+        out, err = proc.stop()
+    assert proc.returncode == 0, err
+    assert wait_until(lambda: not (descendants() & backends), timeout=15)
