@@ -435,3 +435,71 @@ def test_tls(tmp_path):
     finally:
         srv.shutdown(1)
         app.shutdown()
+
+
+def test_admission_before_loading_stream():
+    """A request over the limit gets its 429 instead of a 200 loading stream (differences 10)."""
+    m = model("m1", "--load-delay", "1.0", send_loading_state=True, concurrency_limit=1)
+    with Proxy(config(m)) as p:
+        c = p.conn()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(chat("m1", stream=True)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200 and b"reasoning_content" in r.read1(65536)
+        s, h, b = p.post("/v1/chat/completions", chat("m1", stream=True))
+        assert s == 429 and h["content-type"] == "application/json"
+        assert b"[DONE]" in r.read()
+        c.close()
+
+
+def test_unload_cuts_a_running_stream_at_once(two):
+    c = two.conn()
+    c.request("POST", "/v1/chat/completions", body=json.dumps(
+        chat("m1", stream=True, demo={"chunks": 5000, "chunk_delay": 0.02})),
+        headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200 and r.read1(65536)
+    two.app.router.unload(["m1"])
+    assert two.app.processes["m1"].state.value == "stopped"
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        r.read()
+    c.close()
+
+
+def test_graceful_shutdown_finishes_requests_in_flight():
+    p = Proxy(config(model("m1")))
+    try:
+        c = p.conn()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(
+            chat("m1", stream=True, demo={"chunks": 10, "chunk_delay": 0.1})),
+            headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.read1(65536)
+        idle = p.conn()
+        idle.request("GET", "/health")
+        idle.getresponse().read()  # a kept-alive idle connection
+        closer = threading.Thread(target=p.server.shutdown, args=(20,))
+        closer.start()
+        assert r.read().rstrip().endswith(b"data: [DONE]")  # the stream still completes
+        closer.join()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", p.port), timeout=2).close()
+        idle.close()
+        c.close()
+    finally:
+        p.app.shutdown()
+
+
+def test_head_and_empty_bodies_through_upstream(two):
+    # the demo backend has no HEAD: its 501 comes through, body-less, and the
+    # connection stays usable
+    c = two.conn()
+    c.request("HEAD", "/upstream/m1/some/path")
+    r = c.getresponse()
+    assert r.status == 501 and r.read() == b""
+    c.request("HEAD", "/v1/models")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"" and int(r.getheader("Content-Length")) > 0
+    c.close()
+    s, h, b = two.request("PUT", "/upstream/m1/x", b"")
+    assert s == 200 and json.loads(b)["method"] == "PUT"
