@@ -7,9 +7,11 @@ listen error; 2 for a command line the flag parser rejects.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import signal
+import ssl
 import sys
 
 import llamaswap
@@ -158,6 +160,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
             _err(f"failed to create server: {e}")
             return 1
         holder = AppHolder(app)
+        cert, key = opts["tls-cert-file"], opts["tls-key-file"]
         if not demo:
             reloader = Reloader(holder, os.path.abspath(opts["config"]))
         if opts["watch-config"] and reloader is not None:
@@ -168,10 +171,9 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         try:
             if ":" not in listen:
                 raise ValueError(f"listen tcp: address {listen}: missing port in address")
-            server = serve(holder, listen, certfile=opts["tls-cert-file"] or None,
-                           keyfile=opts["tls-key-file"] or None)
+            server = serve(holder, listen, certfile=cert or None, keyfile=key or None)
         except Exception as e:
-            _err(f"http server error: {_listen_error(listen, e)}")
+            _err(f"http server error: {_listen_error(listen, e, (cert, key))}")
             return 1
         start_preload(app)
         scheme = "https" if use_tls else "http"
@@ -212,10 +214,17 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         os.close(wake_w)
 
 
-def _listen_error(listen: str, e: Exception) -> str:
-    """Go's wording for the common bind failures."""
+def _listen_error(listen: str, e: Exception, tls_files: tuple[str, ...]) -> str:
+    """Go's wording for the common failures: a TLS file that cannot be read, a bind error."""
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
-        return f"listen tcp {listen}: bind: {e.strerror[0].lower()}{e.strerror[1:]}"
+        reason = e.strerror[0].lower() + e.strerror[1:]
+        unreadable = [f for f in tls_files if f and not os.access(f, os.R_OK)]
+        if unreadable:
+            return f"open {unreadable[0]}: {reason}"
+        if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            return f"listen tcp {listen}: bind: {reason}"
+    if isinstance(e, ssl.SSLError):
+        return f"tls: failed to load the certificate or key: {e}"
     return str(e)
 
 

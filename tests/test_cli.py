@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -486,3 +488,46 @@ def test_sigterm_lets_a_request_in_flight_finish():
         out, err = proc.stop()
     assert proc.returncode == 0, err
     assert wait_until(lambda: not (descendants() & backends), timeout=15)
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@needs_server
+def test_tls_serves_https(tmp_path, self_signed):
+    cert, key = self_signed
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    port = free_port()
+    proc = _start_proxy("-config", str(config), "-listen", f"127.0.0.1:{port}",
+                        "-tls-cert-file", str(cert), "--tls-key-file", str(key))
+    try:
+        assert f"llama-swap listening with TLS on https://127.0.0.1:{port}" in proc.out
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", context=ctx,
+                                    timeout=10) as resp:
+            assert resp.status == 200
+    finally:
+        out, err = proc.stop()
+    assert proc.returncode == 0, err
+
+
+@needs_server
+def test_unreadable_tls_file_exits_1(tmp_path, self_signed):
+    cert, _key = self_signed
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    missing = tmp_path / "missing-key.pem"
+    r = run_cli("-config", str(config), "-listen", f"127.0.0.1:{free_port()}",
+                "-tls-cert-file", str(cert), "-tls-key-file", str(missing))
+    assert r.returncode == 1
+    assert r.stderr.strip().endswith(f"http server error: open {missing}: no such file or directory")
