@@ -244,8 +244,6 @@ def _close_server(server, log) -> None:
     """Stop accepting, end the event streams, drain in-flight requests up to the bound."""
     try:
         server.shutdown(timeout=SHUTDOWN_TIMEOUT)
-    except TypeError:
-        server.shutdown()
     except Exception as e:
         log.warn(f"http server shutdown error: {e}")
 
