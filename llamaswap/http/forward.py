@@ -19,7 +19,7 @@ import select
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
 from llamaswap.http.routes import ClientGone, RequestContext
@@ -148,10 +148,25 @@ _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeEr
 
 def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
             body: _Body, *, observer: Any = None, label: str = "",
-            error_prefix: str = "") -> Outcome:
+            error_prefix: str = "", on_backend_done: Callable[[], None] | None = None) -> Outcome:
     """Send ``ctx.method path`` with ``headers`` and ``body`` to the pool's backend and relay
-    the answer to ``ctx``. Never raises for client or backend trouble; returns what happened."""
+    the answer to ``ctx``. Never raises for client or backend trouble; returns what happened.
+
+    ``on_backend_done`` runs once, as soon as the backend's answer is fully read and before
+    the client gets the last byte (or when the request ends otherwise), so a client that
+    sends its next request the moment it has the answer finds the model's slot free."""
     out = Outcome()
+    try:
+        return _forward(ctx, pool, path, headers, body, observer, label, error_prefix,
+                        on_backend_done, out)
+    finally:
+        if on_backend_done is not None:
+            on_backend_done()
+
+
+def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
+             body: _Body, observer: Any, label: str, error_prefix: str,
+             on_backend_done: Callable[[], None] | None, out: Outcome) -> Outcome:
     method = ctx.method
     has_body = not (body.length == 0 and method in ("GET", "HEAD", "DELETE", "OPTIONS"))
     upgrade = (ctx.headers.get("Upgrade") is not None
@@ -242,6 +257,8 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
                     # byte, or its prompt hang-up would count as an early disconnect
                     cut_early = watch.cancel()
                     watch = None
+                    if on_backend_done is not None:
+                        on_backend_done()
                 write(data)
         if watch is not None:
             cut_early = watch.cancel()
@@ -253,6 +270,8 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
             pool.discard(conn)
             conn = None
         else:
+            if on_backend_done is not None:
+                on_backend_done()
             ctx.finish()
             if not resp.isclosed() and resp.length == 0:
                 resp.read()  # http.client only hands the connection back once it is "closed"

@@ -198,6 +198,7 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
         ctx.send_error(429, f"Too many requests: model {requested} is at its concurrency limit "
                             f"of {limit}", headers=[("Retry-After", "1")])
         return
+    release_slot = _Once(lambda: None if pinned else limits.release(real))
     try:
         body = _forward_body(ctx, ex, requested, rewrite=not pinned)
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
@@ -212,18 +213,32 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 if observer is not None and hasattr(observer, "on_end"):
                     observer.on_end("client disconnected before the model was ready")
                 return
+            finished = _Once(ticket.done, release_slot)
             try:
                 proc = getattr(grant, "process", process)
                 if _state(proc) != "ready":
                     _reply_error(ctx, 503, NOT_READY.format(real), observer)
                     return
                 forward(ctx, pool_for_process(proc), target, headers, body,
-                        observer=observer, label=real)
+                        observer=observer, label=real, on_backend_done=finished)
             finally:
-                ticket.done()
+                finished()
     finally:
-        if not pinned:
-            limits.release(real)
+        release_slot()
+
+
+class _Once:
+    """Run the given functions the first time it is called, never again."""
+
+    def __init__(self, *fns):
+        self._fns = fns
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            fns, self._fns = self._fns, ()
+        for fn in fns:
+            fn()
 
 
 def _state(process: Any) -> str:
