@@ -503,3 +503,53 @@ def test_head_and_empty_bodies_through_upstream(two):
     c.close()
     s, h, b = two.request("PUT", "/upstream/m1/x", b"")
     assert s == 200 and json.loads(b)["method"] == "PUT"
+
+
+class _RudeServer:
+    """Accepts connections and either closes them at once or never answers."""
+
+    def __init__(self, mode):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.mode = mode
+        self.held = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.mode == "close":
+                c.recv(65536)
+                c.close()
+            else:
+                self.held.append(c)
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize("mode", ["close", "silent"])
+def test_backend_failure_before_any_byte_is_a_clear_error(mode):
+    from llamaswap.config.model import Timeouts
+    rude = _RudeServer(mode)
+    try:
+        peer = PeerConfig(id="rude", proxy=f"http://127.0.0.1:{rude.port}", models=("r",),
+                          timeouts=Timeouts(response_header=0.5))
+        with Proxy(config(model("m1"), peers=freeze({"rude": peer}))) as p:
+            s, h, b = p.post("/v1/chat/completions", chat("r"))
+            err = json.loads(b)["error"]["message"]
+            assert err.startswith("peer proxy error: peer rude: ")
+            if mode == "close":
+                assert s == 502 and "RemoteDisconnected" in err
+            else:
+                assert s == 504 and "no response headers within 0.5s" in err
+    finally:
+        rude.close()
