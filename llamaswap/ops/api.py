@@ -14,7 +14,7 @@ from typing import Any
 
 import llamaswap
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
-from llamaswap.ops import gojson, prometheus, sse
+from llamaswap.ops import gojson, prometheus, sse, ui
 from llamaswap.ops.sse import current_app, server_closing
 
 LOG_STREAM_BUFFER = 256  # chunks a slow log reader may fall behind before losing some
@@ -38,6 +38,7 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/metrics", api_metrics)
     table.add("GET", "/api/captures/{id}", api_capture)
     table.add("GET", "/metrics", metrics, log=False)
+    ui.register(table)
 
 
 def _json_line(ctx: RequestContext, obj: Any) -> None:
