@@ -35,8 +35,21 @@ SMALL = json.dumps({"model": "fast", "input": "hello"}).encode()
 # ---------------------------------------------------------------------------------------------
 # the backend
 
+def _seconds_since_exec() -> float:
+    """How long ago this process was created (so interpreter start-up counts toward the
+    health delay, not toward the proxy's swap overhead)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def backend_main(port: int, health_delay: float) -> None:
-    ready_at = time.monotonic() + health_delay
+    ready_at = time.monotonic() - _seconds_since_exec() + health_delay
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))

@@ -41,6 +41,7 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 
 NO_MODEL = "no model id could be identified"
 NOT_READY = "llama-swap-error: [{}] process is not ready"
+FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
 
 
 # ---- concurrency limit (per App, so a reload resets it as upstream) -------------------------
@@ -260,6 +261,8 @@ def _reply_error(ctx: RequestContext, status: int, message: str, observer: Any =
 def _await_grant(ctx: RequestContext, ticket: Any, model_id: str, loading: bool) -> Any:
     """The Grant, or None when the client left (the ticket is given up) or the router said
     no (the error has been answered)."""
+    if not loading and ticket.wait(FAST_GRANT):
+        return _outcome(ctx, ticket)  # a ready model: no need to watch the client
     gone = threading.Event()
 
     def on_gone() -> None:
@@ -286,6 +289,10 @@ def _await_grant(ctx: RequestContext, ticket: Any, model_id: str, loading: bool)
         ctx.mark_gone()
         _release_late_grant(ticket)
         return None
+    return _outcome(ctx, ticket)
+
+
+def _outcome(ctx: RequestContext, ticket: Any) -> Any:
     try:
         return ticket.result()
     except Exception as e:  # RouterError: status + message naming the model
