@@ -553,3 +553,11 @@ def test_backend_failure_before_any_byte_is_a_clear_error(mode):
                 assert s == 504 and "no response headers within 0.5s" in err
     finally:
         rude.close()
+
+
+def test_no_read_timeout_by_default():
+    """The connect timeout is not a read timeout: a slow answer is waited for."""
+    from llamaswap.config.model import Timeouts
+    with Proxy(config(model("m1", timeouts=Timeouts(connect=0.3)))) as p:
+        s, h, b = p.post("/v1/chat/completions", chat("m1", demo={"sleep": 1.0}))
+        assert s == 200 and json.loads(b)["model"] == "m1"

@@ -52,6 +52,10 @@ class BackendPool:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
         conn.response_class = FastResponse
         conn.connect()
+        # the connect timeout is for connecting only: generations may take hours, so reads
+        # and writes wait as long as the backend needs (responseHeader is applied per request)
+        conn.sock.settimeout(None)
+        conn.timeout = None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if t.keepalive > 0:
             try:
