@@ -122,8 +122,8 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
 
     from llamaswap.ops.events import EventBus
     from llamaswap.ops.logs import build_loggers
-    loggers = build_loggers(config.log_to_stdout, level=config.log_level,
-                            time_format=config.log_time_format)
+    loggers = build_loggers(config.log_to_stdout, stdout=_stdout_stream(),
+                            level=config.log_level, time_format=config.log_time_format)
     log = loggers.log
     try:
         if config.has_profiles:
@@ -134,6 +134,31 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
     finally:
         if loggers.stdout is not None:
             loggers.stdout.drain()
+
+
+class _FdWriter:
+    """Raw writes to a file descriptor for the log writer thread. A daemon thread still
+    inside sys.stdout's BufferedWriter when the interpreter exits aborts the process
+    ("could not acquire lock ... at interpreter shutdown"); os.write holds no such lock."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def flush(self) -> None:
+        pass
+
+
+def _stdout_stream():
+    try:
+        sys.stdout.flush()
+        return _FdWriter(sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stdout: the writer's default
+        return None
 
 
 def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -68,10 +69,19 @@ def test_archive_layout(pyz):
 
 
 def test_build_is_reproducible(pyz, tmp_path):
-    again = tmp_path / "again.pyz"
-    subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--output", str(again)],
-                   check=True, capture_output=True, timeout=300)
-    assert again.read_bytes() == pyz.read_bytes()
+    """Same sources, same bytes. Built from a snapshot so edits in the checkout can't interfere."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "llamaswap", src / "llamaswap",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("build_zipapp.py", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    builds = []
+    for name in ("one.pyz", "two.pyz"):
+        subprocess.run([sys.executable, str(src / "build_zipapp.py"), "--output",
+                        str(tmp_path / name), "--cache", str(ROOT / "build" / "zipapp-deps")],
+                       check=True, capture_output=True, timeout=300)
+        builds.append((tmp_path / name).read_bytes())
+    assert builds[0] == builds[1]
 
 
 @pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
