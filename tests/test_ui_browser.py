@@ -37,7 +37,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
 API_KEY = "sk-ui-test-key"
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 20_000  # generous: CI machines are busy; passing runs never wait this long
+expect.set_options(timeout=TIMEOUT_MS)
 
 
 # -- the proxy under test -------------------------------------------------------------------
