@@ -229,6 +229,21 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             length = resp.length if (method == "HEAD" and resp.length is not None) else None
         if ctx.started:  # after the loading stream: status and headers are already out
             length = None
+        elif not no_body and length is not None and 0 < length <= READ_SIZE:
+            # a small answer: its bytes are already here, so head and body leave together
+            cut_early = watch.cancel() if watch is not None else False
+            watch = None
+            if gone.is_set():
+                raise ClientGone()
+            if not _relay_small(ctx, resp, status, rheaders, length, observer, on_backend_done):
+                return _fail(ctx, out, observer, 502,
+                             f"{error_prefix}{label}: backend response ended early")
+            out.status = status
+            pool.release(conn, not resp.will_close and resp.isclosed() and not cut_early)
+            conn = None
+            out.sent_bytes = ctx.bytes_sent
+            _end(observer, None)
+            return out
         else:
             ctx.start(status, rheaders, length=length if not no_body or method == "HEAD" else None)
         out.status = status
@@ -292,6 +307,25 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             watch.cancel()
         if conn is not None:
             pool.discard(conn)
+
+
+def _relay_small(ctx: RequestContext, resp: Any, status: int, rheaders: list[tuple[str, str]],
+                 length: int, observer: Any, on_backend_done: Callable[[], None] | None) -> bool:
+    """Read a short Content-Length body whole and send it with the head in one write. False
+    if the backend sent less than it announced (nothing has been sent to the client)."""
+    try:
+        data = resp.read()
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    if len(data) != length:
+        return False
+    on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
+    if on_chunk is not None:
+        on_chunk(data)
+    if on_backend_done is not None:
+        on_backend_done()
+    ctx.send(status, data, None, rheaders)
+    return True
 
 
 def _end(observer: Any, error: str | None) -> None:
