@@ -122,43 +122,20 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
 
     from llamaswap.ops.events import EventBus
     from llamaswap.ops.logs import build_loggers
-    loggers = build_loggers(config.log_to_stdout, stdout=_stdout_stream(),
+    loggers = build_loggers(config.log_to_stdout,
                             level=config.log_level, time_format=config.log_time_format)
     log = loggers.log
     try:
         if config.has_profiles:
             from llamaswap.ops.reload import PROFILES_WARNING
             log.warn(PROFILES_WARNING)
+        for warning in config.warnings:
+            log.warn(warning)
         log.debug(f"PID: {os.getpid()}")
         return _serve(opts, config, loggers, EventBus(), listen, demo, use_tls)
     finally:
         if loggers.stdout is not None:
             loggers.stdout.drain()
-
-
-class _FdWriter:
-    """Raw writes to a file descriptor for the log writer thread. A daemon thread still
-    inside sys.stdout's BufferedWriter when the interpreter exits aborts the process
-    ("could not acquire lock ... at interpreter shutdown"); os.write holds no such lock."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-
-    def flush(self) -> None:
-        pass
-
-
-def _stdout_stream():
-    try:
-        sys.stdout.flush()
-        return _FdWriter(sys.stdout.fileno())
-    except (AttributeError, OSError, ValueError):  # no real stdout: the writer's default
-        return None
 
 
 def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:

@@ -531,3 +531,15 @@ def test_unreadable_tls_file_exits_1(tmp_path, self_signed):
                 "-tls-cert-file", str(cert), "-tls-key-file", str(missing))
     assert r.returncode == 1
     assert r.stderr.strip().endswith(f"http server error: open {missing}: no such file or directory")
+
+
+def test_config_warnings_are_logged_at_startup(tmp_path):
+    """A matrix var naming an undefined model loads (as upstream's example needs) but is said."""
+    config = tmp_path / "c.yaml"
+    config.write_text("models:\n  m1:\n    cmd: x --port ${PORT}\n"
+                      "matrix:\n  vars: {a: m1, g: ghost}\n  sets: {s: a | g}\n")
+    proxy = _start_proxy("-config", str(config), "-listen", f"127.0.0.1:{free_port()}")
+    out, _ = proxy.stop()
+    assert proxy.returncode == 0
+    assert ('[WARN] matrix: var key "g" references unknown model "ghost"; '
+            'sets that use it can never run that model') in out

@@ -12,6 +12,7 @@ stdout pipe cannot stall a backend or a request (upstream bug #408/#875).
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -82,7 +83,7 @@ class StdoutWriter:
     """Writes to a file descriptor from a daemon thread; drops when the reader is stuck."""
 
     def __init__(self, stream: BinaryIO | None = None, maxsize: int = 4096):
-        self._stream = stream if stream is not None else sys.stdout.buffer
+        self._stream = stream if stream is not None else _stdout_fd_writer()
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize)
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
@@ -108,6 +109,31 @@ class StdoutWriter:
         end = time.monotonic() + timeout
         while not self._queue.empty() and time.monotonic() < end:
             time.sleep(0.01)
+
+
+class _FdWriter:
+    """Unbuffered writes to a file descriptor. A daemon thread still inside sys.stdout's
+    BufferedWriter when the interpreter exits aborts the process ("could not acquire lock
+    ... at interpreter shutdown"); os.write holds no such lock."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def flush(self) -> None:
+        pass
+
+
+def _stdout_fd_writer() -> BinaryIO:
+    try:
+        sys.stdout.flush()
+        return _FdWriter(sys.stdout.fileno())  # type: ignore[return-value]
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded, pytest capture)
+        return sys.stdout.buffer
 
 
 # Go's named layouts (time package constants) rendered with strftime plus fractions.

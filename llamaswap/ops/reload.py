@@ -71,6 +71,8 @@ class Reloader:
             return False
         if getattr(new_cfg, "has_profiles", False):
             log.warn(PROFILES_WARNING)
+        for warning in new_cfg.warnings:
+            log.warn(warning)
         old_app = self.holder.app
         try:
             new_app = old_app.reload(new_cfg)
