@@ -343,6 +343,7 @@ def test_activity_shows_new_request_live_and_opens_its_capture(proxy, browser):
         body_view = dialog.locator(".capture-body").first
         expect(body_view).to_contain_text(marker)
         expect(body_view).to_contain_text('"messages": [')  # pretty-printed JSON
+        expect(dialog.locator(".assembled")).to_contain_text("demo answer from demo-coder")
         dialog.locator("summary", has_text="Request headers").click()
         expect(dialog).to_contain_text("[REDACTED]")
         expect(dialog).not_to_contain_text("sk-do-not-show")

@@ -45,21 +45,32 @@ function compare(col) {
   };
 }
 
-function prettyBody(bytes, contentType) {
-  const text = bytesToText(bytes);
-  const ct = (contentType || "").toLowerCase();
-  if (ct.includes("event-stream") || /^\s*data:/.test(text)) {
-    // Pretty-print each SSE data line's JSON, keep everything else as is.
-    return text.split("\n").filter((l) => l.trim() !== "").map((line) => {
-      const m = /^data:\s?(.*)$/.exec(line);
-      if (!m || m[1] === "[DONE]") return line;
-      try {
-        return "data: " + JSON.stringify(JSON.parse(m[1]));
-      } catch {
-        return line;
-      }
-    }).join("\n");
+function isSSE(text, contentType) {
+  return (contentType || "").toLowerCase().includes("event-stream") || /^\s*data:/.test(text);
+}
+
+// The text a streamed chat answer adds up to (OpenAI and Anthropic chunk shapes).
+function assembleSSE(text) {
+  let content = "";
+  let reasoning = "";
+  for (const line of text.split("\n")) {
+    const m = /^data:\s?(.*)$/.exec(line.trim());
+    if (!m || m[1] === "[DONE]") continue;
+    let chunk;
+    try {
+      chunk = JSON.parse(m[1]);
+    } catch {
+      continue;
+    }
+    const delta = (chunk.choices && chunk.choices[0] && chunk.choices[0].delta) || {};
+    content += delta.content || (chunk.delta && chunk.delta.text) || "";
+    reasoning += delta.reasoning_content || delta.reasoning || "";
   }
+  return { content, reasoning };
+}
+
+function prettyBody(text, contentType) {
+  if (isSSE(text, contentType)) return text.split("\n").filter((l) => l.trim() !== "").join("\n");
   try {
     return JSON.stringify(JSON.parse(text), null, 2);
   } catch {
@@ -93,7 +104,14 @@ function bodyView(b64, headers, label) {
   if (/^image\/(png|jpeg|gif|webp)/i.test(ct)) {
     return h("img", { class: "capture-img", alt: label, src: `data:${ct.split(";")[0]};base64,${b64}` });
   }
-  return h("pre", { class: "code capture-body" }, prettyBody(bytes, ct));
+  const text = bytesToText(bytes);
+  const body = h("pre", { class: "code capture-body" }, prettyBody(text, ct));
+  if (!isSSE(text, ct)) return body;
+  const { content, reasoning } = assembleSSE(text);
+  return h("div", {},
+    reasoning ? h("div", { class: "assembled" }, h("b", {}, "Reasoning: "), reasoning) : null,
+    content ? h("div", { class: "assembled" }, h("b", {}, "Streamed answer: "), content) : null,
+    body);
 }
 
 let dialog = null;
