@@ -127,10 +127,16 @@ def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
         else:
             conn.putheader("Transfer-Encoding", "chunked")
             chunked = True
+    on_req = getattr(observer, "on_request_chunk", None) if observer is not None else None
+    if has_body and body.data is not None and not chunked and len(body.data) <= BODY_SIZE:
+        if on_req is not None and body.data:
+            on_req(body.data)
+        body.started = True
+        conn.endheaders(body.data)
+        return
     conn.endheaders()
     if not has_body:
         return
-    on_req = getattr(observer, "on_request_chunk", None) if observer is not None else None
     for piece in body.chunks():
         if on_req is not None:
             on_req(piece)
