@@ -182,7 +182,9 @@ export function mount(root) {
       v.stats.textContent = (turn.stopped ? "stopped · " : "") + statsText(turn);
       if (turn.reasoning && turn.content) v.reasoning.open = false;
     } else {
-      v.stats.textContent = turn.loadEnd === undefined && turn.loadingText ? "loading…" : "streaming…";
+      if (turn.loadingText && turn.loadEnd === undefined) v.stats.textContent = "loading the model…";
+      else if (!turn.chunks) v.stats.textContent = "waiting for the answer (the model may be loading)…";
+      else v.stats.textContent = "streaming…";
     }
     const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 80;
     if (nearBottom || !turn.end) log.scrollTop = log.scrollHeight;
