@@ -214,7 +214,8 @@ def test_auth_on_protected_routes_and_open_routes():
         protected = [("POST", "/v1/chat/completions", chat("m1")), ("GET", "/v1/models", None),
                      ("GET", "/models", None), ("GET", "/upstream/m1/", None),
                      ("GET", "/props?model=m1", None), ("POST", "/v/embeddings", None),
-                     ("POST", "/v1/audio/transcriptions", None)]
+                     ("POST", "/v1/audio/transcriptions", None), ("GET", "/metrics", None),
+                     ("GET", "/ui/", None), ("GET", "/running", None)]
         for method, path, body in protected:
             s, h, b = p.request(method, path, body)
             assert s == 401, path
@@ -561,3 +562,42 @@ def test_no_read_timeout_by_default():
     with Proxy(config(model("m1", timeouts=Timeouts(connect=0.3)))) as p:
         s, h, b = p.post("/v1/chat/completions", chat("m1", demo={"sleep": 1.0}))
         assert s == 200 and json.loads(b)["model"] == "m1"
+
+
+def test_backend_cors_headers_are_not_duplicated():
+    """differences.md point 8: the backend's Access-Control-Allow-Origin stays the only one."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"ok":true}'
+            self.send_response(200)
+            self.send_header("Access-Control-Allow-Origin", "https://a.example")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        peer = PeerConfig(id="c", proxy=f"http://127.0.0.1:{srv.server_address[1]}",
+                          models=("cors-m",))
+        with Proxy(config(model("m1"), peers=freeze({"c": peer}))) as p:
+            c = p.conn()
+            c.request("POST", "/v1/chat/completions", body=json.dumps(chat("cors-m")),
+                      headers={"Origin": "https://a.example", "Content-Type": "application/json"})
+            r = c.getresponse()
+            assert r.status == 200 and r.read() == b'{"ok":true}'
+            values = [v for k, v in r.getheaders() if k.lower() == "access-control-allow-origin"]
+            assert values == ["https://a.example"]
+            c.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
