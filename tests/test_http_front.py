@@ -601,3 +601,21 @@ def test_backend_cors_headers_are_not_duplicated():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_loading_stream_shows_queue_position():
+    a = model("a", "--load-delay", "1.2", send_loading_state=True)
+    b = model("b", "--load-delay", "0.2", send_loading_state=True)
+    with Proxy(config(a, b)) as p:
+        first = p.conn()
+        first.request("POST", "/v1/chat/completions", body=json.dumps(chat("a", stream=True)),
+                      headers={"Content-Type": "application/json"})
+        r1 = first.getresponse()
+        assert r1.status == 200 and r1.read1(65536).startswith(b"data: ")
+        # a is loading: b's swap would evict it, so b waits in the queue and says so
+        s, h, body = p.post("/v1/chat/completions", chat("b", stream=True))
+        text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("reasoning_content", "")
+                       for line in body.decode().split("\n\n") if line.startswith("data: {"))
+        assert "llama-swap loading model: b" in text and "Queue position: #1" in text
+        assert b"[DONE]" in r1.read()
+        first.close()
