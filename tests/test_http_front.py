@@ -619,3 +619,13 @@ def test_loading_stream_shows_queue_position():
         assert "llama-swap loading model: b" in text and "Queue position: #1" in text
         assert b"[DONE]" in r1.read()
         first.close()
+
+
+def test_metered_requests_offer_only_gzip_and_deflate(two):
+    s, h, b = two.post("/infill", {"model": "m1"},
+                       headers={"Accept-Encoding": "br, gzip;q=0.8, zstd"})
+    seen = {k.lower(): v for k, v in json.loads(b)["headers"]}
+    assert seen["accept-encoding"] == "gzip;q=0.8"
+    s, h, b = two.request("GET", "/upstream/m1/x", headers={"Accept-Encoding": "br"})
+    seen = {k.lower(): v for k, v in json.loads(b)["headers"]}
+    assert seen["accept-encoding"] == "br"  # /upstream is not metered

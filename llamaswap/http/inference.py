@@ -174,6 +174,21 @@ def _observer(ctx: RequestContext, model_id: str) -> Any:
         return None
 
 
+def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Only gzip/deflate may be offered on a metered request, so its body stays readable for
+    the activity parser (behaviour.md 5.8)."""
+    from llamaswap.ops.activity import filter_accept_encoding
+
+    out = []
+    for k, v in headers:
+        if k.lower() == "accept-encoding":
+            v = filter_accept_encoding(v)
+            if not v:
+                continue
+        out.append((k, v))
+    return out
+
+
 class _InFlight:
     def __init__(self, app: Any, model: str):
         self.counter = getattr(app, "inflight", None)
@@ -205,6 +220,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
         with _InFlight(app, real):
             observer = _observer(ctx, real) if not pinned else None
+            if observer is not None:
+                headers = _metered_headers(headers)
             ticket = app.router.request(real)
             process = app.processes[real]
             loading = (not pinned and ex.stream and mcfg.send_loading_state
@@ -339,6 +356,8 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
                               extra=extra, drop=drop)
     with _InFlight(app, requested):
         observer = _observer(ctx, requested)
+        if observer is not None:
+            headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
                       label=f"peer {peer.id}", error_prefix="peer proxy error: ")
     if out.error and not out.client_gone:
