@@ -38,16 +38,20 @@ def backend():
     proc.stdout.close()
 
 
-def test_health_is_503_until_loaded():
-    proc, port = start("--load-delay", "1.5")
+def test_health_is_503_while_loading_then_200():
+    # the 503 phase is checked on a backend that never finishes loading: a load delay alone
+    # could pass before a loaded machine gets the first probe in
+    loading, loading_port = start("--never-healthy")
+    loaded, loaded_port = start("--load-delay", "0.5", model="demo-b")
     try:
-        assert wait_until(lambda: health(port) is not None)
-        assert health(port) == 503
-        assert wait_until(lambda: health(port) == 200)
+        assert wait_until(lambda: health(loading_port) is not None)
+        assert health(loading_port) == 503
+        assert wait_until(lambda: health(loaded_port) == 200)
     finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
+        for proc in (loading, loaded):
+            proc.terminate()
+            proc.wait(10)
+            proc.stdout.close()
 
 
 def test_streams_chat_incrementally_with_usage_and_timings(backend):
