@@ -629,3 +629,15 @@ def test_metered_requests_offer_only_gzip_and_deflate(two):
     s, h, b = two.request("GET", "/upstream/m1/x", headers={"Accept-Encoding": "br"})
     seen = {k.lower(): v for k, v in json.loads(b)["headers"]}
     assert seen["accept-encoding"] == "br"  # /upstream is not metered
+
+
+def test_disconnect_during_a_slow_non_streaming_answer(two):
+    s = raw_socket(two.port)
+    body = json.dumps(chat("m1", demo={"sleep": 30}))
+    s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              f"\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+    router = two.app.router
+    assert wait_until(lambda: router.in_flight("m1") == 1, 10)
+    s.close()
+    # the proxy noticed at once (not after the backend's 30 s) and told the router
+    assert wait_until(lambda: router.in_flight("m1") == 0, 5)
