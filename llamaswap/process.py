@@ -29,7 +29,13 @@ from llamaswap.ops.events import EventBus, ProcessStateChanged
 from llamaswap.ops.logs import LogMonitor, ProxyLogger
 
 PROBE_FIRST_INTERVAL = 0.01  # seconds between the first two health probes
-PROBE_MAX_INTERVAL = 0.25  # the interval doubles up to this
+# The interval doubles up to a cap. Most loads that finish quickly (small models, warm page
+# cache) are seen within ~25 ms with a 50 ms cap; after FAST_PROBE_PERIOD the cap relaxes so a
+# two-minute load does not fill the backend's log with health-check lines (llama-server and
+# uvicorn log every request).
+PROBE_FAST_MAX_INTERVAL = 0.05
+FAST_PROBE_PERIOD = 5.0
+PROBE_MAX_INTERVAL = 0.25
 PROBE_TIMEOUT = 1.0  # each probe's own connect+response timeout
 ERROR_TAIL_LINES = 10
 OUTPUT_DRAIN_TIMEOUT = 1.0  # wait for a dead child's last output before quoting it
@@ -286,7 +292,8 @@ class Process:
                 return StartError(f"[{self.model_id}] health check timed out after "
                                   f"{go_duration(timeout)}" + self._tail_suffix(child))
             attempt.wake.wait(min(interval, left))
-            interval = min(interval * 2, PROBE_MAX_INTERVAL)
+            fast = time.monotonic() - child.started < FAST_PROBE_PERIOD
+            interval = min(interval * 2, PROBE_FAST_MAX_INTERVAL if fast else PROBE_MAX_INTERVAL)
 
     def _exit_error(self, child: procutil.Child) -> StartError:
         return StartError(f"[{self.model_id}] upstream command exited prematurely "
