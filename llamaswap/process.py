@@ -24,6 +24,7 @@ from typing import Callable
 from llamaswap import procutil
 from llamaswap.config.command import split_command, strip_comments
 from llamaswap.config.errors import ConfigError
+from llamaswap.config.gocompat import go_duration
 from llamaswap.config.model import ModelConfig
 from llamaswap.ops.events import EventBus, ProcessStateChanged
 from llamaswap.ops.logs import LogMonitor, ProxyLogger
@@ -78,20 +79,6 @@ class StartError(Exception):
 
     def copy(self) -> "StartError":
         return StartError(self.message, aborted=self.aborted)
-
-
-def go_duration(seconds: float) -> str:
-    """Seconds in Go's time.Duration.String() form for whole seconds: 5s, 2m0s, 1h0m0s."""
-    if seconds != int(seconds) or seconds < 1:
-        return f"{seconds:g}s"
-    s = int(seconds)
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m}m{s}s"
-    if m:
-        return f"{m}m{s}s"
-    return f"{s}s"
 
 
 def _describe_exit(code: int | None) -> str:

@@ -171,6 +171,11 @@ def format_go_duration(ns: int) -> str:
     return sign + out
 
 
+def go_duration(seconds: float) -> str:
+    """Seconds as Go's time.Duration.String(): 5s, 2m0s, 147.909µs."""
+    return format_go_duration(round(seconds * 1e9))
+
+
 def _frac(value: int, scale: int) -> str:
     whole, rest = divmod(value, scale)
     if not rest:

@@ -18,30 +18,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
 from llamaswap.http import auth
+from llamaswap.config.gocompat import go_duration
 from llamaswap.http.headers import HeaderError, read_headers
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable, build_routes
 
 HEADER_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 1 << 20
 NO_ACCESS_LOG = ("/wol-health", "/api/performance", "/metrics")
-
-
-def go_duration(seconds: float) -> str:
-    """Go's time.Duration.String() for the access log (e.g. 1.234567ms, 2.5s)."""
-    ns = int(seconds * 1e9)
-    if ns < 1000:
-        return f"{ns}ns"
-    if ns < 1_000_000:
-        return f"{ns / 1000:g}µs"
-    if ns < 1_000_000_000:
-        return f"{ns / 1e6:g}ms"
-    if seconds < 60:
-        return f"{seconds:.9g}s"
-    m, s = divmod(seconds, 60)
-    if m < 60:
-        return f"{int(m)}m{s:.9g}s"
-    h, m = divmod(int(m), 60)
-    return f"{h}h{m}m{s:.9g}s"
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
