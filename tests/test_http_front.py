@@ -62,7 +62,19 @@ def test_model_errors_are_openai_shaped(two):
     err = json.loads(b)["error"]
     assert "nope" in err["message"] and err["code"] == 404 and err["type"]
     s, h, b = two.post("/v1/chat/completions", {"messages": []})
-    assert s == 404 and json.loads(b)["error"]["message"] == "no model id could be identified"
+    assert s == 404 and json.loads(b)["error"]["message"] == (
+        "no model id could be identified: the JSON body has no 'model' field")
+    s, h, b = two.post("/v1/chat/completions", b'{"model": "m1", "messages": [',
+                       headers={"Content-Type": "application/json"})
+    assert s == 404 and json.loads(b)["error"]["message"].startswith(
+        "no model id could be identified: the request body is not valid JSON (Expecting value: "
+        "line 1 column 30")
+    s, h, b = two.post("/v1/chat/completions", {"model": 7})
+    assert json.loads(b)["error"]["message"] == ("no model id could be identified: 'model' in "
+                                                 "the JSON body must be a non-empty string, got 7")
+    s, h, b = two.request("GET", "/v1/audio/voices")
+    assert json.loads(b)["error"]["message"] == (
+        "no model id could be identified: missing 'model' query parameter")
     s, h, b = two.request("GET", "/props")
     assert s == 404
     s, h, b = two.post("/v1/chat/completions", chat("nope"), headers={"Accept": "text/plain"})

@@ -41,6 +41,7 @@ class Extracted:
     spool_len: int = 0
     value_span: tuple[int, int] | None = None
     extra: dict = field(default_factory=dict)
+    why: str = ""  # when model is None: what was missing or malformed, for the 404 message
 
     def close(self) -> None:
         if self.spool is not None:
@@ -75,7 +76,8 @@ def _read_range(f, n: int):
 
 def from_query(ctx: RequestContext) -> Extracted:
     return Extracted(model=ctx.query_value("model") or None,
-                     stream=ctx.query_value("stream") == "true", kind="query")
+                     stream=ctx.query_value("stream") == "true", kind="query",
+                     why="missing 'model' query parameter")
 
 
 def from_body(ctx: RequestContext) -> Extracted:
@@ -91,9 +93,14 @@ def from_body(ctx: RequestContext) -> Extracted:
         model = obj.get("model")
         ex.model = model if isinstance(model, str) and model else None
         ex.stream = obj.get("stream") is True
+        if "model" not in obj:
+            ex.why = "the JSON body has no 'model' field"
+        elif ex.model is None:
+            ex.why = f"'model' in the JSON body must be a non-empty string, got {json.dumps(model)}"
         return ex
-    if "application/json" in ctype.lower():
+    if "application/json" in ctype.lower() or data[:64].lstrip().startswith((b"{", b"[")):
         ex.kind = "json"
+        ex.why = _json_problem(data)
         return ex
     try:
         form = parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
@@ -101,7 +108,21 @@ def from_body(ctx: RequestContext) -> Extracted:
         form = {}
     ex.model = (form.get("model") or [""])[0] or None
     ex.stream = (form.get("stream") or [""])[0] == "true"
+    ex.why = "the request body is empty" if not data else "no 'model' field in the form body"
     return ex
+
+
+def _json_problem(data: bytes) -> str:
+    """Why a JSON body yields no model: a parse error with its position, or the wrong type."""
+    if not data.strip():
+        return "the request body is empty"
+    try:
+        obj = json.loads(data)
+    except UnicodeDecodeError:
+        return "the request body is not UTF-8 JSON"
+    except ValueError as e:
+        return f"the request body is not valid JSON ({e})"
+    return f"the JSON body must be an object with a 'model' field, got {type(obj).__name__}"
 
 
 def _json_object(data: bytes) -> dict | None:

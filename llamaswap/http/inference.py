@@ -111,7 +111,8 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
     cfg = app.config
     requested = pinned or ex.model
     if not requested:
-        ctx.send_error(404, NO_MODEL)
+        # upstream's text first (clients match on it), then what exactly was wrong
+        ctx.send_error(404, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
