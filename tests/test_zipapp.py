@@ -113,18 +113,21 @@ def test_unknown_flag_from_the_archive(pyz, tmp_path):
 
 @needs_server
 @pytest.mark.skipif(not PYTHONS, reason=f"no pyenv CPython >= 3.10 under {PYENV}/versions")
-def test_demo_from_the_archive(pyz, tmp_path):
-    """-demo inside the .pyz starts its backends as `python <pyz> demo-backend`."""
+@pytest.mark.parametrize("version", OLDEST_NEWEST, ids=lambda v: ".".join(map(str, v)))
+def test_demo_from_the_archive(pyz, version, tmp_path):
+    """-demo inside the .pyz starts its backends as `python <pyz> demo-backend`, on the oldest
+    and the newest Python: a swap end to end, then a clean shutdown."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = Proxy([PYTHONS[max(PYTHONS)], "-I", str(pyz), "-demo", "-listen", f"127.0.0.1:{port}"],
+    proc = Proxy([PYTHONS[version], "-I", str(pyz), "-demo", "-listen", f"127.0.0.1:{port}"],
                  env=clean_env(tmp_path), cwd=tmp_path)
     backends: set[int] = set()
     try:
         proc.wait_listening()
-        body = _post_json(base + "/v1/chat/completions",
-                          {"model": "demo-slow", "messages": [{"role": "user", "content": "hi"}]})
-        assert body["model"] == "demo-slow"
+        for model in ("demo-fast", "demo-slow"):
+            body = _post_json(base + "/v1/chat/completions",
+                              {"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            assert body["model"] == model
         backends = descendants(proc.pid)
         assert any(f"{pyz} demo-backend" in cmdline(p) for p in backends)
     finally:
