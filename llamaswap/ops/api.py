@@ -15,7 +15,7 @@ from typing import Any
 import llamaswap
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
 from llamaswap.ops import gojson, prometheus, sse, ui
-from llamaswap.ops.sse import current_app, server_closing
+from llamaswap.ops.sse import current_app
 
 LOG_STREAM_BUFFER = 256  # chunks a slow log reader may fall behind before losing some
 LOG_STREAM_HEADERS = [("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff"),
@@ -143,20 +143,14 @@ def logs_stream(ctx: RequestContext) -> None:
         ctx.start(200, LOG_STREAM_HEADERS)
         if history and not skip_history:
             ctx.write(history)
-        while True:
-            try:
-                data = sub.get(sse.POLL)
-            except EOFError:
-                break
-            if data is None:
-                if ctx.client_gone() or server_closing(ctx):
-                    break
-                continue
-            dropped = sub.take_dropped()
+
+        def render(data: bytes, dropped: int) -> bytes:
             if dropped:
-                data = (f"\n--- {dropped} log chunk(s) dropped: this reader fell behind ---\n"
+                return (f"\n--- {dropped} log chunk(s) dropped: this reader fell behind ---\n"
                         .encode() + data)
-            ctx.write(data)
+            return data
+
+        sse.pump(ctx, sub, render)
         ctx.finish()
     except ClientGone:
         pass

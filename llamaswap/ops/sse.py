@@ -115,6 +115,24 @@ def event_frame(app: Any, event: Any) -> bytes | None:
     return None  # ModelPreloaded and the rest are not forwarded, as upstream
 
 
+def pump(ctx: Any, sub: Any, render: Any) -> None:
+    """Write ``render(item, dropped)`` for each item of the subscription until it closes, the
+    client leaves or the server shuts down. ``dropped`` counts the items this reader lost
+    since the previous one because it fell behind."""
+    while True:
+        try:
+            item = sub.get(POLL)
+        except EOFError:
+            return
+        if item is None:
+            if ctx.client_gone() or server_closing(ctx):
+                return
+            continue
+        data = render(item, sub.take_dropped())
+        if data:
+            ctx.write(data)
+
+
 def handle_events(ctx: Any) -> None:
     from llamaswap.http.routes import ClientGone
 
@@ -130,24 +148,16 @@ def handle_events(ctx: Any) -> None:
                   + model_status_frame(app)
                   + frame("metrics", metrics_json(app))
                   + frame("inflight", gojson.dumps({"total": inflight_total(app)})))
-        last_warn = 0.0
-        while True:
-            try:
-                event = sub.get(POLL)
-            except EOFError:
-                break
-            if event is None:
-                if ctx.client_gone() or server_closing(ctx):
-                    break
-                continue
-            dropped = sub.take_dropped()
-            if dropped and time.monotonic() - last_warn > DROP_WARN_INTERVAL:
-                last_warn = time.monotonic()
+        last_warn = [0.0]
+
+        def render(event: Any, dropped: int) -> bytes | None:
+            if dropped and time.monotonic() - last_warn[0] > DROP_WARN_INTERVAL:
+                last_warn[0] = time.monotonic()
                 loggers.log.warn(f"handleAPIEvents sendBuffer full, dropped {dropped} "
                                  "message(s) for a slow client")
-            data = event_frame(current_app(ctx), event)
-            if data is not None:
-                ctx.write(data)
+            return event_frame(current_app(ctx), event)
+
+        pump(ctx, sub, render)
         ctx.finish()
     except ClientGone:
         pass
