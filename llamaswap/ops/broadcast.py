@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -71,6 +71,7 @@ class Broadcaster(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: tuple[Subscription[T], ...] = ()
+        self._listeners: tuple[Callable[[T], None], ...] = ()
 
     def subscribe(self, maxsize: int = 1024) -> Subscription[T]:
         sub: Subscription[T] = Subscription(self, maxsize)
@@ -82,9 +83,26 @@ class Broadcaster(Generic[T]):
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
 
+    def add_listener(self, fn: Callable[[T], None]) -> None:
+        """A callback run on every publish, in the publisher's thread. It must be quick and
+        never block: it saves a queue and a thread wake-up per item for cheap consumers."""
+        with self._lock:
+            self._listeners = self._listeners + (fn,)
+
+    def remove_listener(self, fn: Callable[[T], None]) -> None:
+        with self._lock:
+            self._listeners = tuple(f for f in self._listeners if f != fn)  # bound methods: ==
+
+    @property
+    def has_receivers(self) -> bool:
+        """False when a publish would reach nobody (callers may skip building the item)."""
+        return bool(self._subs or self._listeners)
+
     def publish(self, item: T) -> None:
         for sub in self._subs:  # a tuple snapshot: no lock on the hot path
             sub.offer(item)
+        for fn in self._listeners:
+            fn(item)
 
     def close_all(self) -> None:
         for sub in self._subs:

@@ -37,5 +37,6 @@ class InFlightCounter:
             else:
                 self._per_model.pop(model, None)
             total = self._total
-        if self._events is not None:
-            self._events.publish(InFlightChanged(total))
+        events = self._events
+        if events is not None and events.has_receivers:
+            events.publish(InFlightChanged(total))

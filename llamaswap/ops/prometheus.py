@@ -5,8 +5,8 @@ keep their names here, read from /proc on each scrape. Beyond upstream, operator
 per-model request, token and load metrics, the state of every model, in-flight requests and
 the router queue, and the proxy's own CPU and memory.
 
-``RequestMetrics`` is fed from the event bus (``ActivityRecorded``, ``SwapFinished``) by a
-pump thread and outlives config reloads, so counters never go backwards while the proxy runs.
+``RequestMetrics`` is fed from the event bus (``ActivityRecorded``, ``SwapFinished``) as a
+synchronous listener and outlives config reloads, so counters never go backwards while the proxy runs.
 Gauges that describe "now" (states, in-flight, queue) are read from the App at scrape time.
 """
 
@@ -118,8 +118,7 @@ class RequestMetrics:
         self.durations: dict[str, Histogram] = {}
         self.loads: dict[tuple[str, str], int] = {}
         self.load_durations: dict[str, Histogram] = {}
-        self._sub: Any = None
-        self._thread: threading.Thread | None = None
+        self._bus: Any = None
 
     def handle(self, event: Any) -> None:
         if isinstance(event, ActivityRecorded):
@@ -147,23 +146,16 @@ class RequestMetrics:
                     h.observe(event.seconds)
 
     def attach(self, bus: Any) -> None:
-        """Follow ``bus`` from a daemon thread until ``detach``."""
-        self._sub = bus.subscribe()
-        self._thread = threading.Thread(target=self._pump, args=(self._sub,),
-                                        name="prometheus-events", daemon=True)
-        self._thread.start()
-
-    def _pump(self, sub: Any) -> None:
-        for event in sub:
-            self.handle(event)
+        """Follow ``bus`` until ``detach``. ``handle`` is a few dict updates under a lock, so
+        it runs in the publisher's thread: a queue and a pump thread would cost a thread
+        wake-up for every event on the bus (several per request)."""
+        self._bus = bus
+        bus.add_listener(self.handle)
 
     def detach(self) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._bus is not None:
+            self._bus.remove_listener(self.handle)
+            self._bus = None
 
     def write(self, out: Exposition) -> None:
         with self._lock:
