@@ -71,7 +71,7 @@ class Broadcaster(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: tuple[Subscription[T], ...] = ()
-        self._listeners: tuple[Callable[[T], None], ...] = ()
+        self._listeners: tuple[tuple[Callable[[T], None], tuple[type, ...] | None], ...] = ()
 
     def subscribe(self, maxsize: int = 1024) -> Subscription[T]:
         sub: Subscription[T] = Subscription(self, maxsize)
@@ -83,26 +83,30 @@ class Broadcaster(Generic[T]):
         with self._lock:
             self._subs = tuple(s for s in self._subs if s is not sub)
 
-    def add_listener(self, fn: Callable[[T], None]) -> None:
-        """A callback run on every publish, in the publisher's thread. It must be quick and
-        never block: it saves a queue and a thread wake-up per item for cheap consumers."""
+    def add_listener(self, fn: Callable[[T], None], types: tuple[type, ...] | None = None) -> None:
+        """A callback run on every publish (of one of ``types``, when given), in the
+        publisher's thread. It must be quick and never block: it saves a queue and a thread
+        wake-up per item for cheap consumers."""
         with self._lock:
-            self._listeners = self._listeners + (fn,)
+            self._listeners = self._listeners + ((fn, types),)
 
     def remove_listener(self, fn: Callable[[T], None]) -> None:
-        with self._lock:
-            self._listeners = tuple(f for f in self._listeners if f != fn)  # bound methods: ==
+        with self._lock:  # bound methods compare equal, they are not identical
+            self._listeners = tuple(entry for entry in self._listeners if entry[0] != fn)
 
-    @property
-    def has_receivers(self) -> bool:
-        """False when a publish would reach nobody (callers may skip building the item)."""
-        return bool(self._subs or self._listeners)
+    def wants(self, item_type: type) -> bool:
+        """False when a publish of this type would reach nobody (the caller may skip
+        building the item)."""
+        if self._subs:
+            return True
+        return any(types is None or issubclass(item_type, types) for _, types in self._listeners)
 
     def publish(self, item: T) -> None:
         for sub in self._subs:  # a tuple snapshot: no lock on the hot path
             sub.offer(item)
-        for fn in self._listeners:
-            fn(item)
+        for fn, types in self._listeners:
+            if types is None or isinstance(item, types):
+                fn(item)
 
     def close_all(self) -> None:
         for sub in self._subs:

@@ -38,5 +38,5 @@ class InFlightCounter:
                 self._per_model.pop(model, None)
             total = self._total
         events = self._events
-        if events is not None and events.has_receivers:
+        if events is not None and events.wants(InFlightChanged):
             events.publish(InFlightChanged(total))

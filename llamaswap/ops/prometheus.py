@@ -150,7 +150,7 @@ class RequestMetrics:
         it runs in the publisher's thread: a queue and a pump thread would cost a thread
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
-        bus.add_listener(self.handle)
+        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished))
 
     def detach(self) -> None:
         if self._bus is not None:
