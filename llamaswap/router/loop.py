@@ -45,6 +45,11 @@ class Ticket:
         self._router = router
         self._cond = threading.Condition()
         self.position_changed = self._cond  # notified on every position or outcome change
+        # held until the ticket leaves WAITING (released exactly once): waiting for the
+        # outcome is one C-level lock acquire instead of a Condition wait, which allocates a
+        # lock and runs Python code on both sides of every grant
+        self._undecided = threading.Lock()
+        self._undecided.acquire()
         self._state = _WAITING
         self._grant: Grant | None = None
         self._error: RouterError | None = None
@@ -58,16 +63,21 @@ class Ticket:
 
     # ---- handler side ----------------------------------------------------------------
 
+    def _await_decision(self, timeout: float | None) -> None:
+        if self._state != _WAITING:
+            return
+        if self._undecided.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            self._undecided.release()  # stays open for every later wait
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once granted or failed; False on timeout or after give_up()."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._state != _WAITING, timeout)
-            return self._state in (_GRANTED, _FAILED, _DONE)
+        self._await_decision(timeout)
+        return self._state in (_GRANTED, _FAILED, _DONE)
 
     def result(self) -> Grant:
         """The grant (blocking until there is an outcome); raises RouterError on failure."""
+        self._await_decision(None)
         with self._cond:
-            self._cond.wait_for(lambda: self._state != _WAITING)
             if self._state == _FAILED:
                 raise self._error
             if self._state == _ABANDONED:
@@ -88,6 +98,7 @@ class Ticket:
             state = self._state
             if state == _WAITING:
                 self._state = _ABANDONED
+                self._undecided.release()
                 self._cond.notify_all()
             elif state == _GRANTED:
                 self._state = _DONE
@@ -111,8 +122,9 @@ class Ticket:
         with self._cond:
             if self._state != _WAITING:
                 return False
-            self._state = _GRANTED
             self._grant = Grant(self.model_id, process)
+            self._state = _GRANTED
+            self._undecided.release()
             self._cond.notify_all()
             return True
 
@@ -120,8 +132,9 @@ class Ticket:
         with self._cond:
             if self._state != _WAITING:
                 return False
-            self._state = _FAILED
             self._error = error
+            self._state = _FAILED
+            self._undecided.release()
             self._cond.notify_all()
             return True
 
@@ -141,7 +154,8 @@ class Router:
         self._log = log
         self._events = events
         self._clock = clock
-        self._commands: queue.Queue = queue.Queue()
+        # SimpleQueue: put and get are single C calls (queue.Queue runs a Python Condition)
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._core = RouterCore(
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
@@ -236,14 +250,11 @@ class Router:
                     _deadline, _seq, model, token = heapq.heappop(self._timers)
                     self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
                 if command is not None:
-                    finished = [False]
-
-                    def handle(command=command, now=now) -> None:
-                        finished[0] = self._handle(command, now)
-
-                    self._guarded(handle)
-                    if finished[0]:
-                        return
+                    try:
+                        if self._handle(command, now):
+                            return
+                    except Exception as exc:  # as _guarded, without a closure per command
+                        self._log.error(f"router: internal error: {exc!r}")
                 self._publish_queue_length()
         finally:
             for event in self._calls.values():
