@@ -23,6 +23,8 @@ import pytest
 
 from helpers import ROOT, free_port, wait_until
 
+from llamaswap.demo.config import free_port_range
+
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="python playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -53,8 +55,9 @@ def config_text(api_keys: list[str] | None = None) -> str:
         "demo-embed": dict(name="", description="", aliases=[], delay=0.2,
                            extra=" --log-flood 800000"),  # a chatty backend
     }
+    # ${PORT}s from a free range: the default 5800 collides with any other proxy on the machine
     lines = ["healthCheckTimeout: 30", "logLevel: info", "sendLoadingState: true",
-             "captureBuffer: 5"]
+             "captureBuffer: 5", f"startPort: {free_port_range(len(models) + 1)}"]
     if api_keys:
         lines.append("apiKeys: [" + ", ".join(json.dumps(k) for k in api_keys) + "]")
     lines.append("models:")
