@@ -70,6 +70,13 @@ class ActivityEntry:
     def dumps(self) -> str:
         return gojson.dumps(self.to_json())
 
+    def with_record(self, id: int, has_capture: bool) -> "ActivityEntry":  # noqa: A002
+        """A copy with the ring's id and capture flag (dataclasses.replace costs several
+        times more: it inspects the fields on every call)."""
+        return ActivityEntry(id, self.timestamp, self.model, self.req_path,
+                             self.resp_content_type, self.resp_status_code, self.tokens,
+                             self.duration_ms, has_capture)
+
 
 # ---------------------------------------------------------------------------------------------
 # streaming JSON: copy the values at a few paths, skip everything else
@@ -81,6 +88,9 @@ _STRUCT_IN_ARRAY = re.compile(rb'["{}\[\]]')
 _STRING_STOP = re.compile(rb'["\\]')
 _MAX_KEY = 64
 _MAX_VALUE = 256 * 1024  # usage/timings objects are a few hundred bytes
+# a kept (captured) body up to this size is parsed whole at the end; no value in it can
+# exceed _MAX_VALUE, so the tap's give-up rule never applies to it
+WHOLE_PARSE_LIMIT = _MAX_VALUE
 ANY = "*"  # path element for "any array element"
 
 
@@ -93,6 +103,9 @@ class _Frame:
         self.expect_key = kind == "o"
 
 
+_tap_paths: dict[tuple, tuple] = {}  # (wanted, reset) -> the byte-key forms, computed once
+
+
 class JsonValueTap:
     """Feed a JSON document in pieces; afterwards ``values`` maps each wanted path that was
     seen to its decoded value (the last one when it occurs more than once).
@@ -101,11 +114,17 @@ class JsonValueTap:
     when the structure was broken (unbalanced, truncated, or trailing data)."""
 
     def __init__(self, wanted: Iterable[tuple], reset_on_element: tuple | None = None):
-        self._wanted = {self._key_path(p) for p in wanted}
-        self._max_depth = max((len(p) for p in self._wanted), default=0)
-        # a path cleared whenever a new top-level array element starts (infill: the *last*
-        # element's timings, not the last timings seen)
-        self._reset = self._key_path(reset_on_element) if reset_on_element else None
+        wanted = tuple(wanted)
+        paths = _tap_paths.get((wanted, reset_on_element))
+        if paths is None:
+            key_paths = frozenset(self._key_path(p) for p in wanted)
+            paths = (key_paths, max((len(p) for p in key_paths), default=0),
+                     self._key_path(reset_on_element) if reset_on_element else None)
+            if len(_tap_paths) < 64:  # one entry per call site in practice
+                _tap_paths[(wanted, reset_on_element)] = paths
+        self._wanted, self._max_depth, self._reset = paths
+        # _reset: a path cleared whenever a new top-level array element starts (infill: the
+        # *last* element's timings, not the last timings seen)
         self._stack: list[_Frame] = []
         self._in_string = False
         self._escape = False
@@ -485,11 +504,15 @@ class ResponseParser:
         self.raw_bytes = 0
         self._sse = _SseTokens() if self.is_sse else None
         self._tap = None if self.is_sse else JsonValueTap(
-            [("usage",), ("timings",), (ANY, "timings")],
-            reset_on_element=(ANY, "timings"))
+            (("usage",), ("timings",), (ANY, "timings")), reset_on_element=(ANY, "timings"))
         # captures need the (decoded) body: kept only while it fits the capture cache
         self._keep_limit = keep_body_limit
         self.body: bytearray | None = bytearray() if keep_body_limit > 0 else None
+        # while the kept body is small, the tap is not fed: finish() parses the body whole
+        # with json.loads (C) instead of scanning it in Python; past WHOLE_PARSE_LIMIT, or
+        # once the capture drops the body, the tap catches up and runs incrementally
+        self._deferred = self._tap is not None and self.body is not None
+        self._chunk_ends: list[int] = []  # replayed to the tap in the pieces it would have seen
 
     def feed(self, chunk: bytes) -> None:
         if not chunk or self.error is not None:
@@ -505,16 +528,55 @@ class ResponseParser:
             self.error = f"decompression failed: {e}"
 
     def _consume(self, data: bytes) -> None:
-        if self.body is not None:
-            if len(self.body) + len(data) > self._keep_limit:
+        body = self.body
+        if body is not None:
+            if len(body) + len(data) > self._keep_limit:
+                self._stop_deferring()
                 self.body = None
             else:
-                self.body += data
+                body += data
+                if self._deferred:
+                    self._chunk_ends.append(len(body))
+                    if len(body) > WHOLE_PARSE_LIMIT:
+                        self._stop_deferring()  # the tap gets the whole body, data included
+                    return
         if self._sse is not None:
             self._sse.feed(data)
         else:
             assert self._tap is not None
             self._tap.feed(data)
+
+    def _stop_deferring(self) -> None:
+        if self._deferred:
+            self._deferred = False
+            assert self._tap is not None and self.body is not None
+            view = memoryview(self.body)
+            start = 0
+            for end in self._chunk_ends:  # chunk by chunk: a bare top-level scalar split
+                self._tap.feed(bytes(view[start:end]))  # across chunks counts as broken
+                start = end
+            view.release()
+            self._chunk_ends = []
+
+    def _parse_whole(self) -> tuple[bool, Any, Any] | None:
+        """(valid, usage, timings) from the kept body, exactly as the tap would report them,
+        or None where only the tap's own rules give the right answer."""
+        body = self.body
+        assert body is not None
+        if b"\\u" in body:
+            return None  # an escaped key could decode to "usage": the tap matches raw bytes
+        try:
+            doc = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError):
+            return None  # the tap decides what counts as broken
+        if isinstance(doc, dict):
+            return True, doc.get("usage", _MISSING), doc.get("timings", _MISSING)
+        if isinstance(doc, list):
+            timings = _MISSING
+            if self.path.startswith("/infill") and doc and isinstance(doc[-1], dict):
+                timings = doc[-1].get("timings", _MISSING)  # the last element's, as upstream
+            return True, _MISSING, timings
+        return None  # a bare scalar: the tap's rules (a top-level string is not valid)
 
     def finish(self, wall_ms: int) -> tuple[TokenMetrics, int, str | None]:
         """(tokens, duration_ms, warning); warning is None when the numbers were parsed."""
@@ -533,15 +595,24 @@ class ResponseParser:
                     "error processing streaming response: no valid JSON data found in stream"
             tokens, duration = build_tokens(s.inp, s.out, s.cached, s.timings, wall_ms)
             return tokens, duration, None
-        tap = self._tap
-        assert tap is not None
-        if not tap.valid:
+        whole = None
+        if self._deferred:
+            whole = self._parse_whole()
+            if whole is None:
+                self._stop_deferring()
+        if whole is not None:
+            valid, usage, timings = whole
+        else:
+            tap = self._tap
+            assert tap is not None
+            valid = tap.valid
+            usage = tap.values.get((b"usage",), _MISSING)
+            timings = tap.values.get((b"timings",), _MISSING)
+            if self.path.startswith("/infill") and tap.top_kind == "a":
+                # /infill answers with an array: the timings of its last element count
+                timings = tap.values.get((ANY, b"timings"), _MISSING)
+        if not valid:
             return TokenMetrics(), wall_ms, "metrics: invalid JSON in response body"
-        usage = tap.values.get((b"usage",), _MISSING)
-        timings = tap.values.get((b"timings",), _MISSING)
-        if self.path.startswith("/infill") and tap.top_kind == "a":
-            # /infill answers with an array: the timings of its last element count
-            timings = tap.values.get((ANY, b"timings"), _MISSING)
         if usage is _MISSING and timings is _MISSING:
             return TokenMetrics(), wall_ms, None
         inp, out, cached, _ok = usage_tokens(usage)
@@ -730,12 +801,14 @@ class ActivityLog:
         # entry whose capture is still on its way; ids stay in ring order
         with self._record_lock:
             with self._lock:
-                entry = replace(entry, id=self._next_id)
+                entry_id = self._next_id
                 self._next_id += 1
+            has_capture = entry.has_capture
             if capture is not None and self.captures is not None:
-                capture["id"] = entry.id
-                if self.captures.add(entry.id, capture):
-                    entry = replace(entry, has_capture=True)
+                capture["id"] = entry_id
+                if self.captures.add(entry_id, capture):
+                    has_capture = True
+            entry = entry.with_record(entry_id, has_capture)
             with self._lock:
                 self._ring.append(entry)
         if self.events is not None:
