@@ -10,6 +10,7 @@ report back with a command, TTL deadlines sit in a heap the loop waits on.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import queue
@@ -105,7 +106,7 @@ class Ticket:
         if state == _WAITING:
             self._router._post(("give_up", self))
         elif state == _GRANTED:
-            self._router._post(("done", self.model_id))
+            self._router._finished(self.model_id)
 
     def done(self) -> None:
         """The granted request finished. Extra calls are ignored."""
@@ -113,7 +114,7 @@ class Ticket:
             if self._state != _GRANTED:
                 return
             self._state = _DONE
-        self._router._post(("done", self.model_id))
+        self._router._finished(self.model_id)
 
     # ---- router side (called on the router thread) -----------------------------------
 
@@ -173,6 +174,14 @@ class Router:
         self._thread: threading.Thread | None = None
         self._last_queue_length = 0
         self._listen(self._processes)
+        # Finished requests. Handler threads only append here; the router thread applies them
+        # before anything else it does. A finish only needs the router awake when it can
+        # change more than the in-flight count (a queue waits, a TTL must be armed, a model
+        # drains): the router publishes the models for which that cannot happen in
+        # _quiet_done, and handlers post a wake-up for every other finish.
+        self._pending_done: collections.deque[str] = collections.deque()
+        self._ttl_free = _ttl_free(self._processes)
+        self._quiet_done: frozenset[str] = frozenset()
 
     # ---- public API (any thread) ---------------------------------------------------------
 
@@ -230,7 +239,9 @@ class Router:
         return self._core.queue_length()
 
     def in_flight(self, model_id: str) -> int:
-        return self._core.in_flight_of(model_id)
+        # read the core first: a finish moves from the deque to the core, never back
+        count = self._core.in_flight_of(model_id)
+        return max(0, count - self._pending_done.count(model_id))
 
     # ---- the router thread ---------------------------------------------------------------
 
@@ -238,6 +249,7 @@ class Router:
         try:
             self._apply(self._startup_effects)
             while True:
+                self._settle()
                 timeout = None
                 if self._timers:
                     timeout = max(0.0, self._timers[0][0] - self._clock())
@@ -246,10 +258,11 @@ class Router:
                 except queue.Empty:
                     command = None
                 now = self._clock()
+                self._apply_finished(now)
                 while self._timers and self._timers[0][0] <= now:
                     _deadline, _seq, model, token = heapq.heappop(self._timers)
                     self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
-                if command is not None:
+                if command is not None and command[0] != "wake":
                     try:
                         if self._handle(command, now):
                             return
@@ -259,6 +272,39 @@ class Router:
         finally:
             for event in self._calls.values():
                 event.set()
+
+    def _finished(self, model: str) -> None:
+        """A granted request ended (any thread)."""
+        self._pending_done.append(model)
+        if model not in self._quiet_done:  # read after the append: see _settle
+            self._commands.put(("wake",))
+
+    def _apply_finished(self, now: float) -> None:
+        pending = self._pending_done
+        while pending:
+            model = pending.popleft()
+            try:
+                self._apply(self._core.request_done(model, now))
+            except Exception as exc:  # a bug must not take routing down with it
+                self._log.error(f"router: internal error: {exc!r}")
+
+    def _settle(self) -> None:
+        """Apply the finished requests, then publish which models may finish without waking
+        this thread. A handler appends first and reads _quiet_done second; this thread
+        writes _quiet_done first and looks at the deque second, so every finish is either
+        seen here or followed by a wake-up."""
+        core = self._core
+        while True:
+            self._apply_finished(self._clock())
+            if core.queue or core.shutting_down:
+                quiet = frozenset()
+            elif core.retiring:
+                quiet = self._ttl_free - core.retiring
+            else:
+                quiet = self._ttl_free
+            self._quiet_done = quiet
+            if not self._pending_done:
+                return
 
     def _guarded(self, fn) -> None:
         try:
@@ -331,6 +377,8 @@ class Router:
             self._retired.setdefault(model, old[model])
         self.config = config
         self._processes = processes
+        self._quiet_done = frozenset()  # until _settle publishes it for the new config
+        self._ttl_free = _ttl_free(processes)
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
@@ -428,6 +476,12 @@ class Router:
                 self._post(("shutdown_done", effect.token))
 
         _spawn(work, "router-shutdown")
+
+
+def _ttl_free(processes: Mapping[str, object]) -> frozenset[str]:
+    """Models without a TTL: finishing their last request arms no timer."""
+    return frozenset(m for m, p in processes.items()
+                     if not (p.config.ttl and p.config.ttl > 0))
 
 
 def _state(process) -> str:
