@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import select
 import socket
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -40,21 +39,25 @@ class Outcome:
     error: str | None = None  # backend failure, if any
 
 
+# what never reaches a backend as the client sent it (X-Forwarded-For is rewritten)
+_SKIP = HOP_BY_HOP | {"content-length", "host", "expect", "x-forwarded-for"}
+_SKIP_AUTH = _SKIP | {"authorization", "x-api-key"}
+
+
 def request_headers(ctx: RequestContext, *, strip_auth: bool, host: str | None,
                     extra: Iterable[tuple[str, str]] = (),
                     drop: Iterable[str] = ()) -> list[tuple[str, str]]:
     """The client's headers as the backend should see them."""
-    conn_tokens = {t.strip().lower() for v in ctx.headers.get_all("Connection", [])
-                   for t in v.split(",")}
-    skip = set(HOP_BY_HOP) | conn_tokens | {"content-length", "host", "expect"}
-    skip |= {d.lower() for d in drop}
-    if strip_auth:
-        skip |= {"authorization", "x-api-key"}
-    out = [(k, v) for k, v in ctx.headers.items() if k.lower() not in skip]
-    out.append(("Host", host if host is not None else (ctx.headers.get("Host") or "localhost")))
-    xff = ctx.headers.get("X-Forwarded-For")
+    headers = ctx.headers
+    skip = _SKIP_AUTH if strip_auth else _SKIP
+    conn_values = headers.get_all("Connection", [])
+    if conn_values or drop:
+        skip = skip | {t.strip().lower() for v in conn_values for t in v.split(",")}
+        skip |= {d.lower() for d in drop}
+    out = [(k, v) for k, v in headers.items() if k.lower() not in skip]
+    out.append(("Host", host if host is not None else (headers.get("Host") or "localhost")))
+    xff = headers.get("X-Forwarded-For")
     ip = ctx.handler.client_address[0]
-    out = [(k, v) for k, v in out if k.lower() != "x-forwarded-for"]
     out.append(("X-Forwarded-For", f"{xff}, {ip}" if xff else ip))
     out.extend(extra)
     return out
@@ -148,6 +151,22 @@ def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
         conn.send(b"0\r\n\r\n")
 
 
+class _Flag:
+    """Set once by the disconnect watcher, read by the handler (nobody waits on it, so a
+    threading.Event, a Condition and two locks, would be wasted on every request)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
               http.client.BadStatusLine)
 
@@ -180,7 +199,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
     if upgrade:
         return tunnel(ctx, pool, path, headers, label=label, error_prefix=error_prefix)
 
-    gone = threading.Event()
+    gone = _Flag()
     cut_early = False
     conn = None
     resp = None

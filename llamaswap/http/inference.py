@@ -8,6 +8,7 @@ the peer. Admission is always decided before the loading stream starts.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import weakref
@@ -20,6 +21,7 @@ from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
 from llamaswap.ops import gojson
+from llamaswap.ops.activity import filter_accept_encoding
 
 # POST, model from the JSON body (or an urlencoded form)
 JSON_PATHS = (
@@ -73,6 +75,9 @@ _limits_lock = threading.Lock()
 
 
 def limits_for(app: Any) -> _Limits:
+    lim = _limits_by_app.get(app)  # created once per App: the lock is for that moment only
+    if lim is not None:
+        return lim
     with _limits_lock:
         lim = _limits_by_app.get(app)
         if lim is None:
@@ -178,8 +183,6 @@ def _observer(ctx: RequestContext, model_id: str) -> Any:
 def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Only gzip/deflate may be offered on a metered request, so its body stays readable for
     the activity parser (behaviour.md 5.8)."""
-    from llamaswap.ops.activity import filter_accept_encoding
-
     out = []
     for k, v in headers:
         if k.lower() == "accept-encoding":
@@ -249,13 +252,16 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
 class _Once:
     """Run the given functions the first time it is called, never again."""
 
+    __slots__ = ("_fns", "_calls")
+
     def __init__(self, *fns):
         self._fns = fns
-        self._lock = threading.Lock()
+        self._calls = itertools.count()  # next() on it is atomic: only the first call gets 0
 
     def __call__(self) -> None:
-        with self._lock:
-            fns, self._fns = self._fns, ()
+        if next(self._calls):
+            return
+        fns, self._fns = self._fns, ()
         for fn in fns:
             fn()
 

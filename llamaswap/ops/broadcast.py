@@ -72,6 +72,7 @@ class Broadcaster(Generic[T]):
         self._lock = threading.Lock()
         self._subs: tuple[Subscription[T], ...] = ()
         self._listeners: tuple[tuple[Callable[[T], None], tuple[type, ...] | None], ...] = ()
+        self._wanted: tuple[tuple, dict[type, bool]] = ((), {})  # wants() answers per listeners
 
     def subscribe(self, maxsize: int = 1024) -> Subscription[T]:
         sub: Subscription[T] = Subscription(self, maxsize)
@@ -99,7 +100,15 @@ class Broadcaster(Generic[T]):
         building the item)."""
         if self._subs:
             return True
-        return any(types is None or issubclass(item_type, types) for _, types in self._listeners)
+        listeners = self._listeners
+        known = self._wanted
+        if known[0] is not listeners:  # listeners changed since the answers were cached
+            known = self._wanted = (listeners, {})
+        answer = known[1].get(item_type)
+        if answer is None:
+            answer = known[1][item_type] = any(types is None or issubclass(item_type, types)
+                                               for _, types in listeners)
+        return answer
 
     def publish(self, item: T) -> None:
         for sub in self._subs:  # a tuple snapshot: no lock on the hot path
