@@ -121,8 +121,7 @@ def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
                   headers: list[tuple[str, str]], body: _Body, has_body: bool,
                   observer: Any) -> None:
     conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-    for k, v in headers:
-        conn.putheader(k, v)
+    _put_headers(conn, headers)
     chunked = False
     if has_body:
         if body.length is not None:
@@ -165,6 +164,30 @@ class _Flag:
 
     def is_set(self) -> bool:
         return self._set
+
+
+_legal_name = http.client._is_legal_header_name  # type: ignore[attr-defined]
+_illegal_value = http.client._is_illegal_header_value  # type: ignore[attr-defined]
+
+
+def _put_headers(conn: http.client.HTTPConnection, headers: list[tuple[str, str]]) -> None:
+    """conn.putheader for each pair, with its checks and errors, in one loop (putheader's
+    per-call overhead is a measurable part of a small request)."""
+    lines = []
+    for k, v in headers:
+        if type(k) is not str or type(v) is not str:
+            conn._buffer.extend(lines)  # type: ignore[attr-defined]
+            lines = []
+            conn.putheader(k, v)
+            continue
+        name = k.encode("ascii")
+        if not _legal_name(name):
+            raise ValueError("Invalid header name %r" % (name,))
+        value = v.encode("latin-1")
+        if _illegal_value(value):
+            raise ValueError("Invalid header value %r" % (value,))
+        lines.append(name + b": " + value)
+    conn._buffer.extend(lines)  # type: ignore[attr-defined]
 
 
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,

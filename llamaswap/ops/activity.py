@@ -722,7 +722,7 @@ class RequestMeter:
             tokens, duration, warning = self._parser.finish(wall_ms)
             if warning:
                 self._log.warn(f"{warning}, path={self.path}, recording minimal metrics")
-        entry = ActivityEntry(id=-1, timestamp=datetime.now().astimezone(), model=self.model_id,
+        entry = ActivityEntry(id=-1, timestamp=_local_now(), model=self.model_id,
                               req_path=self.path, resp_content_type=self.content_type,
                               resp_status_code=status, tokens=tokens, duration_ms=duration)
         capture = None
@@ -747,6 +747,21 @@ class RequestMeter:
             else None,
             resp_headers=self.resp_headers if f & cap.RESP_HEADERS else None,
             resp_body=bytes(body) if f & cap.RESP_BODY and body is not None else None)
+
+
+_local_tz: tuple[int, Any] = (-1, None)  # (second, its local timezone)
+
+
+def _local_now() -> datetime:
+    """datetime.now().astimezone(), with the local offset looked up once a second (the
+    lookup is most of the cost; offsets only change on whole seconds)."""
+    global _local_tz
+    now = time.time()
+    second = int(now)
+    cached = _local_tz
+    if cached[0] != second:
+        cached = _local_tz = (second, datetime.fromtimestamp(second).astimezone().tzinfo)
+    return datetime.fromtimestamp(now, cached[1])
 
 
 class ActivityLog:
