@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
+from llamaswap.ops import captures as cap
 from llamaswap.ops import gojson
 from llamaswap.ops.events import ActivityRecorded
 
@@ -69,13 +70,6 @@ class ActivityEntry:
 
     def dumps(self) -> str:
         return gojson.dumps(self.to_json())
-
-    def with_record(self, id: int, has_capture: bool) -> "ActivityEntry":  # noqa: A002
-        """A copy with the ring's id and capture flag (dataclasses.replace costs several
-        times more: it inspects the fields on every call)."""
-        return ActivityEntry(id, self.timestamp, self.model, self.req_path,
-                             self.resp_content_type, self.resp_status_code, self.tokens,
-                             self.duration_ms, has_capture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +264,8 @@ class JsonValueTap:
         except ValueError:
             pass
 
+
+_NO_TOKENS = TokenMetrics()  # frozen: one shared instance for "no numbers"
 
 # ---------------------------------------------------------------------------------------------
 # the numbers (gjson semantics: .Int() truncates floats and parses numeric strings)
@@ -679,12 +675,18 @@ class RequestMeter:
         self.status = status
         items = list(headers.items()) if hasattr(headers, "items") else list(headers)
         self.resp_headers = items
-        lower = {k.lower(): v for k, v in reversed(items)}  # first value wins
-        self.content_type = lower.get("content-type", "")
+        ctype = encoding = None  # first value wins
+        for k, v in items:
+            name = k.lower()
+            if name == "content-type":
+                if ctype is None:
+                    ctype = v
+            elif name == "content-encoding" and encoding is None:
+                encoding = v
+        self.content_type = ctype or ""
         if status == 200:
             keep = self._log.captures.max_bytes if self._capture_on else 0
-            self._parser = ResponseParser(self.path, self.content_type,
-                                          lower.get("content-encoding", ""), keep)
+            self._parser = ResponseParser(self.path, self.content_type, encoding or "", keep)
 
     def on_chunk(self, data: bytes) -> None:
         if self._parser is not None:
@@ -710,7 +712,7 @@ class RequestMeter:
     def _finish(self) -> ActivityEntry:
         wall_ms = int((self._clock() - self._start) * 1000)
         status = self.status or getattr(self.ctx, "status", 0) or 502
-        tokens, duration, warning = TokenMetrics(), wall_ms, None
+        tokens, duration, warning = _NO_TOKENS, wall_ms, None
         body_seen = self._parser is not None and self._parser.raw_bytes > 0
         if status != 200:
             self._log.warn(f"non-200 response, recording partial metrics: status={status}, "
@@ -722,17 +724,13 @@ class RequestMeter:
             tokens, duration, warning = self._parser.finish(wall_ms)
             if warning:
                 self._log.warn(f"{warning}, path={self.path}, recording minimal metrics")
-        entry = ActivityEntry(id=-1, timestamp=_local_now(), model=self.model_id,
-                              req_path=self.path, resp_content_type=self.content_type,
-                              resp_status_code=status, tokens=tokens, duration_ms=duration)
         capture = None
         if self._capture_on and status == 200 and body_seen:
             capture = self._build_capture()
-        return self._log.add(entry, capture)
+        return self._log._store((_local_now(), self.model_id, self.path, self.content_type,
+                                 status, tokens, duration), False, capture)
 
     def _build_capture(self) -> dict | None:
-        from llamaswap.ops import captures as cap
-
         assert self._parser is not None
         f = self._fields
         body = self._parser.body
@@ -812,18 +810,24 @@ class ActivityLog:
         return RequestMeter(self, model_id, path, req_headers, self._clock)
 
     def add(self, entry: ActivityEntry, capture: dict | None = None) -> ActivityEntry:
+        return self._store((entry.timestamp, entry.model, entry.req_path,
+                            entry.resp_content_type, entry.resp_status_code, entry.tokens,
+                            entry.duration_ms), entry.has_capture, capture)
+
+    def _store(self, fields: tuple, has_capture: bool, capture: dict | None) -> ActivityEntry:
+        """``fields``: ActivityEntry's fields from timestamp to duration_ms (the entry is
+        built once, with its id)."""
         # the capture is stored before the entry becomes visible, so a reader never sees an
         # entry whose capture is still on its way; ids stay in ring order
         with self._record_lock:
             with self._lock:
                 entry_id = self._next_id
                 self._next_id += 1
-            has_capture = entry.has_capture
             if capture is not None and self.captures is not None:
                 capture["id"] = entry_id
                 if self.captures.add(entry_id, capture):
                     has_capture = True
-            entry = entry.with_record(entry_id, has_capture)
+            entry = ActivityEntry(entry_id, *fields, has_capture)
             with self._lock:
                 self._ring.append(entry)
         if self.events is not None:

@@ -123,17 +123,19 @@ class RequestMetrics:
     def handle(self, event: Any) -> None:
         if isinstance(event, ActivityRecorded):
             e = event.entry
-            with self._lock:
-                key = (e.model, str(e.resp_status_code))
+            model = e.model
+            t = e.tokens
+            key = (model, str(e.resp_status_code))
+            with self._lock:  # runs in the request's thread: plain dict updates only
                 self.requests[key] = self.requests.get(key, 0) + 1
-                t = e.tokens
-                for store, n in ((self.input_tokens, t.input_tokens),
-                                 (self.output_tokens, t.output_tokens),
-                                 (self.cached_tokens, t.cache_tokens)):
-                    store[e.model] = store.get(e.model, 0) + max(0, n)
-                h = self.durations.get(e.model)
+                self.input_tokens[model] = self.input_tokens.get(model, 0) + max(0, t.input_tokens)
+                self.output_tokens[model] = (self.output_tokens.get(model, 0)
+                                             + max(0, t.output_tokens))
+                self.cached_tokens[model] = (self.cached_tokens.get(model, 0)
+                                             + max(0, t.cache_tokens))
+                h = self.durations.get(model)
                 if h is None:
-                    h = self.durations[e.model] = Histogram(REQUEST_BUCKETS)
+                    h = self.durations[model] = Histogram(REQUEST_BUCKETS)
                 h.observe(e.duration_ms / 1000.0)
         elif isinstance(event, SwapFinished):
             with self._lock:
