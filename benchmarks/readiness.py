@@ -3,7 +3,7 @@
 Readiness delay: an observer thread polls the demo backend's /health every millisecond on its
 own connection and records when it first sees 200; the delay is Process.ready_at minus that
 time. Load delays vary between runs so the 200 lands at different points of the probe
-schedule (10 ms doubling to 50 ms for the first 5 s of a load, then up to 250 ms). The observer's resolution is about one poll plus one
+schedule (10 ms doubling to 25 ms for the first 3 s of a load, then up to 250 ms). The observer's resolution is about one poll plus one
 request, so the true delay is at most the printed one.
 
 Stop times: a backend that exits on SIGTERM (graceful), a backend that ignores SIGTERM and is

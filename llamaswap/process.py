@@ -31,11 +31,11 @@ from llamaswap.ops.logs import LogMonitor, ProxyLogger
 
 PROBE_FIRST_INTERVAL = 0.01  # seconds between the first two health probes
 # The interval doubles up to a cap. Most loads that finish quickly (small models, warm page
-# cache) are seen within ~25 ms with a 50 ms cap; after FAST_PROBE_PERIOD the cap relaxes so a
+# cache) are seen within ~12 ms with a 25 ms cap; after FAST_PROBE_PERIOD the cap relaxes so a
 # two-minute load does not fill the backend's log with health-check lines (llama-server and
 # uvicorn log every request).
-PROBE_FAST_MAX_INTERVAL = 0.05
-FAST_PROBE_PERIOD = 5.0
+PROBE_FAST_MAX_INTERVAL = 0.025
+FAST_PROBE_PERIOD = 3.0
 PROBE_MAX_INTERVAL = 0.25
 PROBE_TIMEOUT = 1.0  # each probe's own connect+response timeout
 ERROR_TAIL_LINES = 10
