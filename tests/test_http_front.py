@@ -106,6 +106,17 @@ def test_chunked_request_body(two):
     c.close()
 
 
+def test_broken_chunked_body_is_a_400_not_a_crash(two):
+    for path in ("/v1/chat/completions", "/upstream/m1/v1/chat/completions"):
+        sock = raw_socket(two.port)
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n".encode())
+        head = sock.makefile("rb").read()
+        sock.close()
+        assert head.startswith(b"HTTP/1.1 400 "), (path, head[:200])
+        assert b"could not read request body: bad chunk size in request body" in head
+
+
 def _multipart(fields, boundary="XyZb0und"):
     out = b""
     for name, value, filename in fields:

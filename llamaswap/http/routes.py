@@ -45,6 +45,10 @@ class ClientGone(Exception):
     """The client closed the connection; the handler should stop quietly."""
 
 
+class BadRequestBody(ValueError):
+    """The request body's framing is broken (e.g. a bad chunk size): the client's fault, 400."""
+
+
 @dataclass(frozen=True)
 class Route:
     methods: frozenset[str]
@@ -163,7 +167,7 @@ class BodyReader:
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
-                raise ValueError("bad chunk size in request body") from None
+                raise BadRequestBody("bad chunk size in request body") from None
             if size == 0:
                 while True:  # trailers
                     t = self._rfile.readline(65537)

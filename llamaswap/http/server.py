@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from llamaswap.http import auth
 from llamaswap.config.gocompat import go_duration
 from llamaswap.http.headers import HeaderError, read_headers
-from llamaswap.http.routes import ClientGone, RequestContext, RouteTable, build_routes
+from llamaswap.http.routes import BadRequestBody, ClientGone, RequestContext, RouteTable, build_routes
 
 HEADER_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 1 << 20
@@ -269,6 +269,13 @@ class ProxyServer(ThreadingHTTPServer):
                 ctx.send_error(500, f"no response for {ctx.method} {ctx.raw_path}")
         except ClientGone:
             ctx.mark_gone()
+        except BadRequestBody as e:
+            # the rest of the connection's bytes can no longer be framed: answer, then close
+            ctx.close_connection = True
+            if not ctx.started:
+                ctx.send_error(400, f"could not read request body: {e}")
+            else:
+                ctx.abort()
         except Exception as e:  # a bug: answer 500 if we still can, never kill the server
             log = _log(self.app_holder)
             if log is not None:
