@@ -22,6 +22,19 @@ def set_mtime(path, ns):
     os.utime(path, ns=(ns, ns))
 
 
+T0 = 1_000_000_000_000_000_000  # a fixed mtime, so only the change under test differs
+
+
+def watching(path, text="a: 1\n", mtime=T0):
+    """`path` written with `text` at `mtime`, and a watcher that has taken its baseline."""
+    path.write_text(text)
+    set_mtime(path, mtime)
+    hits = Counter()
+    w = ConfigWatcher(str(path), hits)
+    w.poll()
+    return w, hits
+
+
 def test_baseline_never_fires_and_unchanged_file_stays_quiet(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("models: {}\n")
@@ -34,12 +47,8 @@ def test_baseline_never_fires_and_unchanged_file_stays_quiet(tmp_path):
 
 def test_mtime_change_fires_once(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("a: 1\n")
-    set_mtime(cfg, 1_000_000_000_000_000_000)
-    hits = Counter()
-    w = ConfigWatcher(str(cfg), hits)
-    w.poll()
-    set_mtime(cfg, 1_000_000_002_000_000_000)
+    w, hits = watching(cfg)
+    set_mtime(cfg, T0 + 2_000_000_000)
     assert w.poll() is True
     assert w.poll() is False
     assert hits.n == 1
@@ -47,13 +56,9 @@ def test_mtime_change_fires_once(tmp_path):
 
 def test_size_change_with_same_mtime_fires(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("a: 1\n")
-    set_mtime(cfg, 1_000_000_000_000_000_000)
-    hits = Counter()
-    w = ConfigWatcher(str(cfg), hits)
-    w.poll()
+    w, hits = watching(cfg)
     cfg.write_text("a: 12\n")
-    set_mtime(cfg, 1_000_000_000_000_000_000)
+    set_mtime(cfg, T0)
     assert w.poll() is True and hits.n == 1
 
 
@@ -62,7 +67,7 @@ def test_symlink_target_swap_fires_even_with_same_size_and_mtime(tmp_path):
     for v in ("..v1", "..v2"):
         (tmp_path / v).mkdir()
         (tmp_path / v / "config.yaml").write_text("a: 1\n")  # same size
-        set_mtime(tmp_path / v / "config.yaml", 1_000_000_000_000_000_000)  # same mtime
+        set_mtime(tmp_path / v / "config.yaml", T0)  # same mtime
     os.symlink("..v1", tmp_path / "..data")
     os.symlink("..data/config.yaml", tmp_path / "config.yaml")
     hits = Counter()
@@ -76,10 +81,7 @@ def test_symlink_target_swap_fires_even_with_same_size_and_mtime(tmp_path):
 
 def test_missing_then_back_fires_on_reappearance_only(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("a: 1\n")
-    hits = Counter()
-    w = ConfigWatcher(str(cfg), hits)
-    w.poll()
+    w, hits = watching(cfg)
     cfg.unlink()
     assert w.poll() is False  # vanishing is silent
     assert w.poll() is False
@@ -98,14 +100,10 @@ def test_missing_at_start_fires_when_it_appears(tmp_path):
 
 def test_atomic_rename_save_fires(tmp_path):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("a: 1\n")
-    set_mtime(cfg, 1_000_000_000_000_000_000)
-    hits = Counter()
-    w = ConfigWatcher(str(cfg), hits)
-    w.poll()
+    w, hits = watching(cfg)
     tmp = tmp_path / ".config.yaml.swp"
     tmp.write_text("a: 2\n")
-    set_mtime(tmp, 1_000_000_000_000_000_000)
+    set_mtime(tmp, T0)
     os.replace(tmp, cfg)  # new inode, same size and mtime
     assert w.poll() is True
 
