@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import random
 import threading
 import time
 from urllib.parse import urlsplit
@@ -342,7 +343,6 @@ def test_many_clients_random_models_and_give_ups_every_grant_serves(rig):
     """Handler threads hammer three mutually exclusive models; some clients leave early.
     Every grant must reach a live backend (a swap never stops a busy model), every ticket
     gets exactly one outcome, and the router ends idle."""
-    import random
     rng = random.Random(7)
     router = rig.build([model(m) for m in "abc"])
     plan = [(rng.choice("abc"), rng.random() < 0.15) for _ in range(60)]
@@ -392,3 +392,52 @@ def test_swap_eviction_waits_unload_timeout_not_health_check_timeout(rig):
     swapped.join(30)  # generous: the point is 1 s versus 60 s
     assert answers == ["b"]
     assert rig.state("a") == "stopped" and rig.state("b") == "ready"
+
+
+def test_claims_race_swaps_and_every_grant_reaches_a_live_backend(rig):
+    """Handlers take standing grants (claims) for a while swaps to b keep being asked
+    for: every grant, claimed or queued, must serve a real request on a live backend (the
+    router closes the gate before each decision). Clients pause for a random 0-3 ms
+    between requests: as upstream, b only gets its turn once a is idle."""
+    router = rig.build([model("a"), model("b")])
+    serve(router, "a")
+    counts = {"claimed": 0, "queued": 0}
+    lock = threading.Lock()
+    failures: list = []
+    stop = threading.Event()
+
+    def hammer(seed: int) -> None:
+        pause = random.Random(seed).random
+        while not stop.wait(pause() * 0.003):
+            claim = router.claim("a")
+            holder = claim if claim is not None else router.request("a")
+            try:
+                grant = claim if claim is not None else holder.result()
+                assert grant.process.state.value == "ready"
+                assert chat(grant)["model"] == "a"
+                assert grant.process.state.value == "ready"  # never stopped under us
+            except Exception as exc:  # noqa: BLE001 - reported by the main thread
+                failures.append(exc)
+                return
+            finally:
+                holder.done()
+            with lock:
+                counts["claimed" if claim is not None else "queued"] += 1
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(5):
+            # a is back and serving from claims: now ask for b, which must evict it
+            claimed = counts["claimed"]
+            assert wait_until(lambda: counts["claimed"] >= claimed + 20 or failures, 30)
+            assert serve(router, "b")["model"] == "b"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not failures, failures[:3]
+    assert counts["claimed"] > 0 and counts["queued"] > 0, counts
+    assert wait_until(lambda: router.in_flight("a") == 0 and router.in_flight("b") == 0)
+    assert rig.starts("b") == 5

@@ -100,6 +100,9 @@ class World:
         self.timers: list[ArmTimer] = []
         self.shutdown_pending: ShutdownAll | None = None
         self.steps = 0
+        # what the router last published as grantable: handlers may take these grants
+        # (claims) until the next command, which first reports every claim to the core
+        self.published: frozenset[str] = frozenset()
 
     # ---- invariants -------------------------------------------------------------------
 
@@ -171,6 +174,18 @@ class World:
         req = SimRequest(self, len(self.requests), model)
         self.requests.append(req)
         self.apply(self.core.request(req, self.now))
+        if model in self.published and req.status != "granted":
+            raise Violation(f"{model} was published as grantable but a request for it "
+                            f"was not granted at once ({req.status})")
+
+    def claim(self) -> None:
+        """A handler serves a published model without asking; the core hears of it later."""
+        model = self.rng.choice(sorted(self.published))
+        req = SimRequest(self, len(self.requests), model)
+        self.check_grantable(model)
+        req.status = "granted"
+        self.requests.append(req)
+        self.apply(self.core.claimed(model, self.now))
 
     def finish_swap(self, swap_id: int, ok: bool) -> None:
         sw = self.swaps.pop(swap_id)
@@ -240,6 +255,8 @@ class World:
         if any(self.ready[m] and self.core.state.get(m) == READY and m not in self.core.active
                for m in self.models):
             choices.append(("crash", 2))
+        if self.published:
+            choices.append(("claim", 20))
         choices += [("unload", 2), ("reconfigure", 1)]
         kind = rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
         if kind == "request":
@@ -259,8 +276,12 @@ class World:
                                    and self.core.state.get(m) == READY and m not in self.core.active]))
         elif kind == "unload":
             self.unload()
+        elif kind == "claim":
+            self.claim()
         else:
             self.reconfigure()
+        if kind != "claim":  # a claim changes no decision: the published set stays valid
+            self.published = self.core.grantable()
         self.steps += 1
         self.check()
 

@@ -226,18 +226,20 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
             observer = _observer(ctx, real) if not pinned else None
             if observer is not None:
                 headers = _metered_headers(headers)
-            ticket = app.router.request(real)
-            process = app.processes[real]
-            loading = (not pinned and ex.stream and mcfg.send_loading_state
-                       and is_loading_path(target) and _state(process) != "ready")
-            grant = _await_grant(ctx, ticket, real, loading)
+            grant = ticket = _claim(app.router, real)
             if grant is None:
-                if observer is not None and hasattr(observer, "on_end"):
-                    observer.on_end("client disconnected before the model was ready")
-                return
+                ticket = app.router.request(real)
+                process = app.processes[real]
+                loading = (not pinned and ex.stream and mcfg.send_loading_state
+                           and is_loading_path(target) and _state(process) != "ready")
+                grant = _await_grant(ctx, ticket, real, loading)
+                if grant is None:
+                    if observer is not None and hasattr(observer, "on_end"):
+                        observer.on_end("client disconnected before the model was ready")
+                    return
             finished = _Once(ticket.done, release_slot)
             try:
-                proc = getattr(grant, "process", process)
+                proc = grant.process
                 if _state(proc) != "ready":
                     _reply_error(ctx, 503, NOT_READY.format(real), observer)
                     return
@@ -247,6 +249,17 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 finished()
     finally:
         release_slot()
+
+
+def _claim(router: Any, model_id: str) -> Any:
+    """The router's standing grant for a ready model, or None. A claim on a backend that
+    has just died is handed back: the slow path lets the router notice the crash and
+    restart the model instead of answering 503."""
+    claim = router.claim(model_id)
+    if claim is not None and _state(claim.process) != "ready":
+        claim.done()
+        return None
+    return claim
 
 
 class _Once:

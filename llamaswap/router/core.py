@@ -168,6 +168,24 @@ class RouterCore:
     def in_flight_of(self, model: str) -> int:
         return self.in_flight.get(model, 0)
 
+    def grantable(self) -> frozenset[str]:
+        """The models a request would be granted at once, with no other effect (rule 5 of
+        the decision tree). Until the next command changes state, a request for one of
+        them may be served before the core hears of it, then reported with ``claimed``."""
+        if self.shutting_down:
+            return frozenset()
+        running = None
+        out = []
+        for m in self.models:
+            if self.state.get(m) != READY or m in self.active or self._blocked(m):
+                continue
+            if running is None:
+                running = self.running()
+            if frozenset(self.planner.eviction_for(m, running)) - {m}:
+                continue
+            out.append(m)
+        return frozenset(out)
+
     # ---- commands ------------------------------------------------------------------------
 
     def request(self, req, now: float) -> list:
@@ -176,6 +194,13 @@ class RouterCore:
         elif not self._decide(req, now):
             self.queue.append(req)
             self._publish_positions()
+        return self._take()
+
+    def claimed(self, model: str, now: float) -> list:
+        """A request for a model that was in ``grantable()`` was served without waiting
+        for a decision; it counts as granted from the moment it was taken."""
+        self.in_flight[model] = self.in_flight.get(model, 0) + 1
+        self._ttl_token.pop(model, None)
         return self._take()
 
     def give_up(self, req, now: float) -> list:

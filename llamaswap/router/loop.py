@@ -25,6 +25,9 @@ from llamaswap.router.core import (ArmTimer, Log, RouterCore, RouterError, Shutd
 from llamaswap.router.planners import planner_for
 
 _WAITING, _GRANTED, _FAILED, _ABANDONED, _DONE = "waiting", "granted", "failed", "abandoned", "done"
+# Finishes and claims that do not wake the router pile up until something else does; past
+# this many, each one wakes it so the piles stay short.
+BACKLOG_WAKE = 256
 
 
 class Grant:
@@ -36,6 +39,22 @@ class Grant:
 
     def __repr__(self) -> str:
         return f"Grant({self.model_id!r})"
+
+
+class Claim(Grant):
+    """A grant taken without waiting for the router (``Router.claim``); ``done()`` once
+    the request has finished, as for a ticket."""
+    __slots__ = ("_router", "_finished")
+
+    def __init__(self, router: "Router", model_id: str, process):
+        super().__init__(model_id, process)
+        self._router = router
+        self._finished = False
+
+    def done(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._router._finished(self.model_id)
 
 
 class Ticket:
@@ -182,6 +201,15 @@ class Router:
         self._pending_done: collections.deque[str] = collections.deque()
         self._ttl_free = _ttl_free(self._processes)
         self._quiet_done: frozenset[str] = frozenset()
+        # Standing grants. After every decision the router publishes, in _open, the models a
+        # request would be granted at once with no other effect (core.grantable) and their
+        # processes. A handler takes such a grant itself (claim): under _gate it checks
+        # _open and appends the model to _claims. Before it changes any state the router
+        # empties _open under _gate and reports every claim to the core, so no claim can
+        # slip in between its last look at the claims and a decision (docs/architecture.md).
+        self._gate = threading.Lock()
+        self._open: dict[str, object] = {}
+        self._claims: collections.deque[str] = collections.deque()
 
     # ---- public API (any thread) ---------------------------------------------------------
 
@@ -199,6 +227,19 @@ class Router:
                 return ticket
         ticket.offer_error(shutting_down_error(model_id))
         return ticket
+
+    def claim(self, model_id: str) -> Claim | None:
+        """The grant for ``model_id`` without a round trip to the router thread when the
+        router has it open (ready, nothing to evict); None otherwise: use ``request``."""
+        with self._gate:
+            process = self._open.get(model_id)
+            if process is None:
+                return None
+            self._claims.append(model_id)
+            backlog = len(self._claims)
+        if backlog >= BACKLOG_WAKE:
+            self._commands.put(("wake",))
+        return Claim(self, model_id, process)
 
     def unload(self, models: Sequence[str] | None = None, grace: float | None = None) -> None:
         """Stop `models` (all when None) with `grace` (default: each model's unload_timeout);
@@ -239,8 +280,8 @@ class Router:
         return self._core.queue_length()
 
     def in_flight(self, model_id: str) -> int:
-        # read the core first: a finish moves from the deque to the core, never back
-        count = self._core.in_flight_of(model_id)
+        # read the core first: claims and finishes move from the deques to the core
+        count = self._core.in_flight_of(model_id) + self._claims.count(model_id)
         return max(0, count - self._pending_done.count(model_id))
 
     # ---- the router thread ---------------------------------------------------------------
@@ -258,7 +299,7 @@ class Router:
                 except queue.Empty:
                     command = None
                 now = self._clock()
-                self._apply_finished(now)
+                self._catch_up(now)
                 while self._timers and self._timers[0][0] <= now:
                     _deadline, _seq, model, token = heapq.heappop(self._timers)
                     self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
@@ -276,26 +317,34 @@ class Router:
     def _finished(self, model: str) -> None:
         """A granted request ended (any thread)."""
         self._pending_done.append(model)
-        if model not in self._quiet_done:  # read after the append: see _settle
+        # read after the append: see _settle
+        if model not in self._quiet_done or len(self._pending_done) >= BACKLOG_WAKE:
             self._commands.put(("wake",))
 
-    def _apply_finished(self, now: float) -> None:
-        pending = self._pending_done
-        while pending:
-            model = pending.popleft()
-            try:
-                self._apply(self._core.request_done(model, now))
-            except Exception as exc:  # a bug must not take routing down with it
-                self._log.error(f"router: internal error: {exc!r}")
+    def _catch_up(self, now: float) -> None:
+        """Close the gate, then hand the core every claim and finish that came in. Claims
+        go first: a finish may be for a claim in the same batch."""
+        if self._open:
+            with self._gate:
+                self._open = {}
+        core = self._core
+        for pending, report in ((self._claims, core.claimed),
+                                (self._pending_done, core.request_done)):
+            while pending:
+                model = pending.popleft()
+                try:
+                    self._apply(report(model, now))
+                except Exception as exc:  # a bug must not take routing down with it
+                    self._log.error(f"router: internal error: {exc!r}")
 
     def _settle(self) -> None:
         """Apply the finished requests, then publish which models may finish without waking
-        this thread. A handler appends first and reads _quiet_done second; this thread
-        writes _quiet_done first and looks at the deque second, so every finish is either
-        seen here or followed by a wake-up."""
+        this thread, then open the gate for claims. A handler appends first and reads
+        _quiet_done second; this thread writes _quiet_done first and looks at the deque
+        second, so every finish is either seen here or followed by a wake-up."""
         core = self._core
         while True:
-            self._apply_finished(self._clock())
+            self._catch_up(self._clock())
             if core.queue or core.shutting_down:
                 quiet = frozenset()
             elif core.retiring:
@@ -304,7 +353,14 @@ class Router:
                 quiet = self._ttl_free
             self._quiet_done = quiet
             if not self._pending_done:
-                return
+                break
+        try:
+            opened = {m: self._processes[m] for m in core.grantable() if m in self._processes}
+        except Exception as exc:  # a planner bug: every request takes the slow path
+            self._log.error(f"router: internal error: {exc!r}")
+            opened = {}
+        with self._gate:
+            self._open = opened
 
     def _guarded(self, fn) -> None:
         try:
