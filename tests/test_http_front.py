@@ -1,6 +1,7 @@
 """End to end through real sockets: proxy (this process) -> demo backends (subprocesses)."""
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -587,22 +588,27 @@ def test_no_read_timeout_by_default():
         assert s == 200 and json.loads(b)["model"] == "m1"
 
 
-def test_backend_cors_headers_are_not_duplicated():
-    """differences.md point 8: the backend's Access-Control-Allow-Origin stays the only one."""
+@contextlib.contextmanager
+def tiny_backend(headers=(), drop_connection=False):
+    """A one-route backend: every POST gets 200 {"bytes": <body length>}. ``headers`` are
+    added to each answer; ``drop_connection`` closes the connection after each answer
+    without saying so."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class H(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b'{"ok":true}'
+            got = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"bytes": len(got)}).encode()
             self.send_response(200)
-            self.send_header("Access-Control-Allow-Origin", "https://a.example")
+            for k, v in headers:
+                self.send_header(k, v)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            self.close_connection = drop_connection
 
         def log_message(self, *a):
             pass
@@ -610,20 +616,45 @@ def test_backend_cors_headers_are_not_duplicated():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        peer = PeerConfig(id="c", proxy=f"http://127.0.0.1:{srv.server_address[1]}",
-                          models=("cors-m",))
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_backend_cors_headers_are_not_duplicated():
+    """differences.md point 8: the backend's Access-Control-Allow-Origin stays the only one."""
+    with tiny_backend([("Access-Control-Allow-Origin", "https://a.example")]) as port:
+        peer = PeerConfig(id="c", proxy=f"http://127.0.0.1:{port}", models=("cors-m",))
         with Proxy(config(model("m1"), peers=freeze({"c": peer}))) as p:
             c = p.conn()
             c.request("POST", "/v1/chat/completions", body=json.dumps(chat("cors-m")),
                       headers={"Origin": "https://a.example", "Content-Type": "application/json"})
             r = c.getresponse()
-            assert r.status == 200 and r.read() == b'{"ok":true}'
+            assert r.status == 200 and json.loads(r.read())["bytes"] > 0
             values = [v for k, v in r.getheaders() if k.lower() == "access-control-allow-origin"]
             assert values == ["https://a.example"]
             c.close()
-    finally:
-        srv.shutdown()
-        srv.server_close()
+
+
+def test_backend_that_drops_kept_alive_connections_is_retried_on_a_new_one():
+    """A backend that closes every connection after its answer without saying so: the next
+    request on the pooled connection fails before any byte comes back. A bytes body is
+    sent again on a new connection; a streamed body is never sent on such a connection
+    (pooled connections are checked first when the body cannot be replayed)."""
+    with tiny_backend(drop_connection=True) as port:
+        peer = PeerConfig(id="d", proxy=f"http://127.0.0.1:{port}", models=("drop-m",))
+        with Proxy(config(model("m1"), peers=freeze({"d": peer}))) as p:
+            for _ in range(10):
+                s, _h, b = p.post("/v1/chat/completions", chat("drop-m"))
+                assert s == 200, b
+            form = (b"--B\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ndrop-m\r\n"
+                    b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+                    b"\r\n" + b"x" * 1000 + b"\r\n--B--\r\n")
+            for _ in range(5):
+                s, _h, b = p.request("POST", "/v1/audio/transcriptions", form, headers={
+                    "Content-Type": "multipart/form-data; boundary=B"})
+                assert s == 200 and json.loads(b)["bytes"] == len(form), b
 
 
 def test_loading_stream_shows_queue_position():

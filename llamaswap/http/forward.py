@@ -232,7 +232,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
         while True:
             attempts += 1
             try:
-                conn, reused = pool.acquire()
+                conn, reused = pool.acquire(verify=body.data is None)
             except OSError as e:
                 return _fail(ctx, out, observer, 502, f"{error_prefix}{_conn_error(pool, label, e)}")
 
@@ -245,9 +245,11 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                 rh = pool.timeouts.response_header
                 if rh > 0 and conn.sock is not None:
                     conn.sock.settimeout(rh)
-                resp = conn.getresponse()
-                if conn.sock is not None:
-                    conn.sock.settimeout(None)
+                    resp = conn.getresponse()
+                    if conn.sock is not None:
+                        conn.sock.settimeout(None)
+                else:
+                    resp = conn.getresponse()
                 break
             except ClientGone:
                 raise

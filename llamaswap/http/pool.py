@@ -24,6 +24,7 @@ from llamaswap.config.model import Timeouts
 from llamaswap.http.headers import FastResponse
 
 MAX_IDLE = 32
+RECHECK_AFTER = 1.0  # seconds idle before a pooled connection is checked for a hang-up
 
 
 class BackendPool:
@@ -65,8 +66,10 @@ class BackendPool:
                 pass
         return conn
 
-    def acquire(self) -> tuple[http.client.HTTPConnection, bool]:
-        """(connection, reused). Raises OSError when the backend cannot be reached."""
+    def acquire(self, verify: bool = True) -> tuple[http.client.HTTPConnection, bool]:
+        """(connection, reused). Raises OSError when the backend cannot be reached.
+        ``verify=False``: the caller retries on a new connection if a reused one turns out
+        closed, so one idle for under RECHECK_AFTER seconds is not checked (a system call)."""
         now = time.monotonic()
         idle_limit = self.timeouts.idle_conn
         while True:
@@ -74,7 +77,11 @@ class BackendPool:
                 if not self._idle:
                     break
                 conn, since = self._idle.pop()
-            if (idle_limit > 0 and now - since > idle_limit) or not _usable(conn):
+            idle = now - since
+            # a backend's keep-alive timeout is seconds at least: a connection idle for
+            # less than RECHECK_AFTER is very unlikely to have been closed meanwhile
+            check = verify or idle >= RECHECK_AFTER
+            if (idle_limit > 0 and idle > idle_limit) or (check and not _usable(conn)):
                 conn.close()
                 continue
             with self._lock:

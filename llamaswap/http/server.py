@@ -33,15 +33,19 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         sock = self.request
-        sock.settimeout(HEADER_TIMEOUT)
-        if isinstance(sock, ssl.SSLSocket):
-            sock.do_handshake()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        super().setup()
+        # Sockets stay in blocking mode: a socket timeout costs a poll() before every read
+        # and two mode switches per request. Instead the server's reaper thread cuts a
+        # connection that has been waiting for a request (or a TLS handshake) too long.
+        self.waiting_since: float | None = time.monotonic()
         self.server.track(self, True)
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.do_handshake()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            self.server.track(self, False)
+            raise
+        super().setup()
 
     def finish(self) -> None:
         self.server.track(self, False)
@@ -57,17 +61,15 @@ class ProxyHandler(BaseHTTPRequestHandler):
             pass
 
     def handle_one_request(self) -> None:
-        self.idle = True
+        self.waiting_since = time.monotonic()
         try:
-            self.connection.settimeout(HEADER_TIMEOUT)
             self.raw_requestline = self.rfile.readline(65537)
-        except (TimeoutError, socket.timeout, OSError):
+        except OSError:
             self.close_connection = True
             return
         if self.server.closing:
             self.close_connection = True
             return
-        self.idle = False
         if len(self.raw_requestline) > 65536:
             self.requestline = self.request_version = ""
             self.command = ""
@@ -78,18 +80,17 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         try:
             ok = self.parse_request()
-        except (TimeoutError, socket.timeout):
+        except OSError:
             self.close_connection = True
             return
         if not ok:
             return
-        self.connection.settimeout(None)
+        self.waiting_since = None
         self.server.begin_request()
         try:
             self.server.dispatch(self)
         finally:
             self.server.end_request()
-            self.idle = True
 
     def parse_request(self) -> bool:
         """The stdlib's request parsing with a cheap header reader (headers.py)."""
@@ -156,6 +157,7 @@ class ProxyServer(ThreadingHTTPServer):
         self._active = 0
         self._idle_cv = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
         super().__init__(address, ProxyHandler, bind_and_activate=False)
         if family == socket.AF_INET6:
             try:
@@ -190,7 +192,19 @@ class ProxyServer(ThreadingHTTPServer):
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="http-accept", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._reap_silent, name="http-reaper", daemon=True).start()
         return self
+
+    def _reap_silent(self) -> None:
+        """Cut connections that have waited longer than HEADER_TIMEOUT for a request line,
+        its headers, or a TLS handshake (idle keep-alive connections included)."""
+        while not self._stopped.wait(min(1.0, HEADER_TIMEOUT / 4)):
+            limit = time.monotonic() - HEADER_TIMEOUT
+            with self._lock:
+                silent = [h for h in self._conns
+                          if h.waiting_since is not None and h.waiting_since < limit]
+            for h in silent:
+                _shut(h.connection)
 
     def track(self, handler: ProxyHandler, add: bool) -> None:
         with self._lock:
@@ -214,6 +228,7 @@ class ProxyServer(ThreadingHTTPServer):
         """Stop accepting, drop idle keep-alive connections, let requests in flight finish up
         to ``timeout`` seconds, then cut what is left."""
         self.closing = True
+        self._stopped.set()
         if self._thread is not None:
             super().shutdown()
             self._thread = None
@@ -228,7 +243,7 @@ class ProxyServer(ThreadingHTTPServer):
                 self._idle_cv.wait(min(left, 0.1))
                 # connections that went idle after their request ended
                 for h in list(self._conns):
-                    if getattr(h, "idle", False):
+                    if h.waiting_since is not None:
                         _shut(h.connection)
         self._close_conns(idle_only=False)
 
@@ -236,7 +251,7 @@ class ProxyServer(ThreadingHTTPServer):
         with self._lock:
             conns = list(self._conns)
         for h in conns:
-            if not idle_only or getattr(h, "idle", False):
+            if not idle_only or h.waiting_since is not None:
                 _shut(h.connection)
 
     # ---- dispatch
@@ -313,7 +328,9 @@ def _drain(ctx: RequestContext, limit: int = 1 << 16) -> None:
 
 def _shut(sock) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        # the plain socket's shutdown: SSLSocket's own drops its SSL object under a thread
+        # that may be reading from it
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
 
