@@ -450,3 +450,26 @@ def test_arrays_nested_with_objects_do_not_confuse_keys():
     tokens, _, _ = parse(b'[[1,{"timings":{"prompt_n":4}}],{"timings":{"prompt_n":6}}]',
                          path="/infill")
     assert tokens.input_tokens == 6
+
+
+def test_small_captures_kept_unencoded_read_back_as_the_same_json(monkeypatch):
+    """A small capture is stored as it came and encoded when read: the JSON must be the
+    same as for a capture compressed at once (redaction, escapes, no Content-Encoding)."""
+    def record(store):
+        clock = Clock()
+        log = ActivityLog(10, captures=store, clock=clock)
+        e = meter_run(log, clock, headers=[("Content-Type", "application/json"),
+                                             ("Content-Encoding", "gzip"), ("Set-Cookie", "x")],
+                      body=gzip.compress(b'{"a":"<b> & \\u2028 caf\xc3\xa9"}'),
+                      req_headers=[("authorization", "Bearer s3cret"), ("x-trace", "<&>")],
+                      req_body=b'{"model":"m1","q":"<tag>"}')
+        return store.get_json(e.id), store.size
+
+    lazy, lazy_size = record(CaptureStore(1))
+    monkeypatch.setattr(CaptureStore, "KEEP_UNENCODED", 0)
+    packed, packed_size = record(CaptureStore(1))
+    assert lazy == packed
+    cap = json.loads(lazy)
+    assert cap["req_headers"] == {"Authorization": "[REDACTED]", "X-Trace": "<&>"}
+    assert "Content-Encoding" not in cap["resp_headers"] and "\\u003c" in lazy
+    assert 0 < packed_size and len(lazy) <= lazy_size < 2 * len(lazy)

@@ -2,9 +2,12 @@
 
 A capture is upstream's ReqRespCapture: the request path, flattened headers (first value of
 each, credentials replaced by ``[REDACTED]``), and base64 bodies, with parts left out per
-path as upstream does for audio and image routes. Each capture is stored as compact JSON
-compressed with zlib (upstream uses CBOR + zstd; neither is in the standard library) in a
-FIFO cache capped in bytes; an item larger than the whole cache is not stored.
+path as upstream does for audio and image routes. Captures live in a FIFO cache capped in
+bytes; an item larger than the whole cache is not stored. A capture is stored as compact
+JSON compressed with zlib (upstream uses CBOR + zstd; neither is in the standard library),
+except a small one: it is kept as it came and turned into JSON only if it is read. Most
+captures are never read, zlib saves little on a few hundred bytes, and encoding plus
+compressing was a tenth of the proxy's CPU time on a small request.
 """
 
 from __future__ import annotations
@@ -75,14 +78,17 @@ def header_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[s
 
 def make_capture(path: str, req_headers=None, req_body: bytes | None = None,
                  resp_headers=None, resp_body: bytes | None = None) -> dict:
-    """A capture record (id filled in by the caller); None fields come out as null."""
-    resp = None
-    if resp_headers is not None:
-        resp = header_map(resp_headers)
-        resp.pop("Content-Encoding", None)  # the body is stored decoded
-    return {"id": -1, "req_path": path,
-            "req_headers": header_map(req_headers) if req_headers is not None else None,
-            "req_body": req_body, "resp_headers": resp, "resp_body": resp_body}
+    """A capture record (id filled in by the caller); None fields come out as null. Header
+    lists are kept as given (they must not change afterwards) and flattened by
+    capture_json."""
+    return {"id": -1, "req_path": path, "req_headers": req_headers, "req_body": req_body,
+            "resp_headers": resp_headers, "resp_body": resp_body}
+
+
+def _response_header_map(headers) -> dict[str, str]:
+    out = header_map(headers)
+    out.pop("Content-Encoding", None)  # the body is stored decoded
+    return out
 
 
 # Go's encoder escapes these inside strings; outside strings JSON text never contains them,
@@ -95,8 +101,8 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def capture_json(capture: Mapping[str, Any]) -> str:
     """Upstream's JSON: struct order, header maps with sorted keys, bodies in base64 (the
     same text gojson.dumps writes, in one C-level encode)."""
-    def headers(h):
-        return None if h is None else dict(sorted(h.items()))
+    def headers(h, flatten=header_map):
+        return None if h is None else dict(sorted(flatten(h).items()))
 
     def body(b):
         return None if b is None else base64.b64encode(b).decode("ascii")
@@ -104,7 +110,7 @@ def capture_json(capture: Mapping[str, Any]) -> str:
     text = _encode({"id": capture["id"], "req_path": capture["req_path"],
                     "req_headers": headers(capture["req_headers"]),
                     "req_body": body(capture["req_body"]),
-                    "resp_headers": headers(capture["resp_headers"]),
+                    "resp_headers": headers(capture["resp_headers"], _response_header_map),
                     "resp_body": body(capture["resp_body"])})
     for char, escape in _GO_ESCAPES:
         if char in text:  # str.replace, not translate: bodies can be megabytes
@@ -112,14 +118,34 @@ def capture_json(capture: Mapping[str, Any]) -> str:
     return text
 
 
+def _estimated_size(capture: Mapping[str, Any]) -> int:
+    """About the size of the capture's JSON, without encoding it."""
+    size = 120 + len(capture["req_path"])
+    for key in ("req_headers", "resp_headers"):
+        items = capture[key]
+        if items is not None:
+            items = items.items() if isinstance(items, dict) else items
+            size += sum([len(k) + len(v) + 6 for k, v in items])
+    for key in ("req_body", "resp_body"):
+        body = capture[key]
+        if body is not None:
+            size += (len(body) + 2) // 3 * 4
+    return size
+
+
 class CaptureStore:
-    """FIFO cache of compressed captures, at most ``max_bytes`` compressed bytes in total."""
+    """FIFO cache of captures, at most ``max_bytes`` stored bytes in total (compressed JSON,
+    or for a small capture about the size of its JSON)."""
+
+    # below this estimated JSON size a capture is kept as it is (module docstring)
+    KEEP_UNENCODED = 4096
 
     def __init__(self, capture_buffer_mb: int = 0, *, max_bytes: int | None = None,
                  log: Any = None):
         self.max_bytes = max_bytes if max_bytes is not None else max(0, capture_buffer_mb) * 1024 * 1024
         self.enabled = self.max_bytes > 0
-        self._items: OrderedDict[int, bytes] = OrderedDict()
+        # id -> (stored bytes counted against max_bytes, compressed JSON or the capture)
+        self._items: OrderedDict[int, tuple[int, Any]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
         self._log = log
@@ -131,28 +157,35 @@ class CaptureStore:
     def add(self, capture_id: int, capture: Mapping[str, Any]) -> bool:
         if not self.enabled:
             return False
-        text = capture_json(capture).encode("utf-8")
-        # level 1: 1.6-3x faster than the default 6 on chat-sized captures (5-500 KB of
-        # JSON text) for 2-24% more compressed bytes; this runs once per captured request
-        data = zlib.compress(text, 1)
-        if len(data) > self.max_bytes:
+        size = _estimated_size(capture)
+        if size < self.KEEP_UNENCODED:
+            item: Any = capture
+            note = f"saved (about {size} bytes as JSON)"
+        else:
+            text = capture_json(capture).encode("utf-8")
+            # level 1: 1.6-3x faster than the default 6 on chat-sized captures (5-500 KB of
+            # JSON text) for 2-24% more compressed bytes; this runs once per captured request
+            item = zlib.compress(text, 1)
+            size = len(item)
+            ratio = (1 - size / len(text)) * 100 if text else 0.0
+            note = (f"compressed and saved: {len(text)} bytes -> {size} bytes "
+                    f"({ratio:.1f}% compression)")
+        if size > self.max_bytes:
             if self._log is not None:
-                self._log.warn(f"capture {capture_id} too large ({len(data)} bytes), skipping: "
+                self._log.warn(f"capture {capture_id} too large ({size} bytes), skipping: "
                                "item exceeds maximum cache size")
             return False
         with self._lock:
             old = self._items.pop(capture_id, None)
             if old is not None:
-                self._size -= len(old)
-            while self._size + len(data) > self.max_bytes and self._items:
-                _, evicted = self._items.popitem(last=False)
-                self._size -= len(evicted)
-            self._items[capture_id] = data
-            self._size += len(data)
-        if self._log is not None:
-            ratio = (1 - len(data) / len(text)) * 100 if text else 0.0
-            self._log.debug(f"Capture {capture_id} compressed and saved: {len(text)} bytes -> "
-                            f"{len(data)} bytes ({ratio:.1f}% compression)")
+                self._size -= old[0]
+            while self._size + size > self.max_bytes and self._items:
+                _, (evicted, _) = self._items.popitem(last=False)
+                self._size -= evicted
+            self._items[capture_id] = (size, item)
+            self._size += size
+        if self._log is not None and self._log.enabled("debug"):
+            self._log.debug(f"Capture {capture_id} {note}")
         return True
 
     def has(self, capture_id: int) -> bool:
@@ -162,10 +195,13 @@ class CaptureStore:
     def get_json(self, capture_id: int) -> str | None:
         """The capture as upstream's JSON text, or None when absent (never stored, or evicted)."""
         with self._lock:
-            data = self._items.get(capture_id)
-        if data is None:
+            stored = self._items.get(capture_id)
+        if stored is None:
             return None
-        return zlib.decompress(data).decode("utf-8")
+        item = stored[1]
+        if isinstance(item, bytes):
+            return zlib.decompress(item).decode("utf-8")
+        return capture_json(item)
 
     @property
     def size(self) -> int:

@@ -188,6 +188,10 @@ class ProxyLogger:
         self._level = LEVELS.get(level.strip().lower(), LEVELS["info"])
         self._stamp = _TIME_FORMATS.get(time_format.strip().lower())
 
+    def enabled(self, level: str) -> bool:
+        """Whether ``level`` is written (to skip building a message nobody sees)."""
+        return LEVELS[level] >= self._level
+
     def log(self, level: str, msg: str) -> None:
         if LEVELS[level] < self._level:
             return
