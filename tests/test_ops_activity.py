@@ -14,7 +14,8 @@ from llamaswap.ops import gojson
 from llamaswap.ops.activity import (ActivityLog, JsonValueTap, ResponseParser,
                                     filter_accept_encoding)
 from llamaswap.ops.captures import (ALL, REQ_BODY, REQ_HEADERS, RESP_BODY, RESP_HEADERS,
-                                    CaptureStore, canonical_header, fields_for, header_map)
+                                    CaptureStore, canonical_header, fields_for, header_map,
+                                    make_capture)
 from llamaswap.ops.events import ActivityRecorded, EventBus
 
 
@@ -472,4 +473,36 @@ def test_small_captures_kept_unencoded_read_back_as_the_same_json(monkeypatch):
     cap = json.loads(lazy)
     assert cap["req_headers"] == {"Authorization": "[REDACTED]", "X-Trace": "<&>"}
     assert "Content-Encoding" not in cap["resp_headers"] and "\\u003c" in lazy
-    assert 0 < packed_size and len(lazy) <= lazy_size < 2 * len(lazy)
+    # counted: about its JSON size plus what its Python objects cost
+    overhead = CaptureStore.UNENCODED_OVERHEAD
+    assert 0 < packed_size and len(lazy) <= lazy_size - overhead < 2 * len(lazy)
+
+
+def test_captures_kept_unencoded_cost_about_what_they_count():
+    """captureBuffer bounds memory: what a small capture counts against it must cover the
+    Python objects that hold it (a list of header tuples would cost several times more)."""
+    import tracemalloc
+
+    def fresh(text: str) -> str:
+        return (text + " ")[:-1]  # a new string object, as parsing a request makes
+
+    headers = [("Host", "127.0.0.1:8080"), ("User-Agent", "OpenAI/Python 1.40.0"),
+               ("Content-Type", "application/json"), ("Authorization", "Bearer sk-0123"),
+               ("Accept", "application/json"), ("X-Stainless-Lang", "python")]
+    store = CaptureStore(max_bytes=50 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(500):
+            capture = make_capture("/v1/chat/completions",
+                                   [(fresh(k), fresh(v)) for k, v in headers],
+                                   b'{"model":"m1","messages":[%d]}' % i,
+                                   [(fresh("Content-Type"), fresh("application/json"))],
+                                   b'{"choices":[{"message":{"content":"hi"}}]}')
+            capture["id"] = i
+            assert store.add(i, capture)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 500
+    assert grown <= 1.2 * store.size, (grown, store.size)

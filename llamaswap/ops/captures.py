@@ -78,11 +78,23 @@ def header_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[s
 
 def make_capture(path: str, req_headers=None, req_body: bytes | None = None,
                  resp_headers=None, resp_body: bytes | None = None) -> dict:
-    """A capture record (id filled in by the caller); None fields come out as null. Header
-    lists are kept as given (they must not change afterwards) and flattened by
-    capture_json."""
-    return {"id": -1, "req_path": path, "req_headers": req_headers, "req_body": req_body,
-            "resp_headers": resp_headers, "resp_body": resp_body}
+    """A capture record (id filled in by the caller); None fields come out as null. Headers
+    are packed into one string each (a list of tuples of fresh strings costs several times
+    its text in memory) and flattened by capture_json."""
+    return {"id": -1, "req_path": path, "req_headers": _pack(req_headers),
+            "req_body": req_body, "resp_headers": _pack(resp_headers), "resp_body": resp_body}
+
+
+def _pack(headers) -> str | None:
+    """"name:value" lines; a header name never holds a colon nor a value a line break."""
+    if headers is None:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return "\n".join([f"{k}:{v}" for k, v in items])
+
+
+def _unpack(packed: str) -> list[tuple[str, str]]:
+    return [tuple(line.split(":", 1)) for line in packed.split("\n")] if packed else []
 
 
 def _response_header_map(headers) -> dict[str, str]:
@@ -101,8 +113,8 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 def capture_json(capture: Mapping[str, Any]) -> str:
     """Upstream's JSON: struct order, header maps with sorted keys, bodies in base64 (the
     same text gojson.dumps writes, in one C-level encode)."""
-    def headers(h, flatten=header_map):
-        return None if h is None else dict(sorted(flatten(h).items()))
+    def headers(packed, flatten=header_map):
+        return None if packed is None else dict(sorted(flatten(_unpack(packed)).items()))
 
     def body(b):
         return None if b is None else base64.b64encode(b).decode("ascii")
@@ -122,10 +134,9 @@ def _estimated_size(capture: Mapping[str, Any]) -> int:
     """About the size of the capture's JSON, without encoding it."""
     size = 120 + len(capture["req_path"])
     for key in ("req_headers", "resp_headers"):
-        items = capture[key]
-        if items is not None:
-            items = items.items() if isinstance(items, dict) else items
-            size += sum([len(k) + len(v) + 6 for k, v in items])
+        packed = capture[key]
+        if packed is not None:
+            size += len(packed) + 6 * (packed.count("\n") + 1)  # quotes, colon, comma
     for key in ("req_body", "resp_body"):
         body = capture[key]
         if body is not None:
@@ -139,6 +150,8 @@ class CaptureStore:
 
     # below this estimated JSON size a capture is kept as it is (module docstring)
     KEEP_UNENCODED = 4096
+    # what a capture kept as it is costs beyond its JSON size: its Python objects
+    UNENCODED_OVERHEAD = 400
 
     def __init__(self, capture_buffer_mb: int = 0, *, max_bytes: int | None = None,
                  log: Any = None):
@@ -161,6 +174,7 @@ class CaptureStore:
         if size < self.KEEP_UNENCODED:
             item: Any = capture
             note = f"saved (about {size} bytes as JSON)"
+            size += self.UNENCODED_OVERHEAD
         else:
             text = capture_json(capture).encode("utf-8")
             # level 1: 1.6-3x faster than the default 6 on chat-sized captures (5-500 KB of
