@@ -109,3 +109,64 @@ def test_loading_chunk_framing():
     assert loading.is_loading_path("/v1/chat/completions/extra")
     assert not loading.is_loading_path("/v1/completions")
     assert not loading.is_loading_path("/chat/completions")
+
+
+# ---- header blocks ------------------------------------------------------------------------
+
+def _header_cases():
+    import random
+    rng = random.Random(5)
+    names = ["Host", "content-type", "X-Api-Key", "Accept", "Set-Cookie", "a", "X-Empty"]
+    values = ["127.0.0.1:8080", "application/json", "  padded  ", "", "a:b:c", "x\ty", "é"]
+    cases = [b"\r\n", b"Host: a\r\n\r\n", b"Host: a\nX: b\n\n", b"X: a\r\n  folded\r\n\r\n",
+             b"X: a\r\n\tfolded\r\n\r\n", b"NoColon\r\n\r\n", b" Lead: x\r\n\r\n",
+             b"Trail : x\r\n\r\n", b": empty-name\r\n\r\n", b"X: a\r\nY: b\r\r\n\r\n",
+             b"".join(b"H%d: v\r\n" % i for i in range(100)) + b"\r\n",
+             b"".join(b"H%d: v\r\n" % i for i in range(101)) + b"\r\n",
+             b"X: " + b"a" * 70000 + b"\r\n\r\n"]
+    for _ in range(300):
+        lines = [f"{rng.choice(names)}:{rng.choice(['', ' ', '  '])}{rng.choice(values)}"
+                 for _ in range(rng.randint(0, 12))]
+        cases.append(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") if lines else b"\r\n")
+    return cases
+
+
+def _parse(parse, raw: bytes, packet: int | None):
+    """Headers, the bytes left unread, or the error, with the block arriving in pieces of
+    ``packet`` bytes (None: all at once)."""
+    import io
+    from llamaswap.http.headers import HeaderError
+
+    class Packets(io.RawIOBase):
+        def __init__(self, data):
+            self.data = data
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            n = min(len(b), len(self.data), packet or len(self.data))
+            b[:n], self.data = self.data[:n], self.data[n:]
+            return n
+
+    fp = io.BufferedReader(Packets(raw + b"BODY"))
+    try:
+        h = parse(fp)
+    except HeaderError as e:
+        return ("error", e.status)
+    return (h.items(), {k: h.get_all(k) for k in h.keys()}, fp.read())
+
+
+def test_header_block_read_whole_from_the_buffer_equals_line_by_line():
+    """The one-step reader for a block already buffered gives exactly what the line reader
+    gives (items, lookups, what is left of the stream, errors), in one packet or many."""
+    from llamaswap.http.headers import _read_lines, read_headers
+    for raw in _header_cases():
+        for packet in (None, 1, 7):
+            fast = _parse(lambda fp: read_headers(fp, 1 << 20), raw, packet)
+            slow = _parse(lambda fp: _read_lines(fp, 1 << 20), raw, packet)
+            assert fast == slow, (raw[:80], packet)
+    import io
+    from llamaswap.http.headers import _read_buffered
+    fp = io.BufferedReader(io.BytesIO(b"Host: a\r\nX-A: 1\r\n\r\nBODY"))
+    assert _read_buffered(fp).items() == [("Host", "a"), ("X-A", "1")] and fp.read() == b"BODY"

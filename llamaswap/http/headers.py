@@ -69,6 +69,47 @@ class Headers:
 
 def read_headers(fp, max_bytes: int = 1 << 20) -> Headers:
     """Header lines up to the blank line. Raises HeaderError(431/400)."""
+    h = _read_buffered(fp)
+    return h if h is not None else _read_lines(fp, max_bytes)
+
+
+def _read_buffered(fp) -> Headers | None:
+    """The usual case in one step: the whole block is already in the reader's buffer (it
+    came in the same packet as the status or request line), with CRLF line ends and no
+    continuation lines. None, with nothing consumed, for anything else."""
+    peek = getattr(fp, "peek", None)
+    if peek is None:
+        return None
+    buf = peek(MAX_LINE)
+    if buf[:2] == b"\r\n":
+        fp.read(2)
+        return Headers()
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    block = buf[:end]
+    if (block.count(b"\n") != block.count(b"\r\n") or b"\n " in block or b"\n\t" in block
+            or block.count(b"\n") >= MAX_HEADERS):
+        return None  # bare LF, folded lines or too many: the line reader's rules apply
+    h = Headers()
+    items, index = h._items, h._index
+    for line in block.decode("latin-1").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            return None  # the line reader raises the error
+        value = value.strip()
+        items.append((name, value))
+        key = name.lower()
+        values = index.get(key)
+        if values is None:
+            index[key] = [value]
+        else:
+            values.append(value)
+    fp.read(end + 4)
+    return h
+
+
+def _read_lines(fp, max_bytes: int) -> Headers:
     h = Headers()
     total = 0
     last = None

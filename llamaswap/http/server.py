@@ -217,7 +217,7 @@ class ProxyServer(ThreadingHTTPServer):
     def end_request(self) -> None:
         with self._lock:
             self._active -= 1
-            if self._active == 0:
+            if self._active == 0 and self.closing:  # only shutdown() waits for it
                 self._idle_cv.notify_all()
 
     @property
