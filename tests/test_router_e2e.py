@@ -228,6 +228,27 @@ def test_ttl_counts_from_the_end_of_the_last_request(rig):
     assert rig.starts("a") == 1
 
 
+def test_ttl_counts_from_the_end_of_the_last_claimed_request(rig):
+    """A claim and its finish never wake the router, yet the TTL still runs from the end
+    of the request: the finish carries its time, and the router wakes within the TTL while
+    a model with a TTL has requests in flight (here nothing else would ever wake it)."""
+    router = rig.build([model("a", ttl=1)])
+    stopping: list[float] = []
+    rig.events.add_listener(lambda e: e.new == "stopping" and stopping.append(time.monotonic()),
+                            (ProcessStateChanged,))
+    serve(router, "a")  # its TTL timer is armed now
+    claim = router.claim("a")
+    assert claim is not None  # ready and idle: a standing grant
+    time.sleep(1.4)  # measuring, not synchronising: in flight across the first deadline
+    assert rig.state("a") == "ready"
+    chat(claim)
+    claim.done()
+    last_done = time.monotonic()
+    assert wait_until(lambda: rig.state("a") == "stopped", timeout=15)
+    assert len(stopping) == 1
+    assert 0.95 <= stopping[0] - last_done < 1.8, stopping[0] - last_done
+
+
 def test_failed_start_is_reported_and_not_sticky(rig, tmp_path):
     flag = tmp_path / "ok"
     port = free_port()

@@ -90,7 +90,7 @@ def _pack(headers) -> str | None:
     if headers is None:
         return None
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return "\n".join([f"{k}:{v}" for k, v in items])
+    return "\n".join(map(":".join, items))
 
 
 def _unpack(packed: str) -> list[tuple[str, str]]:

@@ -193,13 +193,16 @@ class Router:
         self._thread: threading.Thread | None = None
         self._last_queue_length = 0
         self._listen(self._processes)
-        # Finished requests. Handler threads only append here; the router thread applies them
-        # before anything else it does. A finish only needs the router awake when it can
-        # change more than the in-flight count (a queue waits, a TTL must be armed, a model
-        # drains): the router publishes the models for which that cannot happen in
-        # _quiet_done, and handlers post a wake-up for every other finish.
-        self._pending_done: collections.deque[str] = collections.deque()
-        self._ttl_free = _ttl_free(self._processes)
+        # Finished requests, with the time they finished. Handler threads only append here;
+        # the router thread applies them before anything else it does. A finish only needs
+        # the router awake when it can do more than lower the in-flight count and arm a TTL
+        # timer (a queue waits, a model drains): the router publishes the models for which
+        # nothing more can happen in _quiet_done, and handlers post a wake-up for every other
+        # finish. The TTL timer is armed from the finish time, and while a model with a TTL
+        # has requests in flight this thread sleeps at most that TTL: it is never late.
+        self._pending_done: collections.deque[tuple[str, float]] = collections.deque()
+        self._ttls = _ttls(self._processes)
+        self._all_models = frozenset(self._processes)
         self._quiet_done: frozenset[str] = frozenset()
         # Standing grants. After every decision the router publishes, in _open, the models a
         # request would be granted at once with no other effect (core.grantable) and their
@@ -282,7 +285,7 @@ class Router:
     def in_flight(self, model_id: str) -> int:
         # read the core first: claims and finishes move from the deques to the core
         count = self._core.in_flight_of(model_id) + self._claims.count(model_id)
-        return max(0, count - self._pending_done.count(model_id))
+        return max(0, count - sum(1 for m, _ in list(self._pending_done) if m == model_id))
 
     # ---- the router thread ---------------------------------------------------------------
 
@@ -291,11 +294,8 @@ class Router:
             self._apply(self._startup_effects)
             while True:
                 self._settle()
-                timeout = None
-                if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - self._clock())
                 try:
-                    command = self._commands.get(timeout=timeout)
+                    command = self._commands.get(timeout=self._sleep_limit())
                 except queue.Empty:
                     command = None
                 now = self._clock()
@@ -314,9 +314,21 @@ class Router:
             for event in self._calls.values():
                 event.set()
 
+    def _sleep_limit(self) -> float | None:
+        """How long the loop may wait for a command: until the next timer, and no longer
+        than the TTL of a model with requests in flight (their finishes do not wake it)."""
+        limit = None
+        if self._timers:
+            limit = max(0.0, self._timers[0][0] - self._clock())
+        for model in self._core.in_flight:
+            ttl = self._ttls.get(model)
+            if ttl is not None and (limit is None or ttl < limit):
+                limit = ttl
+        return limit
+
     def _finished(self, model: str) -> None:
         """A granted request ended (any thread)."""
-        self._pending_done.append(model)
+        self._pending_done.append((model, self._clock()))
         # read after the append: see _settle
         if model not in self._quiet_done or len(self._pending_done) >= BACKLOG_WAKE:
             self._commands.put(("wake",))
@@ -328,14 +340,16 @@ class Router:
             with self._gate:
                 self._open = {}
         core = self._core
-        for pending, report in ((self._claims, core.claimed),
-                                (self._pending_done, core.request_done)):
-            while pending:
-                model = pending.popleft()
-                try:
-                    self._apply(report(model, now))
-                except Exception as exc:  # a bug must not take routing down with it
-                    self._log.error(f"router: internal error: {exc!r}")
+        claims, finishes = self._claims, self._pending_done
+        while claims or finishes:
+            try:
+                if claims:
+                    self._apply(core.claimed(claims.popleft(), now))
+                else:
+                    model, at = finishes.popleft()
+                    self._apply(core.request_done(model, at))
+            except Exception as exc:  # a bug must not take routing down with it
+                self._log.error(f"router: internal error: {exc!r}")
 
     def _settle(self) -> None:
         """Apply the finished requests, then publish which models may finish without waking
@@ -348,9 +362,9 @@ class Router:
             if core.queue or core.shutting_down:
                 quiet = frozenset()
             elif core.retiring:
-                quiet = self._ttl_free - core.retiring
+                quiet = self._all_models - core.retiring
             else:
-                quiet = self._ttl_free
+                quiet = self._all_models
             self._quiet_done = quiet
             if not self._pending_done:
                 break
@@ -434,7 +448,8 @@ class Router:
         self.config = config
         self._processes = processes
         self._quiet_done = frozenset()  # until _settle publishes it for the new config
-        self._ttl_free = _ttl_free(processes)
+        self._ttls = _ttls(processes)
+        self._all_models = frozenset(processes)
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
@@ -534,10 +549,9 @@ class Router:
         _spawn(work, "router-shutdown")
 
 
-def _ttl_free(processes: Mapping[str, object]) -> frozenset[str]:
-    """Models without a TTL: finishing their last request arms no timer."""
-    return frozenset(m for m, p in processes.items()
-                     if not (p.config.ttl and p.config.ttl > 0))
+def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
+    """The TTL of each model that has one."""
+    return {m: p.config.ttl for m, p in processes.items() if p.config.ttl and p.config.ttl > 0}
 
 
 def _state(process) -> str:
