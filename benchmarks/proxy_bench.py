@@ -10,8 +10,9 @@ Reported, as absolute numbers and as ratios/deltas against the direct connection
 - small non-streaming requests at concurrency 1 and 16: req/s, p50, p99;
 - a 200-chunk stream: time to first byte, added per-chunk transit (p50/p99);
 - swap overhead: A/B alternation with backends that turn healthy after a fixed delay;
-- proxy RSS idle, after 2000 requests, and the rise while a 50 MB upload passes through,
-  plus the time until the backend sees the upload's first byte.
+- proxy RSS idle, after 2000 requests and after all the small requests, and its rise while
+  a 50 MB upload passes through, plus the time until the backend sees the upload's first
+  byte.
 """
 
 from __future__ import annotations
@@ -198,6 +199,17 @@ def small_load(port: int, path: str, concurrency: int, seconds: float) -> dict:
             "n": len(lat)}
 
 
+def counted_load(port: int, path: str, n: int) -> None:
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(n):
+        c.request("POST", path, body=SMALL, headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"status {r.status}")
+    c.close()
+
+
 def stream_run(port: int, path: str, n: int = 200, gap: float = 0.002) -> dict:
     c = http.client.HTTPConnection("127.0.0.1", port)
     t0 = time.perf_counter()
@@ -308,6 +320,7 @@ models:
   fast:
     cmd: {sys.executable} {me} --backend --port ${{PORT}}
     concurrencyLimit: 64
+    ttl: 300  # as most configs have one
   swap-a:
     cmd: {sys.executable} {me} --backend --port ${{PORT}} --health-delay {swap_delay}
   swap-b:
@@ -331,8 +344,9 @@ groups:
         wait_http(direct_port, "/health")
         wait_http(proxy_port, "/health")
         results["rss_idle_mb"] = rss_kb(proxy.pid) / 1024
-        # warm up: load the model, open pooled connections
-        small_load(proxy_port, "/v1/embeddings", 1, 0.5)
+        # also the warm-up: loads the model, opens pooled connections
+        counted_load(proxy_port, "/v1/embeddings", 2000)
+        results["rss_after_2000_mb"] = rss_kb(proxy.pid) / 1024
         for conc in (1, 16):
             d = small_load(direct_port, "/v1/embeddings", conc, args.seconds)
             cpu0 = cpu_seconds(proxy.pid)
@@ -345,11 +359,9 @@ groups:
         if args.quick:
             print(json.dumps({k: results[k] for k in ("c1", "c16")}, indent=1))
             return 0
-        sent = results["c1"]["proxy"]["n"] + results["c16"]["proxy"]["n"]
-        if sent < 2000:
-            small_load(proxy_port, "/v1/embeddings", 4, 2.0)
         results["rss_after_requests_mb"] = rss_kb(proxy.pid) / 1024
-        results["requests_before_rss"] = max(sent, 2000)
+        results["requests_before_rss"] = (2000 + results["c1"]["proxy"]["n"]
+                                          + results["c16"]["proxy"]["n"])
         d = stream_run(direct_port, "/stream")
         p = stream_run(proxy_port, "/upstream/fast/stream")
         results["stream"] = {"direct": d, "proxy": p,
@@ -386,8 +398,8 @@ summary (proxy vs direct, same backend, this machine):
   stream 200 chunks: TTFB +{st['added_ttfb_ms']:.3f} ms, transit p50 +{st['added_transit_p50_ms']:.3f} ms,
          p99 +{st['added_transit_p99_ms']:.3f} ms
   swap overhead: median {sw['overhead_ms_median']:.1f} ms, max {sw['overhead_ms_max']:.1f} ms
-  RSS: idle {results['rss_idle_mb']:.1f} MB, after {results['requests_before_rss']} requests
-       {results['rss_after_requests_mb']:.1f} MB
+  RSS: idle {results['rss_idle_mb']:.1f} MB, after 2000 requests {results['rss_after_2000_mb']:.1f} MB,
+       after {results['requests_before_rss']} requests {results['rss_after_requests_mb']:.1f} MB
   50 MB upload: backend first byte after {up['proxy_first_byte_ms']:.1f} ms
        (direct {up['direct_first_byte_ms']:.1f} ms), proxy RSS rise {up['proxy_rss_rise_mb']:.1f} MB
 """)
