@@ -139,6 +139,7 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
 
 
 def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
+    from llamaswap import procutil
     from llamaswap.app import App
     from llamaswap.http.server import serve
     from llamaswap.ops.preload import start_preload
@@ -155,6 +156,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
     previous = {s: signal.signal(s, lambda *_: None)
                 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     app = server = reloader = None
+    procutil.guard.start(lambda level, msg: getattr(log, level)(msg))
     try:
         try:
             app = App.build(config, loggers, events)
@@ -207,6 +209,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         current = holder.app if app is not None else None
         if current is not None:
             current.shutdown()
+        procutil.guard.close()
         if app is not None:
             log.info("shutdown complete")
         signal.set_wakeup_fd(previous_fd)

@@ -12,6 +12,11 @@ only knows how to run a command so that it can always be taken down again:
   is also the group id) cannot be reused while we still signal the group; it is reaped last.
 * Output is read by a thread that writes into a :class:`LogMonitor`, which never blocks, so
   a slow log reader can never fill the pipe and stall the backend.
+* The parent-death signal reaches only the direct child: a wrapper that does not ``exec``
+  (``sh -c "server & wait"``) would leave ``server`` behind when the proxy is killed with
+  SIGKILL. So the CLI starts a :class:`GroupGuard`, a tiny shell process outside our session
+  that is told every live group and kills them all when its pipe from us closes, which the
+  kernel does however we die.
 
 Windows (untested here): ``CREATE_NEW_PROCESS_GROUP`` and ``taskkill /T`` (``/F`` to force)
 stand in for sessions and group signals; there is no parent-death signal.
@@ -222,6 +227,101 @@ def wait_group_empty(pgid: int, deadline: float) -> bool:
         interval = min(interval * 2, 0.1)
 
 
+# -- the group guard ------------------------------------------------------------------------
+
+# POSIX sh (dash included): keeps a " pgid pgid " list from "+pgid"/"-pgid" lines on stdin and
+# SIGKILLs every group still listed at EOF. Signals are ignored: only EOF ends it.
+_GUARD_SCRIPT = """trap '' INT TERM HUP QUIT
+groups=' '
+while IFS= read -r line; do
+  case $line in
+    +*) groups="$groups${line#+} " ;;
+    -*) g=${line#-}
+        case $groups in *" $g "*) groups="${groups%%" $g "*} ${groups#*" $g "}" ;; esac ;;
+  esac
+done
+for g in $groups; do kill -9 -$g 2>/dev/null; done
+"""
+
+
+class GroupGuard:
+    """Kills every backend's process group if this process dies without stopping them.
+
+    ``start()`` runs the guard (POSIX only; a no-op elsewhere or when it cannot start);
+    ``add``/``discard`` report each group from spawn to reap (every Child does); ``close()``
+    ends the guard once everything is stopped. Without a guard only the bookkeeping runs.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._groups: set[int] = set()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, report: Callable[[str, str], None] | None = None) -> bool:
+        if IS_WINDOWS:
+            return False
+        with self._lock:
+            if self._proc is not None:
+                return True
+            try:
+                # its own session: a terminal's Ctrl-C or a kill of our group must not end it
+                self._proc = subprocess.Popen(["/bin/sh", "-c", _GUARD_SCRIPT, "llama-swap-guard"],
+                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, start_new_session=True,
+                                              close_fds=True)
+            except OSError as exc:
+                if report is not None:
+                    report("warn", f"process group guard could not start: {exc}; backends "
+                                   "behind a shell wrapper may outlive a killed proxy")
+                return False
+            for pgid in self._groups:
+                self._send(f"+{pgid}\n")
+            return True
+
+    def add(self, pgid: int) -> None:
+        with self._lock:
+            self._groups.add(pgid)
+            self._send(f"+{pgid}\n")
+
+    def discard(self, pgid: int) -> None:
+        with self._lock:
+            if pgid in self._groups:
+                self._groups.discard(pgid)
+                self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """End the guard; groups still registered are killed by it."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        try:
+            proc.wait(KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _send(self, line: str) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            os.write(proc.stdin.fileno(), line.encode())  # type: ignore[union-attr]
+        except (OSError, ValueError):
+            pass  # the guard was killed: nothing more it can do for us
+
+
+guard = GroupGuard()
+
+
 # -- one running child ----------------------------------------------------------------------
 
 class Child:
@@ -249,6 +349,8 @@ class Child:
         self._term_lock = threading.Lock()
         self._term_started = False
         self._term_done = threading.Event()
+        if not IS_WINDOWS:
+            guard.add(self.pgid)
         self._reader = threading.Thread(target=self._read, name=f"{name}-output", daemon=True)
         self._watcher = threading.Thread(target=self._watch, name=f"{name}-exit", daemon=True)
         self._reader.start()
@@ -312,6 +414,7 @@ class Child:
 
     def reap(self) -> int | None:
         """Collect the exit status (after the group has been cleared)."""
+        guard.discard(self.pgid)  # before the leader's pid, our group id, can be reused
         try:
             code = self.popen.wait(timeout=KILL_WAIT)
         except subprocess.TimeoutExpired:

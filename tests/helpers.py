@@ -69,6 +69,15 @@ def is_alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:].split()[0] not in ("Z", "X")
 
 
+def reaped_or_gone(pid: int) -> bool:
+    """An orphan reparented to us (we are a subreaper) is reaped here once it has died."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return not is_alive(pid)
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -17,7 +18,8 @@ import urllib.request
 
 import pytest
 
-from helpers import ROOT, descendants, free_port, wait_until
+from helpers import (ROOT, cmdline, demo_backend_argv, descendants, free_port, is_alive,
+                     reaped_or_gone, wait_until)
 from llamaswap import goflags
 from llamaswap.cli import FLAGS, is_loopback_listen, network_warning
 
@@ -369,6 +371,33 @@ def test_demo_end_to_end_and_clean_shutdown(sig):
     assert "reachable from the network" not in err
     assert wait_until(lambda: not (descendants() & backends), timeout=15), \
         "demo backends outlived the proxy"
+
+
+@needs_server
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal, /proc")
+def test_kill_9_of_the_proxy_leaves_nothing_behind_a_shell_wrapper(tmp_path):
+    """The group guard: a backend behind ``sh wrapper`` (no exec) dies with a proxy killed
+    by SIGKILL, and so does the guard."""
+    port, backend_port = free_port(), free_port()
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(" ".join(shlex.quote(a) for a in
+                                demo_backend_argv("wrapped", backend_port, "--quiet"))
+                       + " &\nwait\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"models:\n  wrapped:\n    cmd: sh {wrapper}\n"
+                      f"    proxy: http://127.0.0.1:{backend_port}\n")
+    proc = _start_proxy("-config", str(config), "-listen", f"127.0.0.1:{port}")
+    started: set[int] = set()
+    try:
+        body = _post_json(f"http://127.0.0.1:{port}/v1/chat/completions",
+                          {"model": "wrapped", "messages": [{"role": "user", "content": "hi"}]})
+        assert body["model"] == "wrapped"
+        started = descendants(proc.pid)
+        assert len(started) == 3  # the guard, the shell, the server
+    finally:
+        proc.stop(signal.SIGKILL)
+    assert wait_until(lambda: all(reaped_or_gone(p) for p in started), 15), \
+        [cmdline(p) for p in started if is_alive(p)]
 
 
 @needs_server

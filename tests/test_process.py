@@ -17,7 +17,8 @@ import urllib.request
 
 import pytest
 
-from helpers import ROOT, assert_gone, demo_backend_argv, free_port, is_alive, wait_until
+from helpers import (ROOT, assert_gone, demo_backend_argv, free_port, is_alive,
+                     reaped_or_gone, wait_until)
 from llamaswap import procutil
 from llamaswap.config.model import ModelConfig
 from llamaswap.ops.events import EventBus, ProcessStateChanged
@@ -448,16 +449,57 @@ def test_kill_9_of_the_proxy_takes_its_backend_down():
         helper.kill()
         helper.wait()
     # we are a subreaper (conftest), so the orphan is reparented to us: reap it as it dies
-    assert wait_until(lambda: _reaped_or_gone(pid), 10)
+    assert wait_until(lambda: reaped_or_gone(pid), 10)
     assert not is_alive(pid)
 
 
-def _reaped_or_gone(pid: int) -> bool:
+GUARDED_HELPER = r"""
+import sys
+from llamaswap import procutil
+from llamaswap.config.model import ModelConfig
+from llamaswap.ops.logs import build_loggers, new_process_log
+from llamaswap.process import Process
+guarded, port, argv = sys.argv[1] == "guard", int(sys.argv[2]), tuple(sys.argv[3:])
+if guarded:
+    procutil.guard.start()
+L = build_loggers("none")
+proc = Process(ModelConfig(id="wrapped", argv=argv, proxy=f"http://127.0.0.1:{port}"),
+               log=new_process_log("wrapped", L.upstream), proxy_log=L.log)
+proc.start()
+print(proc.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="parent-death signal and /proc are Linux only")
+@pytest.mark.parametrize("guarded", [False, True])
+def test_kill_9_and_a_wrapper_that_does_not_exec(guarded, tmp_path):
+    """``sh -c "server & wait"``: the parent-death signal reaches only the shell. Without
+    the group guard the server outlives a proxy killed with SIGKILL (the control); with it,
+    the whole group goes."""
+    port = free_port()
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(" ".join(shlex.quote(a) for a in demo_backend_argv("wrapped", port,
+                                                                          "--quiet"))
+                       + " &\nwait\n")
+    helper = subprocess.Popen([sys.executable, "-c", GUARDED_HELPER,
+                               "guard" if guarded else "none", str(port), "sh", str(wrapper)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV)
+    pgid = int(helper.stdout.readline())
+    members = procutil.group_members(pgid)
     try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    return not is_alive(pid)
+        assert health(port) == 200 and len(members) == 2  # the shell and the server
+        helper.kill()
+        helper.wait()
+        assert wait_until(lambda: reaped_or_gone(pgid), 10)  # the shell: parent-death signal
+        server = (members - {pgid}).pop()
+        if guarded:
+            assert wait_until(lambda: reaped_or_gone(server), 10)
+        else:
+            assert is_alive(server) and health(port) == 200  # orphaned, still serving
+    finally:
+        procutil.signal_group(pgid, signal.SIGKILL)
+        assert wait_until(lambda: all(reaped_or_gone(p) for p in members), 10)
 
 
 @pytest.mark.skipif(not LINUX, reason="parent-death signal is Linux only")
