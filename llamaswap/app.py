@@ -3,7 +3,7 @@
 A reload builds a new App that shares the router, the in-flight counter, the activity log
 and the captures with the old one, and reuses the Process of every model whose effective
 config did not change, so those models keep running and serving (upstream rebuilds
-everything and unloads every model on reload).
+everything and unloads every model on reload). A model's log outlives its Process.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class App:
         ones are drained and stopped by the router. Returns once the new config routes."""
         keep = {mid: proc for mid, proc in self.processes.items()
                 if mid in config.models and config.models[mid] == proc.config}
-        processes = _processes(config, self.loggers, self.events, keep)
+        # a replaced model keeps its log: open /logs/stream readers go on with the new process
+        logs = {mid: proc.log for mid, proc in self.processes.items()}
+        processes = _processes(config, self.loggers, self.events, keep, logs)
         self.router.reconfigure(config, processes,
                                 stop=[mid for mid in self.processes if mid not in keep])
         captures = self.captures
@@ -87,8 +89,10 @@ class App:
 
 
 def _processes(config: Config, loggers: Loggers, events: EventBus,
-               keep: Mapping[str, Process]) -> dict[str, Process]:
+               keep: Mapping[str, Process], logs: Mapping[str, object] | None = None
+               ) -> dict[str, Process]:
+    logs = logs or {}
     return {mid: keep[mid] if mid in keep else
-            Process(mcfg, log=new_process_log(mid, loggers.upstream), proxy_log=loggers.log,
-                    events=events)
+            Process(mcfg, log=logs.get(mid) or new_process_log(mid, loggers.upstream),
+                    proxy_log=loggers.log, events=events)
             for mid, mcfg in config.models.items()}

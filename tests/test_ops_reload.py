@@ -215,3 +215,26 @@ def test_new_settings_apply_to_the_next_request(rig, ports, tmp_path):
     c.close()
     assert [(m["model"], m["state"]) for m in running] == [("m1", "ready")]
     assert rig.app.processes["m1"].pid == pid  # a settings change does not touch the model
+
+
+def test_a_log_stream_follows_a_model_across_a_reload_that_replaces_its_process(
+        rig, ports, tmp_path):
+    assert rig.chat("m2")[0] == 200
+    old_pid = rig.app.processes["m2"].pid
+    c = rig.conn()
+    c.request("GET", "/logs/stream/m2?no-history")
+    r = c.getresponse()
+    assert r.status == 200
+    (tmp_path / "config.yaml").write_text(
+        "models:\n" + model_yaml("m1", ports["m1"]) + model_yaml("m2", ports["m2"], "--chunks 3")
+        + "groups:\n  g:\n    swap: false\n    members: [m1, m2]\n")
+    assert rig.reloader.reload() is True
+    assert rig.chat("m2")[0] == 200  # the new process starts and prints its banner
+    new_pid = rig.app.processes["m2"].pid
+    assert new_pid != old_pid
+    seen = b""
+    while b"demo backend m2 listening" not in seen:
+        chunk = r.read1(65536)
+        assert chunk, seen
+        seen += chunk
+    c.close()
