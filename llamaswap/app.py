@@ -18,6 +18,7 @@ from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus
 from llamaswap.ops.inflight import InFlightCounter
 from llamaswap.ops.logs import Loggers, new_process_log
+from llamaswap.ops.performance import PerformanceMonitor
 from llamaswap.process import Process
 from llamaswap.router import PeerDirectory, Router
 
@@ -26,7 +27,7 @@ class App:
     def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
-                 started_at: float):
+                 started_at: float, performance: PerformanceMonitor | None = None):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -37,6 +38,8 @@ class App:
         self.captures = captures
         self.inflight = inflight
         self.started_at = started_at
+        # None when disabled at startup: a reload cannot turn it on (as upstream)
+        self.performance = performance
         self._shutdown_lock = threading.Lock()
         self._shut = False
 
@@ -47,11 +50,18 @@ class App:
         router = Router(config, processes, log=loggers.log, events=events)
         router.start()
         captures = CaptureStore(config.capture_buffer, log=loggers.log)
+        performance = None
+        if config.performance.disabled:
+            loggers.log.info("performance monitoring is disabled")
+        else:
+            performance = PerformanceMonitor(config.performance, loggers.log)
+            performance.start()
         return cls(config=config, loggers=loggers, events=events, processes=processes,
                    router=router, peers=PeerDirectory(config, loggers.log),
                    activity=ActivityLog(config.metrics_max_in_memory, events=events,
                                         captures=captures, log=loggers.log),
-                   captures=captures, inflight=InFlightCounter(events), started_at=time.time())
+                   captures=captures, inflight=InFlightCounter(events), started_at=time.time(),
+                   performance=performance)
 
     def reload(self, config: Config) -> "App":
         """An App for `config`: unchanged models keep their Process; changed and removed
@@ -71,10 +81,13 @@ class App:
                 or captures is not self.captures):
             activity = ActivityLog(config.metrics_max_in_memory, events=self.events,
                                    captures=captures, log=self.loggers.log)
+        if self.performance is not None:
+            self.performance.update(config.performance)
         return App(config=config, loggers=self.loggers, events=self.events,
                    processes=processes, router=self.router,
                    peers=PeerDirectory(config, self.loggers.log), activity=activity,
-                   captures=captures, inflight=self.inflight, started_at=self.started_at)
+                   captures=captures, inflight=self.inflight, started_at=self.started_at,
+                   performance=self.performance)
 
     def shutdown(self, grace: float | None = None) -> None:
         """Answer every waiting request and stop every backend (each with its own unload
@@ -83,6 +96,8 @@ class App:
             if self._shut:
                 return
             self._shut = True
+        if self.performance is not None:
+            self.performance.stop()
         self.router.shutdown(grace)
         from llamaswap.http.pool import close_peer_pools
         close_peer_pools()

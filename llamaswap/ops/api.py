@@ -14,7 +14,7 @@ from typing import Any
 
 import llamaswap
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
-from llamaswap.ops import gojson, prometheus, sse, ui
+from llamaswap.ops import gojson, performance, prometheus, sse, ui
 from llamaswap.ops.sse import current_app
 
 LOG_STREAM_BUFFER = 256  # chunks a slow log reader may fall behind before losing some
@@ -37,6 +37,7 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/events", sse.handle_events)
     table.add("GET", "/api/metrics", api_metrics)
     table.add("GET", "/api/captures/{id}", api_capture)
+    table.add("GET", "/api/performance", api_performance, log=False)
     table.add("GET", "/metrics", metrics, log=False)
     ui.register(table)
 
@@ -165,6 +166,21 @@ def api_metrics(ctx: RequestContext) -> None:
 
 
 _GO_ATOI = re.compile(r"[+-]?[0-9]+")
+
+
+def api_performance(ctx: RequestContext) -> None:
+    monitor = getattr(ctx.app, "performance", None)
+    if monitor is None:
+        ctx.send_error(503, performance.NOT_AVAILABLE)
+        return
+    after = None
+    raw = ctx.query_value("after", "")
+    if raw:
+        after = performance.parse_rfc3339(raw)
+        if after is None:
+            ctx.send_error(400, performance.BAD_AFTER)
+            return
+    ctx.send(200, performance.performance_json(monitor, after), "application/json")
 
 
 def api_capture(ctx: RequestContext) -> None:

@@ -249,6 +249,17 @@ def read_meminfo(proc: str = "/proc") -> dict[str, int] | None:
     return out
 
 
+def memory_mb(mem: dict[str, int]) -> dict[str, int]:
+    """Upstream's memory figures in whole MB (gopsutil: used excludes buffers and caches)."""
+    total, free = mem.get("MemTotal", 0), mem.get("MemFree", 0)
+    used = (total - free - mem.get("Buffers", 0) - mem.get("Cached", 0)
+            - mem.get("SReclaimable", 0))
+    swap_total = mem.get("SwapTotal", 0)
+    return {"mem_total_mb": total // MB, "mem_used_mb": max(0, used) // MB,
+            "mem_free_mb": free // MB, "swap_total_mb": swap_total // MB,
+            "swap_used_mb": max(0, swap_total - mem.get("SwapFree", 0)) // MB}
+
+
 def read_loadavg(proc: str = "/proc") -> tuple[float, float, float] | None:
     text = _read(f"{proc}/loadavg")
     if text is None:
@@ -330,19 +341,15 @@ class SystemSampler:
                        [((("core", str(i)),), round(p, 2)) for i, p in enumerate(cpu)])
         mem = read_meminfo(self.proc)
         if mem is not None and "MemTotal" in mem:
-            total = mem["MemTotal"]
-            free = mem.get("MemFree", 0)
-            cached = mem.get("Cached", 0) + mem.get("SReclaimable", 0)
-            used = total - free - mem.get("Buffers", 0) - cached
+            m = memory_mb(mem)
             for name, help_text, v in (
-                    ("llamaswap_memory_total_bytes", "Total memory in bytes", total),
-                    ("llamaswap_memory_used_bytes", "Used memory in bytes", used),
-                    ("llamaswap_memory_free_bytes", "Free memory in bytes", free),
-                    ("llamaswap_swap_total_bytes", "Total swap in bytes", mem.get("SwapTotal", 0)),
-                    ("llamaswap_swap_used_bytes", "Used swap in bytes",
-                     mem.get("SwapTotal", 0) - mem.get("SwapFree", 0))):
+                    ("llamaswap_memory_total_bytes", "Total memory in bytes", m["mem_total_mb"]),
+                    ("llamaswap_memory_used_bytes", "Used memory in bytes", m["mem_used_mb"]),
+                    ("llamaswap_memory_free_bytes", "Free memory in bytes", m["mem_free_mb"]),
+                    ("llamaswap_swap_total_bytes", "Total swap in bytes", m["swap_total_mb"]),
+                    ("llamaswap_swap_used_bytes", "Used swap in bytes", m["swap_used_mb"])):
                 # whole megabytes, as upstream's monitor stores them
-                out.family(name, "gauge", help_text, [((), max(0, v) // MB * MB)])
+                out.family(name, "gauge", help_text, [((), v * MB)])
         load = read_loadavg(self.proc)
         if load is not None:
             out.family("llamaswap_load_average", "gauge", "Load average",
