@@ -16,15 +16,10 @@ from test_ops_prometheus import strict_parse, value_of
 CHAT = {"model": "m1", "messages": [{"role": "user", "content": "hello there"}]}
 
 
-def ops_proxy(cfg) -> Proxy:
-    """The real App (captureBuffer defaults to 5 MB) behind the real server."""
-    return Proxy(cfg)
-
-
 @pytest.fixture
 def proxy():
     cfg = config(model("m1", aliases=("one",)), model("author/m2"))
-    p = ops_proxy(cfg)
+    p = Proxy(cfg)
     try:
         yield p
     finally:
@@ -279,7 +274,7 @@ def stalled_client(port: int, path: str) -> socket.socket:
 def test_stalled_readers_never_block_a_backend():
     flood = 30_000_000  # far more than any socket buffer between us and the stalled readers
     cfg = config(model("m1", "--log-flood", str(flood)))
-    p = ops_proxy(cfg)
+    p = Proxy(cfg)
     stalled = []
     try:
         for path in ("/logs/stream/upstream", "/logs/stream", "/api/events", "/logs/stream/m1"):
@@ -303,7 +298,7 @@ def test_metrics_with_performance_disabled_keeps_request_metrics():
     # request/model metrics and leaves out the system gauges
     from llamaswap.config.model import PerformanceConfig
 
-    p = ops_proxy(config(model("m1"), performance=PerformanceConfig(disabled=True)))
+    p = Proxy(config(model("m1"), performance=PerformanceConfig(disabled=True)))
     try:
         status, _, body = p.request("GET", "/metrics")
         assert status == 200
@@ -315,7 +310,7 @@ def test_metrics_with_performance_disabled_keeps_request_metrics():
 
 
 def test_metrics_and_ops_routes_need_the_api_key():
-    p = ops_proxy(config(model("m1"), api_keys=("sekrit",)))
+    p = Proxy(config(model("m1"), api_keys=("sekrit",)))
     try:
         for path in ("/metrics", "/running", "/api/metrics", "/api/events", "/logs",
                      "/api/version", "/api/captures/0", "/logs/stream"):
@@ -348,7 +343,7 @@ def test_slow_log_reader_is_told_what_it_lost(proxy):
 
 
 def test_streams_end_when_the_server_shuts_down():
-    p = ops_proxy(config(model("m1")))
+    p = Proxy(config(model("m1")))
     try:
         s = SseReader(p)
         for _ in range(5):
