@@ -640,8 +640,8 @@ def test_backend_cors_headers_are_not_duplicated():
 def test_backend_that_drops_kept_alive_connections_is_retried_on_a_new_one():
     """A backend that closes every connection after its answer without saying so: the next
     request on the pooled connection fails before any byte comes back. A bytes body is
-    sent again on a new connection; a streamed body is never sent on such a connection
-    (pooled connections are checked first when the body cannot be replayed)."""
+    sent again on a new connection; a streamed body, which cannot be, always goes on a new
+    connection."""
     with tiny_backend(drop_connection=True) as port:
         peer = PeerConfig(id="d", proxy=f"http://127.0.0.1:{port}", models=("drop-m",))
         with Proxy(config(model("m1"), peers=freeze({"d": peer}))) as p:

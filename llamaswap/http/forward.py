@@ -232,7 +232,8 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
         while True:
             attempts += 1
             try:
-                conn, reused = pool.acquire(verify=body.data is None)
+                # a retry goes on a new connection: other idle ones may be just as closed
+                conn, reused = pool.acquire(reuse=body.data is not None and attempts == 1)
             except OSError as e:
                 return _fail(ctx, out, observer, 502, f"{error_prefix}{_conn_error(pool, label, e)}")
 

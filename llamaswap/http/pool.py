@@ -1,10 +1,9 @@
 """Kept-alive ``http.client`` connections to each backend, and the client-disconnect watcher.
 
 One ``BackendPool`` per backend (a local Process or a peer). Idle connections are reused
-newest first; one that the backend has closed meanwhile is noticed (readable while idle) and
-dropped before use. ``close_all()`` closes idle connections and cuts the ones in use: it runs
-as a Process stop hook because llama-server does not exit on SIGTERM while a client holds a
-connection open.
+newest first, for requests that can be sent again if the backend has just closed one.
+``close_all()`` closes idle connections and cuts the ones in use: it runs as a Process stop
+hook because llama-server does not exit on SIGTERM while a client holds a connection open.
 """
 
 from __future__ import annotations
@@ -66,22 +65,24 @@ class BackendPool:
                 pass
         return conn
 
-    def acquire(self, verify: bool = True) -> tuple[http.client.HTTPConnection, bool]:
+    def acquire(self, reuse: bool = True) -> tuple[http.client.HTTPConnection, bool]:
         """(connection, reused). Raises OSError when the backend cannot be reached.
-        ``verify=False``: the caller retries on a new connection if a reused one turns out
-        closed, so one idle for under RECHECK_AFTER seconds is not checked (a system call)."""
+
+        A kept-alive connection can always turn out to have been closed by the backend
+        a moment ago, so the caller must be able to send the request again on a new one:
+        ``reuse=False`` (a body that cannot be sent twice) always gets a new connection.
+        A reused connection idle for RECHECK_AFTER or more is checked first; one idle for
+        less is not (a system call), as a backend's keep-alive timeout is seconds at least."""
         now = time.monotonic()
         idle_limit = self.timeouts.idle_conn
-        while True:
+        while reuse:
             with self._lock:
                 if not self._idle:
                     break
                 conn, since = self._idle.pop()
             idle = now - since
-            # a backend's keep-alive timeout is seconds at least: a connection idle for
-            # less than RECHECK_AFTER is very unlikely to have been closed meanwhile
-            check = verify or idle >= RECHECK_AFTER
-            if (idle_limit > 0 and idle > idle_limit) or (check and not _usable(conn)):
+            if (idle_limit > 0 and idle > idle_limit) or (idle >= RECHECK_AFTER
+                                                          and not _usable(conn)):
                 conn.close()
                 continue
             with self._lock:
