@@ -170,3 +170,27 @@ def test_header_block_read_whole_from_the_buffer_equals_line_by_line():
     from llamaswap.http.headers import _read_buffered
     fp = io.BufferedReader(io.BytesIO(b"Host: a\r\nX-A: 1\r\n\r\nBODY"))
     assert _read_buffered(fp).items() == [("Host", "a"), ("X-A", "1")] and fp.read() == b"BODY"
+
+
+def test_disconnect_watch_ignores_an_event_left_by_an_earlier_connection():
+    """An RDHUP queued for a connection that was then closed can reach the watcher after a
+    new connection got the same fd number: the live connection is not cut, and its own
+    hang-up is still seen."""
+    import select
+    import socket
+    import threading
+
+    from llamaswap.http import pool
+
+    ours, peer = socket.socketpair()
+    gone = threading.Event()
+    try:
+        watch = pool.watch_disconnect(ours, gone.set)
+        pool._WATCHER.dispatch([(ours.fileno(), select.EPOLLRDHUP)])  # the stale event
+        assert not gone.is_set()
+        peer.close()
+        assert gone.wait(5)
+        assert watch.cancel() is True
+    finally:
+        ours.close()
+        peer.close()

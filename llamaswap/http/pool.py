@@ -281,15 +281,39 @@ class DisconnectWatcher:
                 events = self._ep.poll()
             except InterruptedError:
                 continue
-            for fd, _ev in events:
+            self.dispatch(events)
+
+    def dispatch(self, events) -> None:
+        for fd, _ev in events:
+            with self._lock:
+                w = self._watches.pop(fd, None)
+            if w is None:
+                continue
+            if not _hung_up(fd):
+                # An event for an earlier connection with this fd number (it hung up after
+                # its watch ended and was closed; a new connection got the number): the
+                # current one is fine, so watch it again.
                 with self._lock:
-                    w = self._watches.pop(fd, None)
-                if w is None or not w.claim_for_firing():
-                    continue
-                try:
-                    w.fn()
-                except Exception:
-                    pass
+                    if fd not in self._watches:
+                        self._watches[fd] = w
+                        try:
+                            self._ep.modify(fd, self._EVENTS)
+                        except OSError:
+                            self._watches.pop(fd, None)
+                continue
+            if not w.claim_for_firing():
+                continue
+            try:
+                w.fn()
+            except Exception:
+                pass
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the connection on ``fd`` has hung up now (level, not the queued event)."""
+    p = select.poll()
+    p.register(fd, select.POLLRDHUP)
+    return bool(p.poll(0))  # RDHUP, HUP, ERR, or NVAL once the fd is closed
 
 
 _WATCHER = DisconnectWatcher()
