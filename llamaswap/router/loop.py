@@ -180,7 +180,7 @@ class Router:
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
-            now=clock())
+            now=clock(), max_wait=max_wait(config))
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -301,8 +301,9 @@ class Router:
                 now = self._clock()
                 self._catch_up(now)
                 while self._timers and self._timers[0][0] <= now:
-                    _deadline, _seq, model, token = heapq.heappop(self._timers)
-                    self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
+                    _deadline, _seq, kind, model, token = heapq.heappop(self._timers)
+                    self._guarded(lambda: self._apply(
+                        self._core.timer_expired(kind, model, token, now)))
                 if command is not None and command[0] != "wake":
                     try:
                         if self._handle(command, now):
@@ -453,7 +454,7 @@ class Router:
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
-            stop=sorted(retire), now=now))
+            stop=sorted(retire), now=now, max_wait=max_wait(config)))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
@@ -464,7 +465,8 @@ class Router:
             elif isinstance(effect, StopModels):
                 self._start_stop(effect)
             elif isinstance(effect, ArmTimer):
-                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.model, effect.token))
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.kind,
+                                              effect.model, effect.token))
             elif isinstance(effect, ShutdownAll):
                 self._start_shutdown(effect)
             elif isinstance(effect, Log):
@@ -547,6 +549,13 @@ class Router:
                 self._post(("shutdown_done", effect.token))
 
         _spawn(work, "router-shutdown")
+
+
+def max_wait(config: Config) -> float:
+    """routing.scheduler.settings.fifo.maxWait in seconds (0: no bound)."""
+    routing = getattr(config, "routing", None)
+    fifo = getattr(getattr(routing, "scheduler", None), "fifo", None)
+    return float(getattr(fifo, "max_wait", 0) or 0)
 
 
 def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
