@@ -553,9 +553,7 @@ class Router:
 
 def max_wait(config: Config) -> float:
     """routing.scheduler.settings.fifo.maxWait in seconds (0: no bound)."""
-    routing = getattr(config, "routing", None)
-    fifo = getattr(getattr(routing, "scheduler", None), "fifo", None)
-    return float(getattr(fifo, "max_wait", 0) or 0)
+    return float(config.routing.scheduler.fifo.max_wait)
 
 
 def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
