@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from test_router_core import Req, Stub, load, make, of
+import http.client
+import json
+import threading
+import time
+from urllib.parse import urlsplit
 
-from llamaswap.config.model import GroupConfig
+from helpers import wait_until
+from test_router_core import Req, load, make, of
+from test_router_e2e import model, rig, serve  # noqa: F401 - rig is a fixture
+
+from llamaswap.config.model import FifoConfig, GroupConfig, RoutingConfig, SchedulerConfig
 from llamaswap.router.core import ArmTimer, Log, StartSwap
 from llamaswap.router.planners import GroupPlanner
 
@@ -22,6 +30,23 @@ def busy(core, model, now):
     req = Req(model)
     assert core.request(req, now) == [] and req.granted
     return req
+
+
+def slow_chat(grant, seconds: float) -> dict:
+    """A chat completion that keeps the backend busy for `seconds`."""
+    url = urlsplit(grant.process.config.proxy)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        body = json.dumps({"model": grant.model_id, "messages": [{"role": "user", "content": "hi"}],
+                           "demo": {"sleep": seconds}})
+        conn.request("POST", "/v1/chat/completions", body=body,
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        assert resp.status == 200, data
+        return json.loads(data)
+    finally:
+        conn.close()
 
 
 def wait_timer(effects):
@@ -160,3 +185,51 @@ def test_a_starved_request_that_gives_up_lifts_the_fence():
     b.present = False
     core.give_up(b, 1.2)
     assert core.starved is None and core.grantable() == {"a"} and not core.queue
+
+
+# ---- with real backends -------------------------------------------------------------------
+
+def test_max_wait_serves_a_request_while_another_model_is_kept_busy(rig):
+    """Three clients keep a busy: their requests overlap (they start a third of a request
+    apart), so one is always in flight. A request for b still gets its turn, and a's
+    clients carry on after it. (Without maxWait b would wait as long as the clients run.)"""
+    config = RoutingConfig(scheduler=SchedulerConfig(fifo=FifoConfig(max_wait=0.5)))
+    router = rig.build([model("a"), model("b")], routing=config)
+    serve(router, "a")
+    stop = threading.Event()
+    served = {"a": 0}
+    failures: list = []
+
+    def client() -> None:
+        while not stop.is_set():
+            ticket = router.request("a")
+            try:
+                grant = ticket.result()
+                answer = slow_chat(grant, 0.3)
+                assert answer["model"] == "a"
+                served["a"] += 1
+            except Exception as exc:  # noqa: BLE001 - reported by the test thread
+                failures.append(exc)
+                return
+            finally:
+                ticket.done()
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    try:
+        for t in clients:
+            t.start()
+            time.sleep(0.1)  # spacing the load, not synchronising
+        assert wait_until(lambda: served["a"] >= 6 or failures, 30)
+        b = router.request("b")
+        assert b.wait(30), "b never got its turn"
+        grant = b.result()
+        assert slow_chat(grant, 0)["model"] == "b"
+        b.done()
+        before = served["a"]
+        assert wait_until(lambda: served["a"] > before + 3 or failures, 30)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(30)
+    assert not failures, failures[:3]
+    assert rig.starts("b") == 1 and rig.starts("a") == 2
