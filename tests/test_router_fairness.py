@@ -182,8 +182,12 @@ def test_a_starved_request_that_gives_up_lifts_the_fence():
     b = Req("b")
     timer = wait_timer(core.request(b, 0.0))
     core.timer_expired("maxwait", timer.model, timer.token, 1.0)
+    fenced = Req("a")
+    core.request(fenced, 1.1)
+    assert fenced.outcome is None
     b.present = False
     core.give_up(b, 1.2)
+    assert fenced.granted  # what it fenced is served at once
     assert core.starved is None and core.grantable() == {"a"} and not core.queue
 
 

@@ -17,6 +17,7 @@ own model). So it waits at most maxWait + those requests + its own load.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -93,6 +94,13 @@ def random_planner(rng: random.Random, models: list[str]):
     return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
 
 
+def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:
+    """routing.scheduler.settings.fifo.priority: none, or a few models ranked."""
+    if rng.random() < 0.3:
+        return {}
+    return {m: rng.choice([-1, 0, 1, 5]) for m in models if rng.random() < 0.6}
+
+
 class World:
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -100,8 +108,9 @@ class World:
         self.ttl = {m: rng.choice([0, 0, 1, 3, 10]) for m in self.models}
         self.max_wait = rng.choice([0, 0, 0.5, 1, 3])
         self.now = 0.0
+        self.priority = random_priority(rng, self.models)
         self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl,
-                               max_wait=self.max_wait)
+                               priority=self.priority, max_wait=self.max_wait)
         self.requests: list[SimRequest] = []
         self.ready = {m: False for m in self.models}  # the real processes
         self.swaps: dict[int, StartSwap] = {}  # running swap workers
@@ -113,7 +122,9 @@ class World:
         # what the router last published as grantable: handlers may take these grants
         # (claims) until the next command, which first reports every claim to the core
         self.published: frozenset[str] = frozenset()
-        self.queued_at: dict[int, float] = {}  # rid -> when it joined the queue
+        self.queued_at: dict[int, int] = {}  # request -> when it joined the queue
+        self.queue_seq = itertools.count()
+        self.queued_time: dict[int, float] = {}  # rid -> when it joined the queue (maxWait)
         self.fence_snapshot = None  # (starved rid, fence, in-flight, swap waiters)
 
     # ---- invariants -------------------------------------------------------------------
@@ -135,8 +146,8 @@ class World:
         """The oldest queued request that has waited max_wait, or None."""
         if not self.max_wait or self.core.shutting_down:
             return None
-        late = [(self.queued_at[r.rid], i, r) for i, r in enumerate(self.core.queue)
-                if self.now - self.queued_at[r.rid] >= self.max_wait]
+        late = [(self.queued_time[r.rid], i, r) for i, r in enumerate(self.core.queue)
+                if self.now >= self.queued_time[r.rid] + self.max_wait]  # as the core adds
         return min(late, key=lambda x: x[:2])[2] if late else None
 
     def fence_of(self, req) -> tuple[frozenset[str], frozenset[str]]:
@@ -164,10 +175,10 @@ class World:
     def check_fairness(self) -> None:
         core = self.core
         queued = {r.rid for r in core.queue}
-        for rid in [rid for rid in self.queued_at if rid not in queued]:
-            del self.queued_at[rid]
+        for rid in [rid for rid in self.queued_time if rid not in queued]:
+            del self.queued_time[rid]
         for r in core.queue:
-            self.queued_at.setdefault(r.rid, self.now)
+            self.queued_time.setdefault(r.rid, self.now)
         req = self.starved()
         if req is None:
             return
@@ -223,6 +234,29 @@ class World:
             if req.position != i:
                 raise Violation(f"queued request {req.rid} at {i} sees position {req.position}")
         self.check_fairness()
+        # priorities: the queue is sorted by priority, highest first (rule Q1)
+        # (but for a request starved by maxWait, which goes to the head: check_fairness)
+        ordered = core.queue[1:] if core.queue and core.queue[0] is self.starved() else core.queue
+        ranks = [self.priority.get(req.model, 0) for req in ordered]
+        if ranks != sorted(ranks, reverse=True):
+            raise Violation(f"queue out of priority order: {[(r.model, p) for r, p in zip(ordered, ranks)]}")
+        # equal priorities keep the order in which requests joined the queue
+        for req in core.queue:
+            if req.rid not in self.queued_at:
+                self.queued_at[req.rid] = next(self.queue_seq)
+        for a, b in zip(ordered, ordered[1:]):
+            if self.priority.get(a.model, 0) == self.priority.get(b.model, 0) and \
+                    self.queued_at[a.rid] > self.queued_at[b.rid]:
+                raise Violation(f"request {b.rid} queued before {a.rid} (same priority) is behind it")
+        # nobody overtakes a queued request for the same model
+        queued_first = {}
+        for req in core.queue:
+            queued_first.setdefault(req.model, req.rid)
+        for req in self.requests:
+            first = queued_first.get(req.model)
+            if first is not None and req.rid > first and req.status in ("granted", "done"):
+                raise Violation(f"request {req.rid} for {req.model} served while the older "
+                                f"request {first} still waits in the queue")
         for a in active:
             for req in a.waiters:
                 if req.status not in ("waiting", "gone"):
@@ -318,13 +352,16 @@ class World:
     def reconfigure(self) -> None:
         stop = self.rng.sample(self.models, self.rng.randint(0, len(self.models)))
         self.ttl = {m: self.rng.choice([0, 2, 5]) for m in self.models}
+        self.priority = random_priority(self.rng, self.models)
         if self.rng.random() < 0.3:
             if not self.max_wait:
-                self.queued_at = {}  # the bound counts from the reload that sets it
+                self.queued_time = {}  # the bound counts from the reload that sets it
             self.max_wait = self.rng.choice([0, 0.5, 1, 3])
         self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
-                                         ttl=self.ttl, stop=stop, now=self.now,
+                                         ttl=self.ttl, stop=stop, now=self.now, priority=self.priority,
                                          max_wait=self.max_wait))
+        # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
+        self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
 
     def random_step(self) -> None:
         rng = self.rng

@@ -20,6 +20,15 @@ whenever a swap ends, a stop ends or a model's last request ends):
       a younger request must not add to what the starved one waits for.
   8. otherwise start a swap; swaps that do not collide run in parallel.
 
+Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
+  Q1. a request that must wait is inserted before the first queued request whose model has
+      a strictly lower priority (0 unless configured), so equal priorities keep arrival order
+      and the queue is always sorted by priority, highest first (but for a starved request,
+      F1 below, which stays at the head);
+  Q2. the queue is re-run in that order, so a higher-priority request gets the first chance
+      at every swap or stop that frees room;
+  Q3. a reconfigure re-sorts the queue (stably) by the new priorities.
+
 Fairness (``max_wait`` > 0; 0 keeps upstream's behaviour, where steady traffic on a ready
 model can hold a queued request for another model forever):
   F1. when the oldest queued request has waited ``max_wait`` it is starved: it moves to the
@@ -149,8 +158,10 @@ class _Order:
 
 class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
-                 ready: AbstractSet[str] = frozenset(), now: float = 0.0, max_wait: float = 0.0):
+                 ready: AbstractSet[str] = frozenset(), now: float = 0.0,
+                 priority: Mapping[str, int] | None = None, max_wait: float = 0.0):
         self.planner = planner
+        self._priority: dict[str, int] = dict(priority or {})
         self.max_wait = max_wait  # seconds; 0: no bound (fairness rules off)
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
@@ -183,6 +194,9 @@ class RouterCore:
         """Models running or committed to run: what planners must take into account."""
         alive = {m for m, s in self.state.items() if s != STOPPED}
         return frozenset(alive | set(self.active) | self.retiring)
+
+    def priority_of(self, model: str) -> int:
+        return self._priority.get(model, 0)
 
     def queue_length(self) -> int:
         return len(self.queue)
@@ -230,7 +244,7 @@ class RouterCore:
         if self.shutting_down:
             req.offer_error(shutting_down_error(req.model))
         elif not self._decide(req, now):
-            self.queue.append(req)
+            self._enqueue(req)
             self._publish_positions()
         return self._take(now)
 
@@ -242,8 +256,6 @@ class RouterCore:
         return self._take()
 
     def give_up(self, req, now: float) -> list:
-        if req is self.starved:
-            self.starved = None
         if req in self.queue:
             self.queue.remove(req)
             req.set_position(0)
@@ -382,15 +394,18 @@ class RouterCore:
         return token, self._take()
 
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
-                    stop: Iterable[str], now: float, max_wait: float | None = None) -> list:
+                    stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
+                    max_wait: float | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
         grants, their in-flight requests finish, then their old process is stopped.
         `max_wait` None keeps the current bound."""
-        if max_wait is not None:
+        if max_wait is not None and max_wait != self.max_wait:
+            # the new bound is applied afresh (F1) to the same waits; 0 forgets them
             self.max_wait = max_wait
             self._wait_due = None
+            self.starved = None
             if not max_wait:
-                self._since, self.starved = {}, None
+                self._since = {}
         new_models = set(models)
         stop_set = {m for m in stop if m in self.models} | (self.models - new_models)
         requeue = []
@@ -414,7 +429,8 @@ class RouterCore:
             if m not in self.state:
                 self.state[m] = STOPPED
                 self._gen[m] = 0
-        self.queue = requeue + self.queue
+        self._priority = dict(priority or {})
+        self.queue = sorted(requeue + self.queue, key=lambda r: -self.priority_of(r.model))  # Q3
         for m in sorted(stop_set):
             if self.in_flight.get(m):
                 continue
@@ -423,6 +439,8 @@ class RouterCore:
                 self._finish_retire(m)  # nothing runs: nothing to stop
             else:
                 self._retire_stop(m)
+        if self.max_wait:
+            self._fairness(now)  # F1 with the new bound and order before anything is served
         self._drain(now)
         self._publish_positions()
         return self._take(now)
@@ -517,6 +535,17 @@ class RouterCore:
         self.queue = remaining + self.queue
         self._publish_positions()
 
+    def _enqueue(self, req) -> None:
+        """Rule Q1: before the first queued request of strictly lower priority."""
+        priority = self.priority_of(req.model)
+        queue = self.queue
+        first = 1 if queue and queue[0] is self.starved else 0  # F1: it keeps the head
+        for index in range(first, len(queue)):
+            if self.priority_of(queue[index].model) < priority:
+                queue.insert(index, req)
+                return
+        queue.append(req)
+
     def _publish_positions(self) -> None:
         for index, req in enumerate(self.queue, start=1):
             req.set_position(index)
@@ -586,7 +615,10 @@ class RouterCore:
             self._since = since = {r: since.get(r, now) for r in queue}
             starved = self.starved
             if starved is not None and starved not in since:
+                # it left unserved (gave up, unloaded): what it fenced may be served now
                 self.starved = starved = None
+                self._drain(now)
+                continue
             if starved is not None:
                 if queue[0] is not starved:  # something was put in front of it (a reload)
                     queue.remove(starved)

@@ -180,7 +180,8 @@ class Router:
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
-            now=clock(), max_wait=max_wait(config))
+            now=clock(), priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait)
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -454,7 +455,8 @@ class Router:
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
-            stop=sorted(retire), now=now, max_wait=max_wait(config)))
+            stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
@@ -549,11 +551,6 @@ class Router:
                 self._post(("shutdown_done", effect.token))
 
         _spawn(work, "router-shutdown")
-
-
-def max_wait(config: Config) -> float:
-    """routing.scheduler.settings.fifo.maxWait in seconds (0: no bound)."""
-    return float(config.routing.scheduler.fifo.max_wait)
 
 
 def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
