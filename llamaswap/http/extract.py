@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from llamaswap.http.routes import RequestContext
+from llamaswap.http.context import RequestContext
 
 SPOOL_MEMORY = 1 << 20
 READ_SIZE = 64 * 1024
