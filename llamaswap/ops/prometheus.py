@@ -25,7 +25,7 @@ MB = 1024 * 1024
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff")
 
 
 def escape_label(value: str) -> str:
