@@ -153,6 +153,7 @@ class Process:
         self.failure: Failure | None = None  # the last time it went down on its own
         self.restarts = 0  # restarts the restart policy began
         self.restart_at: float | None = None  # time.time() of the pending restart (backoff)
+        self.restart_delay: float | None = None  # its backoff, in seconds
         self._run_started = 0.0  # time.time() of the latest start
 
     # -- public ----------------------------------------------------------------------------
@@ -178,6 +179,7 @@ class Process:
             if self._state is not S.STOPPED or self._closing:
                 return False
             self.restart_at = time.time() + delay
+            self.restart_delay = delay
             self._set_state(S.BACKOFF)
         self._proxy_log.info(f"<{self.model_id}> restarting in {delay:g}s ({reason})")
         return True
@@ -464,7 +466,8 @@ class Process:
                 if self._watch is not watch or self._state is not S.READY:
                     return
                 self.failure = Failure("health", f"its health check failed {limit} times in a "
-                                                 f"row (last: {detail})", time.time())
+                                                 f"row (last: {detail}) and llama-swap stopped it",
+                                       time.time())
             self._proxy_log.warn(f"<{self.model_id}> unhealthy: {limit} health checks failed in "
                                  f"a row on {url} (last: {detail}); stopping it")
             for listener in self._health_listeners:

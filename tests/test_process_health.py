@@ -55,7 +55,8 @@ def test_a_wedged_backend_fails_its_health_watch(h):
     assert reports == [("w", "timed out after 0.2s")]
     assert proc.state is S.READY  # the router orders the stop, with its reason
     assert proc.failure.reason == "health"
-    assert proc.failure.detail == "its health check failed 2 times in a row (last: timed out after 0.2s)"
+    assert proc.failure.detail == ("its health check failed 2 times in a row (last: timed out "
+                                   "after 0.2s) and llama-swap stopped it")
     failures = [e for e in events(h) if isinstance(e, HealthCheckFailed)]
     assert [(e.model, e.count) for e in failures] == [("w", 1), ("w", 2)]
     log = h.proxy_log()

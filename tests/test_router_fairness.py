@@ -32,13 +32,13 @@ def busy(core, model, now):
     return req
 
 
-def slow_chat(grant, seconds: float) -> dict:
-    """A chat completion that keeps the backend busy for `seconds`."""
+def slow_chat(grant, seconds: float, hang: bool = False) -> dict:
+    """A chat completion that keeps the backend busy for `seconds` (or wedges it)."""
     url = urlsplit(grant.process.config.proxy)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:
         body = json.dumps({"model": grant.model_id, "messages": [{"role": "user", "content": "hi"}],
-                           "demo": {"sleep": seconds}})
+                           "demo": {"sleep": seconds, "hang": hang}})
         conn.request("POST", "/v1/chat/completions", body=body,
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()

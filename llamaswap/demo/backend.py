@@ -8,7 +8,8 @@ request back (method, path, query, headers, body). Every response names the mode
 server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
-``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N}``.
+``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N}``;
+``{"hang": true}`` wedges the server from that request on (as ``--hang-after``).
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -223,6 +224,10 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("hang"):
+            log(f"demo backend {self.server.opts.model_id}: hanging")
+            self.server.hung.set()
+            threading.Event().wait()
         if knobs.get("sleep"):
             time.sleep(float(knobs["sleep"]))
         if knobs.get("status"):

@@ -249,7 +249,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     _reply_error(ctx, 503, NOT_READY.format(real), observer)
                     return
                 forward(ctx, pool_for_process(proc), target, headers, body,
-                        observer=observer, label=real, on_backend_done=finished)
+                        observer=observer, label=_BackendLabel(real, proc),
+                        on_backend_done=finished)
             finally:
                 finished()
     finally:
@@ -265,6 +266,25 @@ def _claim(router: Any, model_id: str) -> Any:
         claim.done()
         return None
     return claim
+
+
+class _BackendLabel:
+    """The model id in forwarding errors. When the backend went down while the request was
+    in flight (its health watch failed and llama-swap stopped it, or it crashed), the error
+    says why: it is formatted only when an error is written."""
+
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process: Any):
+        self.model_id = model_id
+        self.process = process
+
+    def __str__(self) -> str:
+        why = self.process.down_because()
+        return f"{self.model_id} went down: {why}" if why else self.model_id
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 class _Once:

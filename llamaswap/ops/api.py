@@ -16,6 +16,7 @@ import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
 from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
 
 if TYPE_CHECKING:
@@ -70,8 +71,10 @@ def running(ctx: RequestContext) -> None:
         if state in ("stopped", "shutdown"):
             continue
         m = app.config.models.get(mid) or p.config
-        out.append({"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
-                    "ttl": m.ttl, "name": m.name, "description": m.description})
+        record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
+                  "ttl": m.ttl, "name": m.name, "description": m.description}
+        record.update(restart_fields(p))
+        out.append(record)
     _json_line(ctx, {"running": out})
 
 

@@ -374,6 +374,8 @@ class RouterCore:
         if order is None:
             return self._take()
         ran = self._health_stops.pop(token, None)
+        self._effects.append(Log("debug", f"router: stopped [{' '.join(order.models)}] "
+                                          f"({order.reason})"))
         for m in order.models:
             pending = self._orders_of.get(m, set())
             pending.discard(token)
@@ -415,7 +417,15 @@ class RouterCore:
             self._set_state(model, STOPPED)
             self._drain(now)
             ran = now - self._ready_since.get(model, now)
-            self._restart_after(model, "exit" if code == 0 else "crash", now, ran)
+            reason = "exit" if code == 0 else "crash"
+            backoff = self._restart_after(model, reason, now, ran)
+            status = ("exit status unknown" if code is None else
+                      f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+            policy = self._restart.get(model, "never")
+            then = (f"restarting in {_seconds(backoff.delay)}s" if backoff is not None
+                    else f"not restarting it (restart: {policy})")
+            self._effects.append(Log("info" if policy != "never" else "debug",
+                                     f"router: model {model} exited on its own ({status}); {then}"))
         return self._take(now)
 
     def health_failed(self, model: str, now: float) -> list:
@@ -688,13 +698,13 @@ class RouterCore:
         else:
             self.state.pop(model, None)
 
-    def _restart_after(self, model: str, reason: str, now: float, ran: float) -> None:
+    def _restart_after(self, model: str, reason: str, now: float, ran: float) -> BackOff | None:
         """Rules R1 and R2 for a failure of `model`, which had been ready `ran` seconds."""
         policy = self._restart.get(model, "never")
         if policy == "never" or (reason == "exit" and policy != "always"):
-            return
+            return None
         if self.shutting_down or model not in self.models or model in self.retiring:
-            return
+            return None
         if ran >= RESTART_RESET_AFTER:
             self._delay.pop(model, None)
             self._attempts.pop(model, None)
@@ -703,7 +713,9 @@ class RouterCore:
         attempt = self._attempts[model] = self._attempts.get(model, 0) + 1
         token = next(self._ids)
         self._restart_due[model] = (token, reason, attempt)
-        self._effects.append(BackOff(model, reason, delay, now + delay, token, attempt))
+        backoff = BackOff(model, reason, delay, now + delay, token, attempt)
+        self._effects.append(backoff)
+        return backoff
 
     def _restart_now(self, model: str, token: int, now: float) -> None:
         """Rules R3 and R4: the backoff of `model` has passed."""

@@ -19,7 +19,8 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import EventBus, ModelRestarting, QueueLengthChanged, SwapFinished
+from llamaswap.ops.events import (EventBus, ModelRestarting, QueueLengthChanged, QueueWaited,
+                                  SwapFinished)
 from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, Restart, RouterCore,
                                    RouterError, ShutdownAll, StartSwap, StopModels,
                                    shutting_down_error)
@@ -77,6 +78,7 @@ class Ticket:
         self.position = 0
         self._position_version = 0
         self._position_seen = 0
+        self._queued_at: float | None = None  # when it joined the router's queue
 
     @property
     def model(self) -> str:  # the core's name for it
@@ -160,11 +162,19 @@ class Ticket:
             return True
 
     def set_position(self, position: int) -> None:
+        waited = None
         with self._cond:
             if position != self.position:
+                if position and self._queued_at is None:
+                    self._queued_at = self._router._clock()
+                elif not position and self._queued_at is not None:
+                    waited = self._router._clock() - self._queued_at
+                    self._queued_at = None
                 self.position = position
                 self._position_version += 1
                 self._cond.notify_all()
+        if waited is not None:
+            self._router._queue_waited(self.model_id, waited)
 
 
 class Router:
@@ -505,6 +515,11 @@ class Router:
             self._last_queue_length = length
             if self._events is not None:
                 self._events.publish(QueueLengthChanged(length))
+
+    def _queue_waited(self, model: str, seconds: float) -> None:
+        events = self._events
+        if events is not None and events.wants(QueueWaited):
+            events.publish(QueueWaited(model, seconds))
 
     def _post(self, command: tuple) -> None:
         self._commands.put(command)
