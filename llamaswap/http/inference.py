@@ -243,6 +243,9 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                         observer.on_end("client disconnected before the model was ready")
                     return
             finished = _Once(ticket.done, release_slot)
+            # request metadata (activity row, in-flight entry): the scheduler's priority
+            ctx.state.setdefault("metadata", {})["fifo_priority"] = str(
+                app.config.routing.scheduler.fifo.priority_of(real))
             try:
                 proc = grant.process
                 if _state(proc) != "ready":
