@@ -196,7 +196,7 @@ class DemoHandler(BaseHTTPRequestHandler):
             return
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # too deep for json: echoed like any other body
             req = None
         if not isinstance(req, dict):
             self.echo(body)

@@ -117,7 +117,7 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
     requested = pinned or ex.model
     if not requested:
         # upstream's text first (clients match on it), then what exactly was wrong
-        ctx.send_error(404, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
+        ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
