@@ -8,7 +8,9 @@ request back (method, path, query, headers, body). Every response names the mode
 server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
-``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N}``.
+``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
+"stop_listening": true}`` (the last: after answering, close the listening socket and keep
+running, a server that refuses connections without exiting).
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -203,6 +205,10 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("stop_listening"):
+            self.server.socket.shutdown(socket.SHUT_RDWR)  # new connections are refused now
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            self.close_connection = True
         if knobs.get("sleep"):
             time.sleep(float(knobs["sleep"]))
         if knobs.get("status"):
@@ -455,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(load delay {opts.load_delay:g}s)")
     try:
         server.serve_forever(poll_interval=0.05)
+        server.server_close()
+        while True:  # only the stop_listening knob ends serve_forever: run on until a signal
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:
