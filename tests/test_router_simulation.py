@@ -9,6 +9,7 @@ quiescence and every request must have been answered exactly once.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -85,13 +86,22 @@ def random_planner(rng: random.Random, models: list[str]):
     return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
 
 
+def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:
+    """routing.scheduler.settings.fifo.priority: none, or a few models ranked."""
+    if rng.random() < 0.3:
+        return {}
+    return {m: rng.choice([-1, 0, 1, 5]) for m in models if rng.random() < 0.6}
+
+
 class World:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.models = [f"m{i}" for i in range(rng.randint(2, 5))]
         self.ttl = {m: rng.choice([0, 0, 1, 3, 10]) for m in self.models}
         self.now = 0.0
-        self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl)
+        self.priority = random_priority(rng, self.models)
+        self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl,
+                               priority=self.priority)
         self.requests: list[SimRequest] = []
         self.ready = {m: False for m in self.models}  # the real processes
         self.swaps: dict[int, StartSwap] = {}  # running swap workers
@@ -103,6 +113,8 @@ class World:
         # what the router last published as grantable: handlers may take these grants
         # (claims) until the next command, which first reports every claim to the core
         self.published: frozenset[str] = frozenset()
+        self.queued_at: dict[int, int] = {}  # request -> when it joined the queue
+        self.queue_seq = itertools.count()
 
     # ---- invariants -------------------------------------------------------------------
 
@@ -138,6 +150,27 @@ class World:
                 raise Violation(f"queued request {req.rid} is {req.status}")
             if req.position != i:
                 raise Violation(f"queued request {req.rid} at {i} sees position {req.position}")
+        # priorities: the queue is sorted by priority, highest first (rule Q1)
+        ranks = [self.priority.get(req.model, 0) for req in core.queue]
+        if ranks != sorted(ranks, reverse=True):
+            raise Violation(f"queue out of priority order: {[(r.model, p) for r, p in zip(core.queue, ranks)]}")
+        # equal priorities keep the order in which requests joined the queue
+        for req in core.queue:
+            if req.rid not in self.queued_at:
+                self.queued_at[req.rid] = next(self.queue_seq)
+        for a, b in zip(core.queue, core.queue[1:]):
+            if self.priority.get(a.model, 0) == self.priority.get(b.model, 0) and \
+                    self.queued_at[a.rid] > self.queued_at[b.rid]:
+                raise Violation(f"request {b.rid} queued before {a.rid} (same priority) is behind it")
+        # nobody overtakes a queued request for the same model
+        queued_first = {}
+        for req in core.queue:
+            queued_first.setdefault(req.model, req.rid)
+        for req in self.requests:
+            first = queued_first.get(req.model)
+            if first is not None and req.rid > first and req.status in ("granted", "done"):
+                raise Violation(f"request {req.rid} for {req.model} served while the older "
+                                f"request {first} still waits in the queue")
         for a in active:
             for req in a.waiters:
                 if req.status not in ("waiting", "gone"):
@@ -233,8 +266,11 @@ class World:
     def reconfigure(self) -> None:
         stop = self.rng.sample(self.models, self.rng.randint(0, len(self.models)))
         self.ttl = {m: self.rng.choice([0, 2, 5]) for m in self.models}
+        self.priority = random_priority(self.rng, self.models)
         self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
-                                         ttl=self.ttl, stop=stop, now=self.now))
+                                         ttl=self.ttl, stop=stop, now=self.now, priority=self.priority))
+        # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
+        self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
 
     def random_step(self) -> None:
         rng = self.rng

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from llamaswap.http import deepjson
-from llamaswap.http.routes import RequestContext
+from llamaswap.http.context import RequestContext
 
 SPOOL_MEMORY = 1 << 20
 READ_SIZE = 64 * 1024

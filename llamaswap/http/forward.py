@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
-from llamaswap.http.routes import ClientGone, RequestContext
+from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.errors import error_body
 
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
@@ -433,8 +434,6 @@ def _fail(ctx: RequestContext, out: Outcome, observer: Any, status: int, message
 def append_error(ctx: RequestContext, status: int, message: str) -> None:
     """After the loading stream has sent a 200, an error can only be appended (upstream
     writes the JSON body raw, unframed)."""
-    from llamaswap.http.errors import error_body
-
     _, body = error_body(status, message, ctx.headers.get("Accept"))
     ctx.write(body)
     ctx.finish()

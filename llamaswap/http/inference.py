@@ -12,16 +12,20 @@ import itertools
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamaswap.config.model import thaw
 from llamaswap.http import errors, extract, filters
-from llamaswap.http.forward import (body_bytes, body_stream, forward, request_headers)
+from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
+                                    request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
+from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.ops import gojson
 from llamaswap.ops.activity import filter_accept_encoding
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 # POST, model from the JSON body (or an urlencoded form)
 JSON_PATHS = (
@@ -303,8 +307,6 @@ def _state(process: Any) -> str:
 
 
 def _reply_error(ctx: RequestContext, status: int, message: str, observer: Any = None) -> None:
-    from llamaswap.http.forward import append_error
-
     if ctx.started:
         append_error(ctx, status, message)
     else:
@@ -355,7 +357,6 @@ def _outcome(ctx: RequestContext, ticket: Any) -> Any:
         message = getattr(e, "message", None) or str(e)
         try:
             if ctx.started:
-                from llamaswap.http.forward import append_error
                 append_error(ctx, status, message)
             else:
                 ctx.send_error(status, message)
@@ -463,5 +464,3 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/models", handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)
-    from llamaswap.http import upstream_path
-    upstream_path.register(table)

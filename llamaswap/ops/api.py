@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llamaswap
-from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
+from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.upstream_path import find_model
 from llamaswap.ops import gojson, performance, prometheus, sse, ui
 from llamaswap.ops.sse import current_app
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 LOG_STREAM_BUFFER = 256  # chunks a slow log reader may fall behind before losing some
 LOG_STREAM_HEADERS = [("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff"),
@@ -119,8 +123,6 @@ def find_log(app: Any, log_id: str) -> Any:
         return loggers.proxy
     if log_id == "upstream":
         return loggers.upstream
-    from llamaswap.http.upstream_path import find_model
-
     found = find_model(log_id, lambda n: app.config.real_model_name(n) is not None)
     if found is None:
         return None

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
                                   LogData, ProcessStateChanged)
@@ -134,8 +135,6 @@ def pump(ctx: Any, sub: Any, render: Any) -> None:
 
 
 def handle_events(ctx: Any) -> None:
-    from llamaswap.http.routes import ClientGone
-
     app = ctx.app
     events: EventBus = app.events
     loggers = app.loggers

@@ -16,6 +16,14 @@ whenever a swap ends, a stop ends or a model's last request ends):
   6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
   7. we would evict a model with requests in flight (or one being drained) -> queue.
   8. otherwise start a swap; swaps that do not collide run in parallel.
+
+Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
+  Q1. a request that must wait is inserted before the first queued request whose model has
+      a strictly lower priority (0 unless configured), so equal priorities keep arrival order
+      and the queue is always sorted by priority, highest first;
+  Q2. the queue is re-run in that order, so a higher-priority request gets the first chance
+      at every swap or stop that frees room;
+  Q3. a reconfigure re-sorts the queue (stably) by the new priorities.
 """
 
 from __future__ import annotations
@@ -131,8 +139,10 @@ class _Order:
 
 class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
-                 ready: AbstractSet[str] = frozenset(), now: float = 0.0):
+                 ready: AbstractSet[str] = frozenset(), now: float = 0.0,
+                 priority: Mapping[str, int] | None = None):
         self.planner = planner
+        self._priority: dict[str, int] = dict(priority or {})
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
         self._ttl: dict[str, float] = dict(ttl or {})
@@ -161,6 +171,9 @@ class RouterCore:
         """Models running or committed to run: what planners must take into account."""
         alive = {m for m, s in self.state.items() if s != STOPPED}
         return frozenset(alive | set(self.active) | self.retiring)
+
+    def priority_of(self, model: str) -> int:
+        return self._priority.get(model, 0)
 
     def queue_length(self) -> int:
         return len(self.queue)
@@ -192,7 +205,7 @@ class RouterCore:
         if self.shutting_down:
             req.offer_error(shutting_down_error(req.model))
         elif not self._decide(req, now):
-            self.queue.append(req)
+            self._enqueue(req)
             self._publish_positions()
         return self._take()
 
@@ -335,7 +348,7 @@ class RouterCore:
         return token, self._take()
 
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
-                    stop: Iterable[str], now: float) -> list:
+                    stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
         grants, their in-flight requests finish, then their old process is stopped."""
         new_models = set(models)
@@ -361,7 +374,8 @@ class RouterCore:
             if m not in self.state:
                 self.state[m] = STOPPED
                 self._gen[m] = 0
-        self.queue = requeue + self.queue
+        self._priority = dict(priority or {})
+        self.queue = sorted(requeue + self.queue, key=lambda r: -self.priority_of(r.model))  # Q3
         for m in sorted(stop_set):
             if self.in_flight.get(m):
                 continue
@@ -448,6 +462,15 @@ class RouterCore:
                 remaining.append(req)
         self.queue = remaining + self.queue
         self._publish_positions()
+
+    def _enqueue(self, req) -> None:
+        """Rule Q1: before the first queued request of strictly lower priority."""
+        priority = self.priority_of(req.model)
+        for index, queued in enumerate(self.queue):
+            if self.priority_of(queued.model) < priority:
+                self.queue.insert(index, req)
+                return
+        self.queue.append(req)
 
     def _publish_positions(self) -> None:
         for index, req in enumerate(self.queue, start=1):

@@ -180,7 +180,7 @@ class Router:
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
-            now=clock())
+            now=clock(), priority=config.routing.scheduler.fifo.priority)
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -453,7 +453,7 @@ class Router:
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
-            stop=sorted(retire), now=now))
+            stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
