@@ -183,3 +183,27 @@ def test_truncated_and_garbled_bodies_never_fail_the_proxy(proxy):
                                        "no router for requested model: ")), where
     s, h, b = proxy.post("/infill", good, headers={"Content-Type": "application/json"})
     assert s == 200  # and the proxy still serves
+
+
+def test_activity_reads_token_numbers_next_to_any_depth():
+    """The activity parser takes a response (JSON or SSE) with deep nesting anywhere, usage
+    included, without an error, and still finds the numbers."""
+    from llamaswap.ops.activity.parse import ResponseParser
+
+    deep = _nested(5000, "{}")
+    usage = f'{{"prompt_tokens":3,"completion_tokens":4,"x":{deep}}}'
+    bodies = [
+        ("application/json", f'{{"x":{deep},"usage":{usage}}}'),
+        ("application/json", f'{{"usage":{usage},"choices":[{{"message":{{"x":{deep}}}}}]}}'),
+        ("text/event-stream", f'data: {{"choices":[],"x":{deep}}}\n\ndata: {{"usage":{usage}}}\n\n'
+                              "data: [DONE]\n\n"),
+    ]
+    for case, (ctype, body) in enumerate(bodies):
+        for keep in (0, 1 << 20):  # streamed through the tap, or kept whole for a capture
+            parser = ResponseParser("/v1/chat/completions", ctype, "", keep_body_limit=keep)
+            data = body.encode()
+            for i in range(0, len(data), 4096):
+                parser.feed(data[i:i + 4096])
+            tokens, _, warning = parser.finish(5)
+            where = f"case {case} keep {keep}: {warning}"
+            assert (tokens.input_tokens, tokens.output_tokens) == (3, 4), where
