@@ -48,8 +48,9 @@ def test_backend_exits_right_after_each_response():
 
 def test_backend_exits_after_a_few_responses_under_concurrency():
     """Four clients at once against a backend that exits after every third answer: a request
-    the backend was answering when it exited may be cut (502 "ended early"); none fails for
-    reaching a backend that was gone or going."""
+    the backend was handling when it exited may be cut (a 502 that says the response ended
+    early or the connection dropped, after two more tries: it might have caused the crash);
+    none fails for a connection refused by a backend that was gone or going."""
     results: list[tuple[str, int, bytes]] = []
     with Proxy(config(model("m1", "--crash-after", "3"))) as p:
         def client(n: int) -> None:
@@ -66,9 +67,10 @@ def test_backend_exits_after_a_few_responses_under_concurrency():
         for name, s, b in results:
             if s != 200:
                 message = json.loads(b)["error"]["message"]
-                assert s == 502 and ("ended early" in message or "mid-response" in message), \
+                cut = ("ended early", "mid-response", "backend connection error")
+                assert s == 502 and any(c in message for c in cut), \
                     f"{name}: {s} {message}"
-        assert sum(s == 200 for _, s, _ in results) >= 16
+        assert sum(s == 200 for _, s, _ in results) >= 12
         settled(p, "m1")
 
 

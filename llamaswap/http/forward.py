@@ -38,9 +38,10 @@ class Outcome:
     sent_bytes: int = 0
     client_gone: bool = False
     error: str | None = None  # backend failure, if any
-    # with retry_unreachable: the backend refused the connection, or dropped a new one before
-    # answering; nothing was sent to the client and the request can be sent again
-    unreachable: bool = False
+    # with retry_unreachable, nothing was sent to the client and the request can be sent
+    # again: "refused" (the connection was refused: the request never reached the backend)
+    # or "dropped" (a new connection closed before any answer: it may have)
+    unreachable: str = ""
 
 
 # what never reaches a backend as the client sent it (X-Forwarded-For is rewritten)
@@ -216,8 +217,8 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
 
     ``retry_unreachable``: a backend that refuses the connection, or drops a new one before
     any answer while the body can still be sent again, is not answered for: the outcome says
-    ``unreachable`` and the caller decides (a crashed backend is started again);
-    ``on_backend_done`` does not run then."""
+    ``unreachable`` and the caller answers or sends the request again (a crashed backend is
+    started again); ``on_backend_done`` does not run then."""
     out = Outcome()
     try:
         return _forward(ctx, pool, path, headers, body, observer, label, error_prefix,
@@ -253,7 +254,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             except OSError as e:
                 message = f"{error_prefix}{_conn_error(pool, label, e)}"
                 if retry_unreachable and isinstance(e, _UNREACHABLE) and body.replayable:
-                    return _unreachable(out, message)
+                    return _unreachable(out, "refused", message)
                 return _fail(ctx, out, observer, 502, message)
 
             def on_gone(c=conn):
@@ -288,7 +289,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                     return _fail(ctx, out, observer, 504, f"{error_prefix}{msg}")
                 message = f"{error_prefix}{label}: backend connection error: {_describe(e)}"
                 if retry_unreachable and isinstance(e, _UNREACHABLE) and body.replayable:
-                    return _unreachable(out, message)
+                    return _unreachable(out, "dropped", message)
                 return _fail(ctx, out, observer, 502, message)
 
         status = resp.status
@@ -409,8 +410,8 @@ def _end(observer: Any, error: str | None) -> None:
             pass
 
 
-def _unreachable(out: Outcome, message: str) -> Outcome:
-    out.unreachable = True
+def _unreachable(out: Outcome, how: str, message: str) -> Outcome:
+    out.unreachable = how
     out.error = message
     return out
 

@@ -50,9 +50,13 @@ NOT_READY = "llama-swap-error: [{}] process is not ready"
 FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
 # A request that finds its backend gone (the connection refused, or dropped unanswered)
 # while the process is exiting raced the crash: it waits for the exit to be seen, then
-# starts the model again, at most CRASH_RETRIES times. A backend that refuses connections
-# but does not exit within CRASH_CONFIRM_WAIT seconds gets the 502.
-CRASH_RETRIES = 2
+# starts the model again. A refused request never reached the backend, so it is always
+# safe to send again (CRASH_ATTEMPTS in all bounds a backend that keeps dying); a dropped
+# one may have caused the crash, so it is sent again at most DROPPED_RETRIES times. A
+# backend that refuses connections but does not exit within CRASH_CONFIRM_WAIT seconds, or
+# a request past those bounds, gets the 502.
+CRASH_ATTEMPTS = 8
+DROPPED_RETRIES = 2
 CRASH_CONFIRM_WAIT = 3.0
 
 
@@ -237,7 +241,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
             observer = _observer(ctx, real) if not pinned else None
             if observer is not None:
                 headers = _metered_headers(headers)
-            for retries_left in range(CRASH_RETRIES, -1, -1):
+            dropped = 0
+            for attempt in range(1, CRASH_ATTEMPTS + 1):
                 grant = ticket = _claim(app.router, real)
                 if grant is None:
                     ticket = app.router.request(real)
@@ -259,12 +264,14 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     out = forward(ctx, pool_for_process(proc), target, headers, body,
                                   observer=observer, label=real,
                                   on_backend_done=_Once(grant_done, release_slot),
-                                  retry_unreachable=retries_left > 0)
+                                  retry_unreachable=True)
                 finally:
                     grant_done()
                 if not out.unreachable:
                     return
-                if not proc.wait_exit(pid, CRASH_CONFIRM_WAIT):  # alive, yet refusing
+                dropped += out.unreachable == "dropped"
+                if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
+                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)):  # or alive, yet refusing
                     _reply_error(ctx, 502, out.error or "", observer)
                     return
                 app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
