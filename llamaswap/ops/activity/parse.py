@@ -15,6 +15,7 @@ import json
 import zlib
 from typing import Any, Iterable
 
+from llamaswap.http import deepjson
 from llamaswap.ops.activity.jsontap import ANY, MAX_VALUE, JsonValueTap
 from llamaswap.ops.activity.record import TokenMetrics
 
@@ -194,7 +195,7 @@ class _SseTokens:
                 if payload and (b"usage" in payload or b"timings" in payload
                                 or b"metrics" in payload):
                     try:
-                        self._consider(json.loads(payload))
+                        self._consider(deepjson.loads(payload))
                     except ValueError:
                         pass
         self._line = bytearray()
