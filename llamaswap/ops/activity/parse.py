@@ -451,8 +451,8 @@ def error_message(body: bytes) -> str:
     if not body or len(body) > ERROR_BODY_LIMIT:
         return ""
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
+        doc = deepjson.loads(body, first_key_wins=True)  # gjson's reading, as upstream
+    except ValueError:
         return ""
     for path in _ERROR_PATHS:
         v = _get(doc, *path)
