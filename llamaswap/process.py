@@ -195,14 +195,23 @@ class Process:
         with self._lock:
             self.restarts += 1
 
-    def down_because(self) -> str | None:
-        """Why a backend that was ready is no longer serving, for the error of a request
-        that was cut (None while ready, or after a stop that was not a failure)."""
+    def run_failure(self) -> Failure | None:
+        """The failure that ended the backend's latest run (a crash, a clean exit, a failed
+        health watch), for the error of a request it cut; None while it runs, or after a
+        stop that was no failure."""
         failure = self.failure
         if (failure is None or failure.reason == "start-failed" or failure.at < self._run_started
                 or self._state in (S.READY, S.STARTING)):
             return None
-        return failure.detail
+        return failure
+
+    def wait_exit(self, pid: int | None, timeout: float) -> bool:
+        """True once the backend ``pid`` is no longer this model's ready process (it exited,
+        or a stop began), waiting up to ``timeout`` seconds; False if it is still ready. A
+        refused connection asks this: the exit watcher may not have seen the exit yet."""
+        with self._lock:
+            return self._changed.wait_for(
+                lambda: self._state is not S.READY or self.pid != pid, timeout)
 
     def start(self) -> None:
         with self._lock:

@@ -65,7 +65,7 @@ def test_a_wedged_backend_fails_its_health_watch(h):
     proc.stop(1)
     watch._thread.join(5)
     assert not watch._thread.is_alive() and proc._watch is None
-    assert proc.down_because() == proc.failure.detail
+    assert proc.run_failure() is proc.failure
 
 
 def test_the_watch_runs_only_while_ready_and_only_when_asked_for(h):
@@ -79,10 +79,10 @@ def test_the_watch_runs_only_while_ready_and_only_when_asked_for(h):
     watched.stop(5)
     watch._thread.join(5)
     assert not watch._thread.is_alive()
-    assert watched.failure is None and watched.down_because() is None
+    assert watched.failure is None and watched.run_failure() is None
 
 
-def test_down_because_names_a_crash_for_requests_it_cut(h):
+def test_run_failure_names_a_crash_for_requests_it_cut(h):
     proc = h.make("c", extra=["--crash-after", "1"])
     exited = threading.Event()
     proc.add_exit_listener(lambda *_: exited.set())
@@ -93,8 +93,8 @@ def test_down_because_names_a_crash_for_requests_it_cut(h):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5).read()
     assert exited.wait(10)
     assert proc.failure.reason == "crash"
-    assert proc.down_because() == "the backend exited on its own (exit code 1)"
+    assert proc.run_failure().detail == "the backend exited on its own (exit code 1)"
     proc.start()
-    assert proc.down_because() is None  # a new run: nothing to explain
+    assert proc.run_failure() is None  # a new run: nothing to explain
     proc.stop(5)
 
