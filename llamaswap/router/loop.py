@@ -19,7 +19,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import EventBus, QueueLengthChanged, SwapFinished
+from llamaswap.ops.events import EventBus, ModelStopping, QueueLengthChanged, SwapFinished
 from llamaswap.router.core import (ArmTimer, Log, RouterCore, RouterError, ShutdownAll, StartSwap,
                                    StopModels, shutting_down_error)
 from llamaswap.router.planners import planner_for
@@ -496,7 +496,19 @@ class Router:
 
     # ---- workers ------------------------------------------------------------------------
 
+    def _stopping(self, models, reason_of, for_model: str = "") -> None:
+        """Publish ModelStopping for each model that is running (a stop of a stopped model
+        is only bookkeeping)."""
+        events = self._events
+        if events is None or not events.wants(ModelStopping):
+            return
+        for model in models:
+            process = self._process_for_stop(model)
+            if process is not None and _state(process) not in ("stopped", "shutdown"):
+                events.publish(ModelStopping(model, reason_of(model), for_model))
+
     def _start_swap(self, effect: StartSwap) -> None:
+        self._stopping(effect.evict, lambda m: effect.reasons.get(m, "swap"), effect.model)
         target = self._processes[effect.model]
         evict = [p for p in (self._process_for_stop(m) for m in effect.evict) if p is not None]
         finished = threading.Event()
@@ -518,6 +530,7 @@ class Router:
         _spawn(work, f"swap-{effect.model}")
 
     def _start_stop(self, effect: StopModels) -> None:
+        self._stopping(effect.models, lambda _m: effect.reason)
         processes = [p for p in (self._process_for_stop(m) for m in effect.models) if p is not None]
         waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
 
@@ -535,6 +548,7 @@ class Router:
         _spawn(work, f"stop-{effect.reason}")
 
     def _start_shutdown(self, effect: ShutdownAll) -> None:
+        self._stopping(sorted(set(self._processes) | set(self._retired)), lambda _m: "shutdown")
         processes = list(self._processes.values()) + list(self._retired.values())
         waits = list(self._swap_finished.values())
 
