@@ -44,12 +44,12 @@ class Rig:
         self.router: Router | None = None
         self.processes: dict[str, Process] = {}
 
-    def build(self, models: list[ModelConfig], groups=None, matrix=None) -> Router:
+    def build(self, models: list[ModelConfig], groups=None, matrix=None, **fields) -> Router:
         cfg_models = {m.id: m for m in sorted(models, key=lambda m: m.id)}
         if matrix is None and groups is None:
             groups = [GroupConfig(DEFAULT_GROUP_ID, members=tuple(cfg_models))]
         config = Config(models=cfg_models, matrix=matrix,
-                        groups={g.id: g for g in groups or ()})
+                        groups={g.id: g for g in groups or ()}, **fields)
         self.processes = {mid: self.process(m) for mid, m in cfg_models.items()}
         self.router = Router(config, self.processes, log=self.loggers.log, events=self.events)
         self.router.start()

@@ -10,6 +10,7 @@ group member that is not a model.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -24,22 +25,28 @@ from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_dura
 from .matrix import build_matrix
 from .model import (
     DEFAULT_GROUP_ID,
+    RESTART_POLICIES,
     Config,
+    FifoConfig,
     Filters,
     GroupConfig,
     ModelConfig,
     PeerConfig,
     PerformanceConfig,
+    RoutingConfig,
+    SchedulerConfig,
     Timeouts,
     freeze,
 )
-from .yamlio import Decoder, compose, is_null, scalar_tag_value
+from .yamlio import Decoder, compose, is_null, scalar_tag_value, short_tag
 
 DEFAULT_UNLOAD_TIMEOUT = 5  # seconds; differences.md point 4
 _LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
 _LOG_LEVELS = ("debug", "info", "warn", "error")
 _PROTECTED_PARAMS = ("model",)
 _MIN_PERFORMANCE_EVERY_NS = 5_000_000_000
+_SCHEDULERS = ("fifo",)
+_ROUTERS = ("group", "matrix")
 
 
 def load_config(path: str) -> Config:
@@ -85,6 +92,30 @@ class _RawModel:
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
+    health_check_interval: float = 0
+    health_check_failures: int = 3
+    restart: str = "never"
+
+
+@dataclass
+class _RawRouting:
+    """``routing:`` decoded (types checked), not yet validated against the models."""
+    node: Node | None = None
+    scheduler_use: str = ""
+    scheduler_use_node: Node | None = None
+    fifo: dict[str, Node] = field(default_factory=dict)  # the fields of settings.fifo
+    priority: dict[str, tuple[int, Node]] = field(default_factory=dict)  # as written -> (value, key node)
+    max_wait: float = 0.0
+    router_use: str = ""
+    router_node: Node | None = None
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups_node: Node | None = None
+    matrix_node: Node | None = None
+
+    @property
+    def sets_router(self) -> bool:
+        """Upstream's test for "the config uses routing.router"."""
+        return self.router_use != "" or not is_null(self.matrix_node) or bool(self.groups)
 
 
 @dataclass
@@ -125,6 +156,9 @@ class _Load:
         metrics_max = d.integer(top.get("metricsMaxInMemory"), "metricsMaxInMemory", 1000)
         capture_buffer = d.integer(top.get("captureBuffer"), "captureBuffer", 5)
         perf_disabled, perf_every_ns = self._performance(top.get("performance"))
+        store_node = top.get("store")
+        store_path = None if is_null(store_node) else \
+            d.string(d.mapping(store_node, "store", "config.Store").get("path"), "store.path")
         global_ttl = d.integer(top.get("globalTTL"), "globalTTL", 0)
         start_port = d.integer(top.get("startPort"), "startPort", 5800)
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
@@ -140,6 +174,7 @@ class _Load:
         groups = {gid: self._group(gid, node) for gid, _, node in d.items(
             groups_node, "groups", "map[string]config.GroupConfig")}
         matrix_node = top.get("matrix")
+        routing = self._routing(top.get("routing"))
         preload = self._preload(top.get("hooks"))
         peers = {pid: self._peer(pid, node) for pid, _, node in d.items(
             top.get("peers"), "peers", "config.PeerDictionaryConfig")}
@@ -162,6 +197,8 @@ class _Load:
             raise self.fail(f"unloadTimeout must be >= 0 (got {_num(unload_timeout)})", "unloadTimeout",
                             top.get("unloadTimeout"))
         unload_timeout = unload_timeout or DEFAULT_UNLOAD_TIMEOUT
+        if store_path is not None:
+            store_path = self._store_path(store_path, store_node)
 
         aliases = self._aliases(models)
         for name, value, node in global_macros:
@@ -177,15 +214,34 @@ class _Load:
             next_port += used_port
             built[mid] = model
 
+        # routing.router and the legacy top-level groups/matrix: one spelling or the other
+        matrix_where, groups_where = "matrix", "groups"
+        if routing.sets_router and (not is_null(matrix_node) or groups):
+            raise self.fail("config uses both the legacy top-level 'matrix'/'groups' keys and the new "
+                            "'routing.router' block; please migrate the top-level keys into "
+                            "'routing.router' and remove them", "routing.router", routing.router_node)
+        if routing.sets_router:
+            if routing.router_use == "matrix":
+                if is_null(routing.matrix_node):
+                    raise self.fail("routing.router.use is 'matrix' but routing.router.settings.matrix is not set",
+                                    "routing.router.use", routing.router_node)
+                matrix_node, matrix_where = routing.matrix_node, "routing.router.settings.matrix"
+            elif routing.router_use in ("group", ""):
+                groups, groups_node = routing.groups, routing.groups_node
+                groups_where = "routing.router.settings.groups"
+            else:
+                raise self.fail(f"routing.router.use: unknown router {go_quote(routing.router_use)} "
+                                f"(valid: {', '.join(_ROUTERS)})", "routing.router.use", routing.router_node)
         if not is_null(matrix_node) and groups:
             raise self.fail("config cannot use both 'groups' and 'matrix'", "matrix", matrix_node)
         warnings: list[str] = []
         matrix = None
         group_configs: dict[str, GroupConfig] = {}
         if not is_null(matrix_node):
-            matrix = build_matrix(self.d, matrix_node, built, aliases, warnings)
+            matrix = build_matrix(self.d, matrix_node, built, aliases, warnings, where=matrix_where)
         else:
-            group_configs = self._groups(groups, built, aliases, groups_node)
+            group_configs = self._groups(groups, built, aliases, groups_node, groups_where)
+        scheduler = self._scheduler(routing, built, aliases)
 
         real_preload = []
         for name in preload:
@@ -216,6 +272,7 @@ class _Load:
             metrics_max_in_memory=metrics_max if metrics_max > 0 else 1000,
             capture_buffer=capture_buffer,
             performance=PerformanceConfig(disabled=perf_disabled, every=perf_every_ns / 1e9),
+            store_path=store_path,
             global_ttl=global_ttl,
             start_port=start_port,
             send_loading_state=send_loading_state,
@@ -225,6 +282,7 @@ class _Load:
             models=freeze(dict(sorted(built.items()))),
             groups=freeze(dict(sorted(group_configs.items()))),
             matrix=matrix,
+            routing=RoutingConfig(scheduler=scheduler, router="matrix" if matrix is not None else "group"),
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
@@ -233,6 +291,17 @@ class _Load:
         )
 
     # --- decoding ----------------------------------------------------------------------
+
+    def _store_path(self, path: str, node: Node) -> str:
+        """Upstream's checks that are mistakes in the config; a file that cannot be written
+        (read-only, locked, corrupt, full disk) is not refused here: the proxy warns and keeps
+        activity in memory instead (ops/activity/store.py)."""
+        path = path.strip()
+        if not path:
+            raise self.fail("store.path must not be empty", None, node)
+        if os.path.isdir(path):
+            raise self.fail(f"store.path: {path} is a directory, not a file", None, node)
+        return path
 
     def _performance(self, node: Node | None) -> tuple[bool, int]:
         fields = self.d.mapping(node, "performance", "config.PerformanceConfig")
@@ -304,11 +373,99 @@ class _Load:
         raw.timeouts = self._timeouts(f.get("timeouts"), f"{key}.timeouts", Timeouts())
         d.integer(f.get("healthCheckTimeout"), f"{key}.healthCheckTimeout")  # decoded, then ignored
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
+        raw.health_check_interval = self._seconds(f.get("healthCheckInterval"), f"{key}.healthCheckInterval",
+                                                  f"model {mid}: healthCheckInterval")
+        failures = f.get("healthCheckFailures")
+        if not is_null(failures):
+            raw.health_check_failures = self._count(failures, f"{key}.healthCheckFailures",
+                                                    f"model {mid}: healthCheckFailures")
+        raw.restart = d.string(f.get("restart"), f"{key}.restart", "never")
+        if raw.restart not in RESTART_POLICIES:
+            raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
+                            f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
         return raw
 
-    def _group(self, gid: str, node: Node) -> dict[str, Any]:
+    def _seconds(self, node: Node | None, key: str, what: str) -> float:
+        """A number of seconds (fractions allowed) or a Go duration string such as "30s";
+        0 when absent. Negative and non-numeric values name `what`."""
+        if is_null(node):
+            return 0.0
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag in ("!!int", "!!float") and math.isfinite(parsed):
+                value = float(parsed)
+            elif tag == "!!str":
+                ns = parse_go_duration(node.value.strip())
+                value = None if ns is None else ns / 1e9
+        if value is None:
+            raise self.fail(f"{what} must be a number of seconds or a duration such as 30s "
+                            f"(got {_shown(node)})", key, node)
+        if value < 0:
+            raise self.fail(f"{what} must be >= 0 (got {_num(value)})", key, node)
+        return value
+
+    def _count(self, node: Node, key: str, what: str) -> int:
+        """A whole number of at least 1."""
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag == "!!int":
+                value = parsed
+        if value is None:
+            raise self.fail(f"{what} must be a whole number (got {_shown(node)})", key, node)
+        if value < 1:
+            raise self.fail(f"{what} must be at least 1 (got {value})", key, node)
+        return value
+
+    def _routing(self, node: Node | None) -> _RawRouting:
         d = self.d
-        key = f"groups.{gid}"
+        raw = _RawRouting(node=node)
+        f = d.mapping(node, "routing", "config.RoutingConfig")
+        scheduler = d.mapping(f.get("scheduler"), "routing.scheduler", "config.SchedulerConfig")
+        raw.scheduler_use = d.string(scheduler.get("use"), "routing.scheduler.use")
+        raw.scheduler_use_node = scheduler.get("use")
+        settings = d.mapping(scheduler.get("settings"), "routing.scheduler.settings", "config.SchedulerSettings")
+        where = "routing.scheduler.settings.fifo"
+        raw.fifo = d.mapping(settings.get("fifo"), where, "config.FifoConfig")
+        raw.priority = {name: (d.integer(value, f"{where}.priority.{name}"), key) for name, key, value in d.items(
+            raw.fifo.get("priority"), f"{where}.priority", "map[string]int")}
+        raw.max_wait = self._seconds(raw.fifo.get("maxWait"), f"{where}.maxWait", f"{where}.maxWait")
+        raw.router_node = f.get("router")
+        router = d.mapping(raw.router_node, "routing.router", "config.RouterConfig")
+        raw.router_use = d.string(router.get("use"), "routing.router.use")
+        settings = d.mapping(router.get("settings"), "routing.router.settings", "config.RouterSettings")
+        where = "routing.router.settings.groups"
+        raw.groups_node = settings.get("groups")
+        raw.groups = {gid: self._group(gid, g, where) for gid, _, g in d.items(
+            raw.groups_node, where, "map[string]config.GroupConfig")}
+        raw.matrix_node = settings.get("matrix")
+        if not is_null(raw.matrix_node):
+            d.mapping(raw.matrix_node, "routing.router.settings.matrix", "config.MatrixConfig")
+        return raw
+
+    def _scheduler(self, routing: _RawRouting, models: Mapping[str, ModelConfig],
+                   aliases: Mapping[str, str]) -> SchedulerConfig:
+        use = routing.scheduler_use or "fifo"
+        if use not in _SCHEDULERS:
+            raise self.fail(f"routing.scheduler.use: unknown scheduler {go_quote(use)} "
+                            f"(valid: {', '.join(_SCHEDULERS)})", "routing.scheduler.use", routing.scheduler_use_node)
+        where = "routing.scheduler.settings.fifo.priority"
+        priority: dict[str, int] = {}
+        for name in sorted(routing.priority):
+            value, key_node = routing.priority[name]
+            real = name if name in models else aliases.get(name)
+            if real is None:
+                raise self.fail(f"{where} references unknown model {go_quote(name)}", f"{where}.{name}", key_node)
+            # a model's own id wins over one of its aliases written beside it
+            if name == real or real not in routing.priority:
+                priority[real] = value
+        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items()))),
+                                                        max_wait=routing.max_wait))
+
+    def _group(self, gid: str, node: Node, where: str = "groups") -> dict[str, Any]:
+        d = self.d
+        key = f"{where}.{gid}"
         if is_null(node):  # yaml.v3 skips the defaults for a null group: everything false
             return {"swap": False, "exclusive": False, "persistent": False, "members": [], "node": node}
         f = d.mapping(node, key, "config.GroupConfig")
@@ -444,6 +601,9 @@ class _Load:
         problem = url_parse_error(proxy)
         if problem:
             raise fail(f"model {mid}: invalid proxy URL: {problem}", "proxy")
+        if raw.health_check_interval and check_endpoint.strip().lower() == "none":
+            raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
+                       "checkEndpoint is none", "healthCheckInterval")
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -481,11 +641,14 @@ class _Load:
             health_check_timeout=health_check_timeout,
             unload_timeout=raw.unload_timeout or unload_timeout,
             port=port,
+            health_check_interval=raw.health_check_interval,
+            health_check_failures=raw.health_check_failures,
+            restart=raw.restart,
         )
         return model, 1 if port is not None else 0
 
     def _groups(self, groups: dict[str, dict[str, Any]], models: dict[str, ModelConfig],
-                aliases: dict[str, str], groups_node: Node | None) -> dict[str, GroupConfig]:
+                aliases: dict[str, str], groups_node: Node | None, where: str = "groups") -> dict[str, GroupConfig]:
         # model ids win over aliases, as in Config.real_model_name
         listed = {m if m in models else aliases.get(m, m) for g in groups.values() for m in g["members"]}
         groups = dict(groups)
@@ -500,14 +663,14 @@ class _Load:
                 seen: set[str] = set()
                 for member in groups[gid]["members"]:
                     member = resolve(member)
-                    where = f"groups.{gid}.members"
+                    members_key = f"{where}.{gid}.members"
                     if member in seen:
                         raise self.fail(f"duplicate model member {member} found in group: {gid}",
-                                        where, groups[gid]["node"])
+                                        members_key, groups[gid]["node"])
                     seen.add(member)
                     if member in owner:
                         raise self.fail(f"model member {member} is used in multiple groups: {owner[member]} and {gid}",
-                                        where, groups[gid]["node"])
+                                        members_key, groups[gid]["node"])
                     owner[member] = gid
 
         check_members(lambda m: m)
@@ -517,7 +680,7 @@ class _Load:
             for member in groups[gid]["members"]:
                 if member not in models and member not in aliases:
                     raise self.fail(f"group {gid}: no model config for {go_quote(member)}",
-                                    f"groups.{gid}.members", groups[gid]["node"])
+                                    f"{where}.{gid}.members", groups[gid]["node"])
         real = lambda m: m if m in models else aliases[m]  # noqa: E731
         check_members(real)
         return {gid: GroupConfig(id=gid, swap=g["swap"], exclusive=g["exclusive"], persistent=g["persistent"],
@@ -569,6 +732,13 @@ def _log_level(value: str) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _shown(node: Node) -> str:
+    """A bad value as an error message quotes it."""
+    if isinstance(node, ScalarNode):
+        return go_quote(node.value)
+    return "a list" if short_tag(node) == "!!seq" else "a mapping"
 
 
 def _is_str(node: ScalarNode) -> bool:

@@ -180,7 +180,8 @@ class Router:
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
-            now=clock())
+            now=clock(), priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait)
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -301,8 +302,9 @@ class Router:
                 now = self._clock()
                 self._catch_up(now)
                 while self._timers and self._timers[0][0] <= now:
-                    _deadline, _seq, model, token = heapq.heappop(self._timers)
-                    self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
+                    _deadline, _seq, kind, model, token = heapq.heappop(self._timers)
+                    self._guarded(lambda: self._apply(
+                        self._core.timer_expired(kind, model, token, now)))
                 if command is not None and command[0] != "wake":
                     try:
                         if self._handle(command, now):
@@ -453,7 +455,8 @@ class Router:
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
-            stop=sorted(retire), now=now))
+            stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
@@ -464,7 +467,8 @@ class Router:
             elif isinstance(effect, StopModels):
                 self._start_stop(effect)
             elif isinstance(effect, ArmTimer):
-                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.model, effect.token))
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.kind,
+                                              effect.model, effect.token))
             elif isinstance(effect, ShutdownAll):
                 self._start_shutdown(effect)
             elif isinstance(effect, Log):
