@@ -17,7 +17,7 @@ from test_router_e2e import Rig, model, rig, serve  # noqa: F401 - rig is a fixt
 from test_router_fairness import slow_chat
 
 from llamaswap.config.model import GroupConfig, ModelConfig
-from llamaswap.ops.events import ModelRestarting, ProcessStateChanged
+from llamaswap.ops.events import ModelRestarting, ModelStopping, ProcessStateChanged
 from llamaswap.router import RouterError
 
 
@@ -64,6 +64,7 @@ def test_a_crashed_model_is_ready_again_without_a_request(rig):
     assert process.restarts == 1 and process.failure.reason == "crash"
     restarts = [e for e in rig.pump() if isinstance(e, ModelRestarting)]
     assert [(e.model, e.reason, e.attempt) for e in restarts] == [("a", "crash", 1)]
+    assert ModelStopping("a", "crash") in rig.pump()
     assert logged(rig, "router: model a exited on its own (exit code 1); restarting in 1s")
     assert logged(rig, "router: restarting model a after a failure (crash, attempt 1)")
     serve(router, "a")  # the restarted backend serves
@@ -150,5 +151,6 @@ def test_a_wedged_backend_is_stopped_and_its_requests_in_flight_fail(rig):
     assert logged(rig, "router: stopping model w: its health check failed")
     assert logged(rig, "<w> unhealthy: 2 health checks failed in a row")
     assert rig.processes["w"].failure.reason == "health"
+    assert ModelStopping("w", "health") in rig.pump()
     serve(router, "w")  # restart: never; the next request starts it
     assert rig.starts("w") == 2

@@ -57,6 +57,18 @@ class QueueLengthChanged:
 
 
 @dataclass(frozen=True)
+class ModelStopping:
+    """The router began stopping (or putting to sleep) ``model``. ``reason`` is one word:
+    "group", "matrix", "memory" (a planner evicted it to start ``for_model``), "unload",
+    "ttl", "retire", "shutdown", or a teammate's ("crash", "health", "maxwait", ...).
+    ``for_model`` is the model being started, "" when the stop serves no start."""
+
+    model: str
+    reason: str
+    for_model: str = ""
+
+
+@dataclass(frozen=True)
 class HealthCheckFailed:
     """A ready backend's health probe failed; ``count`` failures in a row so far."""
 

@@ -66,6 +66,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import AbstractSet, Iterable, Mapping, Protocol
 
+from llamaswap.router.planners import eviction_reasons
+
 STOPPED = "stopped"
 STARTING = "starting"
 READY = "ready"
@@ -114,10 +116,14 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class StartSwap:
-    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error)."""
+    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error).
+
+    `reasons` maps each evicted model to the planner's reason word ("group", "matrix",
+    "memory", ...), for the log and the ``ModelStopping`` event."""
     swap_id: int
     model: str
     evict: tuple[str, ...]
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -604,7 +610,11 @@ class RouterCore:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict))))
+        if self.starved is not None and self.starved in waiters:
+            reasons = {m: "maxwait" for m in evict}  # F3: the bound forced these stops
+        else:
+            reasons = eviction_reasons(self.planner, model, evict)
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons))
 
     def _grant(self, req, model: str) -> None:
         req.set_position(0)

@@ -19,8 +19,8 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import (EventBus, ModelRestarting, QueueLengthChanged, QueueWaited,
-                                  SwapFinished)
+from llamaswap.ops.events import (EventBus, ModelRestarting, ModelStopping, QueueLengthChanged,
+                                  QueueWaited, SwapFinished)
 from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, Restart, RouterCore,
                                    RouterError, ShutdownAll, StartSwap, StopModels,
                                    shutting_down_error)
@@ -425,6 +425,7 @@ class Router:
             if id(process) in self._noticed:
                 self._noticed.discard(id(process))  # _notice_crash told the core already
             elif self._processes.get(model) is process and model not in self._retired:
+                self._stopped_itself(model, "exit" if code == 0 else "crash")
                 self._apply(core.process_exited(model, now, code))
         elif kind == "unhealthy":
             _, model, process = command
@@ -459,7 +460,14 @@ class Router:
         if (process is not None and self._core.state.get(model) == "ready"
                 and _state(process) in ("stopping", "stopped")):
             self._noticed.add(id(process))
+            self._stopped_itself(model, "crash")
             self._apply(self._core.process_exited(model, now))
+
+    def _stopped_itself(self, model: str, reason: str) -> None:
+        """ModelStopping for a backend the router did not stop ("crash", "exit")."""
+        events = self._events
+        if self._core.state.get(model) == "ready" and events is not None:
+            events.publish(ModelStopping(model, reason))
 
     def _reconfigure(self, config: Config, processes: dict, stop: list, now: float) -> None:
         old = self._processes
@@ -544,7 +552,19 @@ class Router:
 
     # ---- workers ------------------------------------------------------------------------
 
+    def _stopping(self, models, reason_of, for_model: str = "") -> None:
+        """Publish ModelStopping for each model that is running (a stop of a stopped model
+        is only bookkeeping)."""
+        events = self._events
+        if events is None or not events.wants(ModelStopping):
+            return
+        for model in models:
+            process = self._process_for_stop(model)
+            if process is not None and _state(process) not in ("stopped", "shutdown"):
+                events.publish(ModelStopping(model, reason_of(model), for_model))
+
     def _start_swap(self, effect: StartSwap) -> None:
+        self._stopping(effect.evict, lambda m: effect.reasons.get(m, "swap"), effect.model)
         target = self._processes[effect.model]
         evict = [p for p in (self._process_for_stop(m) for m in effect.evict) if p is not None]
         finished = threading.Event()
@@ -566,6 +586,7 @@ class Router:
         _spawn(work, f"swap-{effect.model}")
 
     def _start_stop(self, effect: StopModels) -> None:
+        self._stopping(effect.models, lambda _m: effect.reason)
         processes = [p for p in (self._process_for_stop(m) for m in effect.models) if p is not None]
         waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
 
@@ -583,6 +604,7 @@ class Router:
         _spawn(work, f"stop-{effect.reason}")
 
     def _start_shutdown(self, effect: ShutdownAll) -> None:
+        self._stopping(sorted(set(self._processes) | set(self._retired)), lambda _m: "shutdown")
         processes = list(self._processes.values()) + list(self._retired.values())
         waits = list(self._swap_finished.values())
 
