@@ -161,6 +161,9 @@ class _Load:
         metrics_max = d.integer(top.get("metricsMaxInMemory"), "metricsMaxInMemory", 1000)
         capture_buffer = d.integer(top.get("captureBuffer"), "captureBuffer", 5)
         perf_disabled, perf_every_ns = self._performance(top.get("performance"))
+        store_node = top.get("store")
+        store_path = None if is_null(store_node) else \
+            d.string(d.mapping(store_node, "store", "config.Store").get("path"), "store.path")
         global_ttl = d.integer(top.get("globalTTL"), "globalTTL", 0)
         start_port = d.integer(top.get("startPort"), "startPort", 5800)
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
@@ -202,6 +205,8 @@ class _Load:
             raise self.fail(f"unloadTimeout must be >= 0 (got {_num(unload_timeout)})", "unloadTimeout",
                             top.get("unloadTimeout"))
         unload_timeout = unload_timeout or DEFAULT_UNLOAD_TIMEOUT
+        if store_path is not None:
+            store_path = self._store_path(store_path, store_node)
 
         aliases = self._aliases(models)
         for name, value, node in global_macros:
@@ -275,6 +280,7 @@ class _Load:
             metrics_max_in_memory=metrics_max if metrics_max > 0 else 1000,
             capture_buffer=capture_buffer,
             performance=PerformanceConfig(disabled=perf_disabled, every=perf_every_ns / 1e9),
+            store_path=store_path,
             global_ttl=global_ttl,
             start_port=start_port,
             send_loading_state=send_loading_state,
@@ -293,6 +299,17 @@ class _Load:
         )
 
     # --- decoding ----------------------------------------------------------------------
+
+    def _store_path(self, path: str, node: Node) -> str:
+        """Upstream's checks that are mistakes in the config; a file that cannot be written
+        (read-only, locked, corrupt, full disk) is not refused here: the proxy warns and keeps
+        activity in memory instead (ops/activity/store.py)."""
+        path = path.strip()
+        if not path:
+            raise self.fail("store.path must not be empty", None, node)
+        if os.path.isdir(path):
+            raise self.fail(f"store.path: {path} is a directory, not a file", None, node)
+        return path
 
     def _performance(self, node: Node | None) -> tuple[bool, int]:
         fields = self.d.mapping(node, "performance", "config.PerformanceConfig")

@@ -182,6 +182,8 @@ class Config:
     metrics_max_in_memory: int = 1000
     capture_buffer: int = 5  # MB
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    # store.path: the SQLite activity file; None keeps activity in memory (metricsMaxInMemory)
+    store_path: str | None = None
     global_ttl: int = 0
     start_port: int = 5800
     send_loading_state: bool = False

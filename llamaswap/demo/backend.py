@@ -8,7 +8,10 @@ request back (method, path, query, headers, body). Every response names the mode
 server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
-``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N}``.
+``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
+"stop_listening": true, "hang": true}`` (``stop_listening``: after answering, close the
+listening socket and keep running, a server that refuses connections without exiting;
+``hang``: wedge the server from that request on, as ``--hang-after``).
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -216,13 +219,21 @@ class DemoHandler(BaseHTTPRequestHandler):
             return
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # too deep for json: echoed like any other body
             req = None
         if not isinstance(req, dict):
             self.echo(body)
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("hang"):
+            log(f"demo backend {self.server.opts.model_id}: hanging")
+            self.server.hung.set()
+            threading.Event().wait()
+        if knobs.get("stop_listening"):
+            self.server.socket.shutdown(socket.SHUT_RDWR)  # new connections are refused now
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            self.close_connection = True
         if knobs.get("sleep"):
             time.sleep(float(knobs["sleep"]))
         if knobs.get("status"):
@@ -475,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(load delay {opts.load_delay:g}s)")
     try:
         server.serve_forever(poll_interval=0.05)
+        server.server_close()
+        while True:  # only the stop_listening knob ends serve_forever: run on until a signal
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:

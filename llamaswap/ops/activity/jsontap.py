@@ -7,9 +7,10 @@ copies the bytes of a wanted value, which are small.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable
+
+from llamaswap.http import deepjson
 
 _STRUCT = re.compile(rb'["{}\[\],:]')
 # inside an array, commas matter only for the top-level element reset: skipping them makes
@@ -193,6 +194,6 @@ class JsonValueTap:
         if len(raw) > MAX_VALUE:
             return
         try:
-            self.values[self._cap_path] = json.loads(raw)
+            self.values[self._cap_path] = deepjson.loads(raw)
         except ValueError:
             pass
