@@ -15,6 +15,7 @@ import pytest
 from helpers import ROOT, free_port, wait_until
 from llamaswap.config import ConfigError
 from llamaswap.config.models_dir import ModelsDir, load
+from llamaswap.demo.config import free_port_range
 from test_cli import Proxy, _model_ids, _post_json, run_cli
 
 FAKE_LLAMA_SERVER = '''\
@@ -178,13 +179,21 @@ def _chat(port: int, model: str) -> dict:
                       {"model": model, "messages": [{"role": "user", "content": "hi"}]})
 
 
-def test_models_dir_alone_serves_each_file(tmp_path, fake_server):
+def ports_config(tmp_path: Path, count: int, models: str = "") -> str:
+    """A config that only gives the backends ports free now (others' tests share 5800 up)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"startPort: {free_port_range(count)}\n{models}")
+    return str(config)
+
+
+def test_models_dir_serves_each_file(tmp_path, fake_server):
     d = tmp_path / "models"
     gguf(d / "tiny.gguf")
     gguf(d / "big" / "big-00001-of-00002.gguf")
     gguf(d / "big" / "big-00002-of-00002.gguf")
     gguf(d / "big" / "mmproj-big-f16.gguf")
-    proxy, port = _start(tmp_path, "-models-dir", str(d), "-llama-server", str(fake_server),
+    proxy, port = _start(tmp_path, "-config", ports_config(tmp_path, 2), "-models-dir", str(d),
+                         "-llama-server", str(fake_server),
                          "-models-dir-args", "-ngl 99 --ctx-size 2048")
     try:
         assert _model_ids(port) == ["big", "tiny"]
@@ -204,10 +213,9 @@ def test_models_dir_alone_serves_each_file(tmp_path, fake_server):
 def test_watch_config_picks_up_added_and_removed_files(tmp_path, fake_server):
     d = tmp_path / "models"
     gguf(d / "first.gguf")
-    config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  first:\n    cmd: {sys.executable} -m llamaswap.demo.backend "
-                      "--port ${PORT} --model-id from-config\n")
-    proxy, port = _start(tmp_path, "-config", str(config), "-models-dir", str(d),
+    config = ports_config(tmp_path, 4, f"models:\n  first:\n    cmd: {sys.executable} -m "
+                          "llamaswap.demo.backend --port ${PORT} --model-id from-config\n")
+    proxy, port = _start(tmp_path, "-config", config, "-models-dir", str(d),
                          "-llama-server", str(fake_server), "-watch-config")
     try:
         assert _model_ids(port) == ["first"]
