@@ -402,6 +402,27 @@ def test_matrix_incompatible_models_queue_and_coexisting_ones_load_in_parallel()
     assert core.request(rc, 0) == [] and core.queue == [rc]
 
 
+def test_swaps_name_the_reason_of_each_eviction():
+    def loaded(core, *models):
+        for m in models:
+            load(core, m)
+            core.request_done(m, 0)
+        return core
+
+    core = loaded(make("ab", GroupPlanner({"g": GroupConfig("g", members=("a", "b"))})), "a")
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert start.evict == ("a",) and dict(start.reasons) == {"a": "group"}
+
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = loaded(make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets))), "a", "b")
+    (start,) = of(core.request(Req("c"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "matrix", "b": "matrix"}
+
+    core = loaded(make("ab", Stub({"b": "a"})), "a")  # a custom planner without a reason word
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "swap"}
+
+
 # ---- priorities (routing.scheduler.settings.fifo.priority) --------------------------------
 
 def test_higher_priority_request_is_queued_ahead_and_started_first():
