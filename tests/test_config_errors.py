@@ -38,7 +38,8 @@ CASES = {
                                          "cannot unmarshal !!str `soon` into time.Duration"),
     "macros not a mapping": ("macros: [a, b]\n" + M, "macros must be a mapping"),
     "model macros not a mapping": ("models:\n  m1:\n    cmd: x ${PORT}\n    macros: 3\n", "macros must be a mapping"),
-    "profiles map-shaped": ("profiles:\n  p:\n    a: b\n" + M, "cannot unmarshal !!map into []string"),
+    "profiles map-shaped without pins": ("profiles:\n  p:\n    a: b\n" + M, "profiles.p.pins must contain at least one entry"),
+    "profiles scalar": ("profiles:\n  p: x\n" + M, "cannot unmarshal !!str `x` into []string"),
     # --- globals ---
     "performance every below 5s": ("performance:\n  every: 4s\n" + M, "performance: every must be at least 5s, got 4s"),
     "performance every negative": ("performance:\n  every: -1m\n" + M, "performance: every must be at least 5s, got -1m0s"),
@@ -125,8 +126,6 @@ CASES = {
         "models:\n  m1:\n    cmd: x ${PORT}\n    aliases: [a1]\n"
         "groups:\n  g1:\n    members: [m1]\n  g2:\n    members: [a1]\n",
         "model member m1 is used in multiple groups: g1 and g2"),
-    "unknown group member (ours: upstream fails at start)": (M + "groups:\n  g1:\n    members: [m1, ghost]\n",
-                                                             'group g1: no model config for "ghost"'),
     # --- matrix ---
     "matrix without sets": (M + "matrix:\n  vars: {a: m1}\n", "matrix: matrix must define at least one set"),
     "matrix without vars, unknown name": (M + "matrix:\n  sets: {s: a}\n", 'matrix: set "s": unknown var or model "a"'),

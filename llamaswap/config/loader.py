@@ -23,6 +23,7 @@ from .envsubst import substitute_env
 from .errors import ConfigError
 from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_duration, url_parse_error
 from .matrix import build_matrix
+from .virtual import Names, build_profiles, build_selectors, decode_profiles, decode_selectors
 from .model import (
     DEFAULT_GROUP_ID,
     RESTART_POLICIES,
@@ -176,8 +177,8 @@ class _Load:
         taken = set(models).union(*(m.aliases for m in models.values()))
         models.update((mid, self._model(mid, node)) for mid, node in self.extra_models.items()
                       if mid not in taken)
-        profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
-            top.get("profiles"), "profiles", "map[string][]string")}
+        legacy_profiles, raw_profiles = decode_profiles(d, top.get("profiles"))
+        raw_selectors = decode_selectors(d, top.get("selectors"))
         groups_node = top.get("groups")
         groups = {gid: self._group(gid, node) for gid, _, node in d.items(
             groups_node, "groups", "map[string]config.GroupConfig")}
@@ -248,8 +249,8 @@ class _Load:
         if not is_null(matrix_node):
             matrix = build_matrix(self.d, matrix_node, built, aliases, warnings, where=matrix_where)
         else:
-            group_configs = self._groups(groups, built, aliases, groups_node, groups_where)
-        scheduler = self._scheduler(routing, built, aliases)
+            group_configs = self._groups(groups, built, aliases, groups_node, groups_where, warnings)
+        scheduler = self._scheduler(routing, built, aliases, warnings)
 
         real_preload = []
         for name in preload:
@@ -268,6 +269,9 @@ class _Load:
 
         peer_configs = {pid: self._resolve_peer(peers[pid], [(n, v) for n, v, _ in global_macros])
                         for pid in sorted(peers)}
+        names = Names(built, aliases, peer_configs)
+        selectors = build_selectors(d, raw_selectors, names, group_configs, matrix, warnings)
+        profiles = build_profiles(d, raw_profiles, names, selectors)
 
         # auto-aliases were appended to each model while resolving; the map is final now
         return Config(
@@ -294,7 +298,9 @@ class _Load:
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
-            has_profiles=bool(profiles),
+            has_profiles=bool(legacy_profiles),
+            profiles=freeze(profiles),
+            selectors=freeze(selectors),
             warnings=tuple(warnings),
         )
 
@@ -453,7 +459,7 @@ class _Load:
         return raw
 
     def _scheduler(self, routing: _RawRouting, models: Mapping[str, ModelConfig],
-                   aliases: Mapping[str, str]) -> SchedulerConfig:
+                   aliases: Mapping[str, str], warnings: list[str]) -> SchedulerConfig:
         use = routing.scheduler_use or "fifo"
         if use not in _SCHEDULERS:
             raise self.fail(f"routing.scheduler.use: unknown scheduler {go_quote(use)} "
@@ -464,7 +470,9 @@ class _Load:
             value, key_node = routing.priority[name]
             real = name if name in models else aliases.get(name)
             if real is None:
-                raise self.fail(f"{where} references unknown model {go_quote(name)}", f"{where}.{name}", key_node)
+                # Upstream refuses this; its own example config ranks models it never defines.
+                warnings.append(f"{where} references unknown model {go_quote(name)}; ignored")
+                continue
             # a model's own id wins over one of its aliases written beside it
             if name == real or real not in routing.priority:
                 priority[real] = value
@@ -656,15 +664,8 @@ class _Load:
         return model, 1 if port is not None else 0
 
     def _groups(self, groups: dict[str, dict[str, Any]], models: dict[str, ModelConfig],
-                aliases: dict[str, str], groups_node: Node | None, where: str = "groups") -> dict[str, GroupConfig]:
-        # model ids win over aliases, as in Config.real_model_name
-        listed = {m if m in models else aliases.get(m, m) for g in groups.values() for m in g["members"]}
-        groups = dict(groups)
-        groups[DEFAULT_GROUP_ID] = {
-            "swap": True, "exclusive": True, "persistent": False,
-            "members": sorted(m for m in models if m not in listed), "node": groups_node,
-        }
-
+                aliases: dict[str, str], groups_node: Node | None, where: str,
+                warnings: list[str]) -> dict[str, GroupConfig]:
         def check_members(resolve) -> None:
             owner: dict[str, str] = {}
             for gid in sorted(groups):
@@ -682,14 +683,25 @@ class _Load:
                     owner[member] = gid
 
         check_members(lambda m: m)
-        # Upstream only finds an unknown member when it builds the router (exit 1 at start,
-        # reload refused); we report it at load. A member written as an alias means its model.
+        # Upstream refuses a member that is no model when it builds its router (exit 1 at
+        # start, reload refused), yet its own example config lists such members: each is
+        # dropped with a warning. A member written as an alias means its model.
+        known = {}
         for gid in sorted(groups):
             for member in groups[gid]["members"]:
                 if member not in models and member not in aliases:
-                    raise self.fail(f"group {gid}: no model config for {go_quote(member)}",
-                                    f"{where}.{gid}.members", groups[gid]["node"])
+                    warnings.append(f"{where}.{gid}.members: group {gid}: no model config for "
+                                    f"{go_quote(member)}; the member is ignored")
+            known[gid] = dict(groups[gid], members=[m for m in groups[gid]["members"]
+                                                     if m in models or m in aliases])
+        groups = known
+        # model ids win over aliases, as in Config.real_model_name
         real = lambda m: m if m in models else aliases[m]  # noqa: E731
+        listed = {real(m) for g in groups.values() for m in g["members"]}
+        groups[DEFAULT_GROUP_ID] = {
+            "swap": True, "exclusive": True, "persistent": False,
+            "members": sorted(m for m in models if m not in listed), "node": groups_node,
+        }
         check_members(real)
         return {gid: GroupConfig(id=gid, swap=g["swap"], exclusive=g["exclusive"], persistent=g["persistent"],
                                  members=tuple(real(m) for m in g["members"]))

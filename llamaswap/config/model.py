@@ -163,6 +163,30 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """A runtime-selectable set of pins (``profiles.<id>`` in map shape)."""
+
+    id: str
+    description: str = ""
+    # requested id -> target (model, alias, peer model or selector); "" disables the id
+    pins: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """A virtual model id (``selectors.<id>``) that picks one of its targets per request."""
+
+    id: str
+    strategy: str  # "pin" | "warm" | "spillover"
+    targets: tuple[str, ...]  # as written: a request's model becomes one of these
+    spillover: int = 1  # settings.spillover
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     id: str
     proxy: str
@@ -204,7 +228,9 @@ class Config:
     preload: tuple[str, ...] = ()  # real model ids
     peers: Mapping[str, PeerConfig] = field(default_factory=_empty)  # sorted by id
     aliases: Mapping[str, str] = field(default_factory=_empty)  # alias -> real model id
-    has_profiles: bool = False  # the removed `profiles:` feature was present (warn)
+    has_profiles: bool = False  # list-shaped `profiles:` of the reference revision were present (warn)
+    profiles: Mapping[str, ProfileConfig] = field(default_factory=_empty)  # map-shaped ones, sorted by id
+    selectors: Mapping[str, SelectorConfig] = field(default_factory=_empty)  # sorted by id
     warnings: tuple[str, ...] = ()  # loaded, but worth a WARN line at startup and reload
 
     def real_model_name(self, name: str) -> str | None:

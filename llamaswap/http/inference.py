@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from llamaswap.config.model import thaw
-from llamaswap.http import errors, extract, filters
+from llamaswap.http import errors, extract, filters, virtual
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
@@ -114,11 +114,16 @@ def _model_handler(source: str, strip_v: bool = False):
         except ValueError as e:
             ctx.send_error(400, f"could not read request body: {e}")
             return
+        done = None
         try:
-            path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-            dispatch(ctx, ex, path)
+            go_on, done = virtual.rewrite(ctx, ex)
+            if go_on:
+                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+                dispatch(ctx, ex, path)
         finally:
             ex.close()
+            if done is not None:
+                done()
     return handle
 
 
@@ -163,7 +168,8 @@ def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
         return body_bytes(ex.data or b"")
     length = _content_length(ctx)
     if ex.kind == "multipart":
-        replace = use_name.encode() if use_name and ex.value_span is not None else None
+        value = use_name or ex.model_value
+        replace = value.encode() if value is not None and ex.value_span is not None else None
         if replace is not None and length is not None:
             start, end = ex.value_span
             length += len(replace) - (end - start)

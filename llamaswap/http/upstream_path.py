@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from llamaswap.http import extract
+from llamaswap.http import extract, virtual
 from llamaswap.http.context import RequestContext
 from llamaswap.http.inference import dispatch, serve_peer_path
 
@@ -41,7 +41,7 @@ def find_model(raw_rest: str, is_known) -> tuple[str, str, str] | None:
 def handle_upstream(ctx: RequestContext) -> None:
     app = ctx.app
     cfg = app.config
-    raw_rest = ctx.raw_path[len(PREFIX):]
+    raw_rest = virtual.upstream_rest(app, ctx.raw_path[len(PREFIX):])  # the active profile's pins
     found = find_model(raw_rest, lambda n: cfg.real_model_name(n) is not None)
     peer = None
     if found is None:
