@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from llamaswap.http import auth
 from llamaswap.http.routes import RequestContext, RouteTable
 
 PREFIX = "/upstream/"
@@ -50,6 +51,8 @@ def handle_upstream(ctx: RequestContext) -> None:
             return
         peer = peer_models[found[0]]
     name, raw_name, remainder = found
+    if not auth.may_use(ctx, name, None if peer is not None else cfg.real_model_name(name)):
+        return  # 403: the key may not use this model
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
         if ctx.query_string:
