@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Build dist/llama-swap.pyz: one file that runs on Python 3.10+ with nothing installed.
 
-The archive holds the llamaswap package, the pure-Python parts of PyYAML (lib/yaml from the
-sdist; no compiled extension, PyYAML falls back to its Python parser) and gjson-py, their
-licence texts under licenses/, and a __main__.py. The dependencies are downloaded once with
-pip into build/zipapp-deps/ and checked against pinned hashes, so later builds work offline;
-with no network and no cache, the installed copies of the same versions are used instead.
-Entries are sorted and carry a fixed timestamp, so the same tree gives the same bytes.
+The archive holds the llamaswap package, the pure-Python parts of PyYAML and gjson-py, their
+licence texts under licenses/, and a __main__.py. The dependencies are pinned wheels (PyYAML's
+for one platform, of which only the pure-Python `yaml/` files are taken: no compiled extension,
+PyYAML falls back to its Python parser), downloaded once with `pip download --only-binary`
+into build/zipapp-deps/ and checked against pinned hashes: no build backend ever runs, so a
+first build takes seconds, and later builds work offline. With no network and no cache, the
+installed copies of the same versions are used instead. Entries are sorted and carry a fixed
+timestamp, so the same tree gives the same bytes.
 
 Usage: python3 build_zipapp.py [--output PATH] [--cache DIR]
 """
@@ -21,20 +23,38 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent
 SHEBANG = b"#!/usr/bin/env python3\n"
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-PYYAML = ("pyyaml", "6.0.3", "pyyaml-6.0.3.tar.gz",
-          "d76623373421df22fb4cf8817020cbb7ef15c725b9d5e45f17e189bfc384190f")
-GJSON = ("gjson", "1.2.0", "gjson-1.2.0-py3-none-any.whl",
-         "c85bf59da57f2b992dc62dc15ca2c128fb4f58523763a8644df863a6d3d5f0c6")
+
+
+class Pin(NamedTuple):
+    dist: str                  # the distribution's name on PyPI
+    version: str
+    package: str               # the import package taken from the wheel
+    filename: str
+    sha256: str
+    platform: tuple[str, ...]  # pip's platform selection for a wheel with compiled parts
+
+
+# PyYAML has no pure-Python wheel; its yaml/*.py files are the same in every platform's wheel
+# (and in the sdist), so one platform's wheel is pinned and its extension module left out.
+PYYAML = Pin("pyyaml", "6.0.3", "yaml",
+             "pyyaml-6.0.3-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64"
+             ".manylinux_2_28_x86_64.whl",
+             "ba1cc08a7ccde2d2ec775841541641e4548226580ab850948cbfda66a1befcdc",
+             ("--platform", "manylinux2014_x86_64", "--python-version", "3.12",
+              "--implementation", "cp", "--abi", "cp312"))
+GJSON = Pin("gjson", "1.2.0", "gjson", "gjson-1.2.0-py3-none-any.whl",
+            "c85bf59da57f2b992dc62dc15ca2c128fb4f58523763a8644df863a6d3d5f0c6", ())
 SKIP_DIRS = {"__pycache__"}
 COMPILED = (".so", ".pyd", ".dll", ".dylib", ".c", ".h", ".pyx", ".pxd", ".pyc")
+LICENCE = re.compile(r"(LICEN[CS]E|COPYING)(\.\w+)?")
 
 MAIN = '''\
 import sys
@@ -52,7 +72,7 @@ Licences of what this archive contains
 
 llamaswap/   llama-swap for Python, MIT licence: llama-swap-LICENSE
 yaml/        PyYAML {pyyaml}, MIT licence: PyYAML-LICENSE
-             (https://github.com/yaml/pyyaml; pure-Python part of the sdist, unmodified)
+             (https://github.com/yaml/pyyaml; the pure-Python files of its wheel, unmodified)
 gjson/       gjson-py {gjson}, GNU GPL version 3 or later: gjson-py-LICENSE
              (https://github.com/volans-/gjson-py; from the py3-none-any wheel, unmodified)
 '''
@@ -62,83 +82,68 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fetch(spec: tuple[str, str, str, str], cache: Path, binary: bool) -> Path | None:
-    """The pinned distribution file from the cache, downloading it with pip if missing."""
-    name, version, filename, digest = spec
-    target = cache / filename
-    if target.exists() and sha256(target) == digest:
+def fetch(pin: Pin, cache: Path) -> Path | None:
+    """The pinned wheel from the cache, downloading it with pip if missing. Only a wheel is
+    ever accepted (--only-binary), so pip never runs a build backend."""
+    target = cache / pin.filename
+    if target.exists() and sha256(target) == pin.sha256:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        kind = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", *kind, f"{name}=={version}", "-d", tmp]
+               "--disable-pip-version-check", "--only-binary", ":all:", *pin.platform,
+               f"{pin.dist}=={pin.version}", "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / filename
+        got = Path(tmp) / pin.filename
         if result.returncode != 0 or not got.exists():
-            print(f"build_zipapp: could not download {name}=={version}: "
+            print(f"build_zipapp: could not download {pin.filename}: "
                   f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}", file=sys.stderr)
             return None
-        if sha256(got) != digest:
-            raise SystemExit(f"build_zipapp: {filename} does not match its pinned sha256")
+        if sha256(got) != pin.sha256:
+            raise SystemExit(f"build_zipapp: {pin.filename} does not match its pinned sha256")
         os.replace(got, target)  # atomic: concurrent builds share the cache safely
     return target
 
 
-def pyyaml_files(cache: Path) -> tuple[dict[str, bytes], bytes]:
-    """(archive name -> content for the yaml package, licence text)."""
-    sdist = fetch(PYYAML, cache, binary=False)
+def dependency_files(pin: Pin, cache: Path) -> tuple[dict[str, bytes], bytes]:
+    """(archive name -> content for the pinned package's pure-Python files, licence text)."""
+    wheel = fetch(pin, cache)
+    if wheel is None:
+        return installed_files(pin)
     files: dict[str, bytes] = {}
     licence = b""
-    if sdist is not None:
-        prefix = f"pyyaml-{PYYAML[1]}/"
-        with tarfile.open(sdist) as tar:
-            for member in tar.getmembers():
-                if not member.isfile():
-                    continue
-                if member.name == prefix + "LICENSE":
-                    licence = tar.extractfile(member).read()
-                elif member.name.startswith(prefix + "lib/yaml/") and member.name.endswith(".py"):
-                    files["yaml/" + member.name[len(prefix + "lib/yaml/"):]] = \
-                        tar.extractfile(member).read()
-        if not licence:
-            raise SystemExit("build_zipapp: the PyYAML sdist has no LICENSE")
-        return files, licence
-    return installed_files("PyYAML", PYYAML[1], "yaml")
+    with zipfile.ZipFile(wheel) as whl:
+        for name in whl.namelist():
+            if (name.startswith(pin.package + "/") and not name.endswith("/")
+                    and not name.endswith(COMPILED)):
+                files[name] = whl.read(name)
+            elif (re.fullmatch(rf"{re.escape(pin.dist)}-[^/]+\.dist-info/(licenses/)?[^/]+", name,
+                               flags=re.I) and LICENCE.fullmatch(name.rsplit("/", 1)[1])):
+                licence = whl.read(name)
+    if not licence:
+        raise SystemExit(f"build_zipapp: {pin.filename} has no licence text")
+    return files, licence
 
 
-def gjson_files(cache: Path) -> tuple[dict[str, bytes], bytes]:
-    wheel = fetch(GJSON, cache, binary=True)
-    files: dict[str, bytes] = {}
-    licence = b""
-    if wheel is not None:
-        with zipfile.ZipFile(wheel) as whl:
-            for name in whl.namelist():
-                if name.startswith("gjson/") and not name.endswith("/"):
-                    files[name] = whl.read(name)
-                elif re.match(r"gjson-[^/]+\.dist-info/(licenses/)?(LICENSE|COPYING)", name):
-                    licence = whl.read(name)
-        return files, licence
-    return installed_files("gjson", GJSON[1], "gjson")
-
-
-def installed_files(dist_name: str, version: str, package: str) -> tuple[dict[str, bytes], bytes]:
+def installed_files(pin: Pin) -> tuple[dict[str, bytes], bytes]:
     """Offline fallback: the same version's pure-Python files from this Python's site-packages."""
     try:
-        dist = importlib.metadata.distribution(dist_name)
+        dist = importlib.metadata.distribution(pin.dist)
     except importlib.metadata.PackageNotFoundError:
-        raise SystemExit(f"build_zipapp: {dist_name} {version} is neither downloadable nor installed")
-    if dist.version != version:
-        raise SystemExit(f"build_zipapp: installed {dist_name} is {dist.version}, need {version}")
+        raise SystemExit(f"build_zipapp: {pin.dist} {pin.version} is neither downloadable "
+                         "nor installed")
+    if dist.version != pin.version:
+        raise SystemExit(f"build_zipapp: {pin.dist} {pin.version} could not be downloaded, "
+                         f"and the installed one is {dist.version}")
     files, licence = {}, b""
     for rel in dist.files or ():
         parts = Path(str(rel)).parts
-        if parts[0] == package and not rel.name.endswith(COMPILED) and "__pycache__" not in parts:
+        if parts[0] == pin.package and not rel.name.endswith(COMPILED) and "__pycache__" not in parts:
             files["/".join(parts)] = Path(dist.locate_file(rel)).read_bytes()
-        elif parts[0].endswith(".dist-info") and re.match(r"(LICEN[CS]E|COPYING)", rel.name):
+        elif parts[0].endswith(".dist-info") and LICENCE.fullmatch(rel.name):
             licence = Path(dist.locate_file(rel)).read_bytes()
     if not licence:
-        raise SystemExit(f"build_zipapp: no licence text found for installed {dist_name}")
+        raise SystemExit(f"build_zipapp: no licence text found for installed {pin.dist}")
     return files, licence
 
 
@@ -176,17 +181,15 @@ def package_files() -> dict[str, bytes]:
 
 
 def build(output: Path, cache: Path) -> Path:
-    yaml_files, yaml_licence = pyyaml_files(cache)
-    gjson_src, gjson_licence = gjson_files(cache)
+    yaml_files, yaml_licence = dependency_files(PYYAML, cache)
+    gjson_src, gjson_licence = dependency_files(GJSON, cache)
     if "yaml/__init__.py" not in yaml_files or "gjson/__init__.py" not in gjson_src:
         raise SystemExit("build_zipapp: dependency sources are incomplete")
-    if not gjson_licence:
-        raise SystemExit("build_zipapp: gjson-py licence text missing from the wheel")
     entries = {"__main__.py": MAIN.encode()}
     entries.update(package_files())
     entries.update(yaml_files)
     entries.update(gjson_src)
-    entries["licenses/README.txt"] = LICENSES_README.format(pyyaml=PYYAML[1], gjson=GJSON[1]).encode()
+    entries["licenses/README.txt"] = LICENSES_README.format(pyyaml=PYYAML.version, gjson=GJSON.version).encode()
     entries["licenses/llama-swap-LICENSE"] = (ROOT / "LICENSE").read_bytes()
     entries["licenses/PyYAML-LICENSE"] = yaml_licence
     entries["licenses/gjson-py-LICENSE"] = gjson_licence

@@ -60,8 +60,10 @@ def test_route_families(two):
 def test_model_errors_are_openai_shaped(two):
     s, h, b = two.post("/v1/chat/completions", chat("nope"))
     assert s == 404 and h["content-type"] == "application/json"
-    err = json.loads(b)["error"]
-    assert "nope" in err["message"] and err["code"] == 404 and err["type"]
+    body = json.loads(b)
+    err = body["error"]
+    assert body["src"] == "llama-swap" and "nope" in err["message"]
+    assert (err["type"], err["param"], err["code"]) == ("invalid_request_error", None, "not_found")
     s, h, b = two.post("/v1/chat/completions", {"messages": []})
     assert s == 404 and json.loads(b)["error"]["message"] == (
         "no model id could be identified: the JSON body has no 'model' field")
@@ -293,9 +295,13 @@ def test_concurrency_limit_429_before_any_byte():
         r = c.getresponse()
         assert r.status == 200 and r.read1(65536)
         s, h, b = p.post("/v1/chat/completions", chat("m1"))
-        assert s == 429 and h["retry-after"] == "1"
+        assert s == 429 and h["retry-after"] == "1" and h["content-type"] == "application/json"
         err = json.loads(b)["error"]
-        assert err["type"] == "rate_limit_error" and "m1" in err["message"]
+        assert (err["type"], err["code"]) == ("rate_limit_error", "concurrency_limit")
+        assert err["message"].startswith("Too many requests") and "m1" in err["message"]
+        # upstream sheds this 429 as JSON whatever the client accepts
+        s, h, b = p.post("/v1/chat/completions", chat("m1"), headers={"Accept": "text/plain"})
+        assert s == 429 and json.loads(b)["error"]["code"] == "concurrency_limit"
         r.read()
         c.close()
         assert p.post("/v1/chat/completions", chat("m1"))[0] == 200

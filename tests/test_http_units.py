@@ -4,6 +4,8 @@ matching, loading-stream framing."""
 import base64
 import json
 
+import pytest
+
 from llamaswap.config.model import Filters, freeze
 from llamaswap.http import auth, errors, filters, loading
 from llamaswap.http.routes import RouteTable
@@ -38,22 +40,56 @@ class _Target:
         self.sent = (status, body, ctype, list(headers))
 
 
-def test_errors_openai_envelope_plain_and_html():
+def test_errors_upstream_envelope_plain_and_html():
     t = _Target()
     errors.send_error(t, 404, 'model "x" not found')
     status, body, ctype, _ = t.sent
     assert status == 404 and ctype == "application/json"
-    assert json.loads(body) == {"error": {"message": 'model "x" not found',
-                                          "type": "invalid_request_error", "code": 404}}
+    # byte for byte as upstream's Go encoder writes it (param null, keys in this order)
+    assert body == (b'{"src":"llama-swap","error":{"message":"model \\"x\\" not found",'
+                    b'"type":"invalid_request_error","param":null,"code":"not_found"}}')
+    errors.send_error(t, 400, "a <b> & c", code="custom")
+    assert json.loads(t.sent[1]) == {"src": "llama-swap", "error": {
+        "message": "a <b> & c", "type": "invalid_request_error", "param": None, "code": "custom"}}
+    assert b"\\u003cb\\u003e \\u0026" in t.sent[1]
     t = _Target("text/plain")
     errors.send_error(t, 500, "boom")
     assert t.sent[1] == b"llama-swap: boom" and t.sent[2].startswith("text/plain")
     t = _Target("text/html,application/xhtml+xml")
-    errors.send_error(t, 502, "<bad>")
-    assert t.sent[1] == b"<html><body><h1>llama-swap</h1><p>&lt;bad&gt;</p></body></html>"
-    assert errors.error_type(401) == "authentication_error"
-    assert errors.error_type(429) == "rate_limit_error"
-    assert errors.error_type(503) == "server_error"
+    errors.send_error(t, 502, "<bad> 'q' \"d\"")
+    assert t.sent[1] == (b"<html><body><h1>llama-swap</h1><p>&lt;bad&gt; &#39;q&#39; &#34;d&#34;"
+                         b"</p></body></html>")
+
+
+@pytest.mark.parametrize("status,kind,code", [
+    (400, "invalid_request_error", "bad_request"),
+    (401, "authentication_error", "unauthorized"),
+    (403, "authentication_error", "forbidden"),
+    (404, "invalid_request_error", "not_found"),
+    (405, "invalid_request_error", "invalid_request"),
+    (409, "invalid_request_error", "conflict"),
+    (413, "invalid_request_error", "invalid_request"),
+    (429, "rate_limit_error", "rate_limit_exceeded"),
+    (500, "server_error", "internal_error"),
+    (502, "server_error", "bad_gateway"),
+    (503, "server_error", "service_unavailable"),
+    (504, "server_error", "gateway_timeout"),
+    (505, "server_error", "internal_error"),
+])
+def test_error_status_table(status, kind, code):
+    t = _Target()
+    errors.send_error(t, status, "m")
+    assert json.loads(t.sent[1]) == {"src": "llama-swap", "error": {
+        "message": "m", "type": kind, "param": None, "code": code}}
+
+
+def test_concurrency_limit_429_is_json_whatever_accept_says():
+    t = _Target("text/plain")
+    errors.send_concurrency_limit(t)
+    status, body, ctype, headers = t.sent
+    assert (status, ctype, headers) == (429, "application/json", [("Retry-After", "1")])
+    assert body == (b'{"src":"llama-swap","error":{"message":"Too many requests",'
+                    b'"type":"rate_limit_error","param":null,"code":"concurrency_limit"}}')
 
 
 def test_extract_api_key_order():

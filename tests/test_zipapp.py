@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -31,6 +32,14 @@ def _pythons() -> dict[tuple[int, ...], str]:
     return found
 
 
+def _load_build_script():
+    spec = importlib.util.spec_from_file_location("build_zipapp", ROOT / "build_zipapp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BUILD = _load_build_script()
 PYTHONS = _pythons()
 OLDEST_NEWEST = sorted({min(PYTHONS), max(PYTHONS)}) if PYTHONS else []
 
@@ -46,9 +55,43 @@ def clean_env(tmp: Path) -> dict[str, str]:
 def pyz(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zipapp") / "llama-swap.pyz"
     r = subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--output", str(out)],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def _build(output: Path, cache: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "build_zipapp.py"), "--output", str(output),
+                           "--cache", str(cache)], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _dependency_entries(pyz: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(pyz) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if not n.startswith("llamaswap/")}
+
+
+def test_first_build_fetches_only_the_pinned_wheels(pyz, tmp_path):
+    """A fresh machine: an empty cache folder and pip's own cache off. Only the two pinned
+    wheels are fetched (never an sdist, so no build backend runs), their files are what the
+    usual build archives, and a rebuild from the filled folder needs no package index at all."""
+    cache = tmp_path / "cache"
+    first = _build(tmp_path / "first.pyz", cache, {**os.environ, "PIP_NO_CACHE_DIR": "1"})
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in cache.iterdir()) == sorted([BUILD.PYYAML.filename,
+                                                              BUILD.GJSON.filename])
+    assert _dependency_entries(tmp_path / "first.pyz") == _dependency_entries(pyz)
+
+    offline = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    offline.update(PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull, PIP_NO_CACHE_DIR="1")
+    again = _build(tmp_path / "again.pyz", cache, offline)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.pyz").read_bytes() == (tmp_path / "first.pyz").read_bytes()
+
+    # offline with nothing cached: the build says what it could not get (then falls back to
+    # the installed copies, which only serve when they are the pinned versions)
+    empty = _build(tmp_path / "none.pyz", tmp_path / "empty", offline)
+    assert f"build_zipapp: could not download {BUILD.PYYAML.filename}" in empty.stderr
 
 
 def test_archive_layout(pyz):

@@ -26,11 +26,14 @@ from .matrix import build_matrix
 from .model import (
     DEFAULT_GROUP_ID,
     Config,
+    FifoConfig,
     Filters,
     GroupConfig,
     ModelConfig,
     PeerConfig,
     PerformanceConfig,
+    RoutingConfig,
+    SchedulerConfig,
     Timeouts,
     freeze,
 )
@@ -41,6 +44,8 @@ _LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
 _LOG_LEVELS = ("debug", "info", "warn", "error")
 _PROTECTED_PARAMS = ("model",)
 _MIN_PERFORMANCE_EVERY_NS = 5_000_000_000
+_SCHEDULERS = ("fifo",)
+_ROUTERS = ("group", "matrix")
 
 
 def load_config(path: str) -> Config:
@@ -86,6 +91,26 @@ class _RawModel:
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
+
+
+@dataclass
+class _RawRouting:
+    """``routing:`` decoded (types checked), not yet validated against the models."""
+    node: Node | None = None
+    scheduler_use: str = ""
+    scheduler_use_node: Node | None = None
+    fifo: dict[str, Node] = field(default_factory=dict)  # the fields of settings.fifo
+    priority: dict[str, tuple[int, Node]] = field(default_factory=dict)  # as written -> (value, key node)
+    router_use: str = ""
+    router_node: Node | None = None
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups_node: Node | None = None
+    matrix_node: Node | None = None
+
+    @property
+    def sets_router(self) -> bool:
+        """Upstream's test for "the config uses routing.router"."""
+        return self.router_use != "" or not is_null(self.matrix_node) or bool(self.groups)
 
 
 @dataclass
@@ -141,6 +166,7 @@ class _Load:
         groups = {gid: self._group(gid, node) for gid, _, node in d.items(
             groups_node, "groups", "map[string]config.GroupConfig")}
         matrix_node = top.get("matrix")
+        routing = self._routing(top.get("routing"))
         preload = self._preload(top.get("hooks"))
         peers = {pid: self._peer(pid, node) for pid, _, node in d.items(
             top.get("peers"), "peers", "config.PeerDictionaryConfig")}
@@ -178,15 +204,34 @@ class _Load:
             next_port += used_port
             built[mid] = model
 
+        # routing.router and the legacy top-level groups/matrix: one spelling or the other
+        matrix_where, groups_where = "matrix", "groups"
+        if routing.sets_router and (not is_null(matrix_node) or groups):
+            raise self.fail("config uses both the legacy top-level 'matrix'/'groups' keys and the new "
+                            "'routing.router' block; please migrate the top-level keys into "
+                            "'routing.router' and remove them", "routing.router", routing.router_node)
+        if routing.sets_router:
+            if routing.router_use == "matrix":
+                if is_null(routing.matrix_node):
+                    raise self.fail("routing.router.use is 'matrix' but routing.router.settings.matrix is not set",
+                                    "routing.router.use", routing.router_node)
+                matrix_node, matrix_where = routing.matrix_node, "routing.router.settings.matrix"
+            elif routing.router_use in ("group", ""):
+                groups, groups_node = routing.groups, routing.groups_node
+                groups_where = "routing.router.settings.groups"
+            else:
+                raise self.fail(f"routing.router.use: unknown router {go_quote(routing.router_use)} "
+                                f"(valid: {', '.join(_ROUTERS)})", "routing.router.use", routing.router_node)
         if not is_null(matrix_node) and groups:
             raise self.fail("config cannot use both 'groups' and 'matrix'", "matrix", matrix_node)
         warnings: list[str] = []
         matrix = None
         group_configs: dict[str, GroupConfig] = {}
         if not is_null(matrix_node):
-            matrix = build_matrix(self.d, matrix_node, built, aliases, warnings)
+            matrix = build_matrix(self.d, matrix_node, built, aliases, warnings, where=matrix_where)
         else:
-            group_configs = self._groups(groups, built, aliases, groups_node)
+            group_configs = self._groups(groups, built, aliases, groups_node, groups_where)
+        scheduler = self._scheduler(routing, built, aliases)
 
         real_preload = []
         for name in preload:
@@ -223,6 +268,7 @@ class _Load:
             models=freeze(dict(sorted(built.items()))),
             groups=freeze(dict(sorted(group_configs.items()))),
             matrix=matrix,
+            routing=RoutingConfig(scheduler=scheduler, router="matrix" if matrix is not None else "group"),
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
@@ -304,9 +350,52 @@ class _Load:
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
         return raw
 
-    def _group(self, gid: str, node: Node) -> dict[str, Any]:
+    def _routing(self, node: Node | None) -> _RawRouting:
         d = self.d
-        key = f"groups.{gid}"
+        raw = _RawRouting(node=node)
+        f = d.mapping(node, "routing", "config.RoutingConfig")
+        scheduler = d.mapping(f.get("scheduler"), "routing.scheduler", "config.SchedulerConfig")
+        raw.scheduler_use = d.string(scheduler.get("use"), "routing.scheduler.use")
+        raw.scheduler_use_node = scheduler.get("use")
+        settings = d.mapping(scheduler.get("settings"), "routing.scheduler.settings", "config.SchedulerSettings")
+        where = "routing.scheduler.settings.fifo"
+        raw.fifo = d.mapping(settings.get("fifo"), where, "config.FifoConfig")
+        raw.priority = {name: (d.integer(value, f"{where}.priority.{name}"), key) for name, key, value in d.items(
+            raw.fifo.get("priority"), f"{where}.priority", "map[string]int")}
+        raw.router_node = f.get("router")
+        router = d.mapping(raw.router_node, "routing.router", "config.RouterConfig")
+        raw.router_use = d.string(router.get("use"), "routing.router.use")
+        settings = d.mapping(router.get("settings"), "routing.router.settings", "config.RouterSettings")
+        where = "routing.router.settings.groups"
+        raw.groups_node = settings.get("groups")
+        raw.groups = {gid: self._group(gid, g, where) for gid, _, g in d.items(
+            raw.groups_node, where, "map[string]config.GroupConfig")}
+        raw.matrix_node = settings.get("matrix")
+        if not is_null(raw.matrix_node):
+            d.mapping(raw.matrix_node, "routing.router.settings.matrix", "config.MatrixConfig")
+        return raw
+
+    def _scheduler(self, routing: _RawRouting, models: Mapping[str, ModelConfig],
+                   aliases: Mapping[str, str]) -> SchedulerConfig:
+        use = routing.scheduler_use or "fifo"
+        if use not in _SCHEDULERS:
+            raise self.fail(f"routing.scheduler.use: unknown scheduler {go_quote(use)} "
+                            f"(valid: {', '.join(_SCHEDULERS)})", "routing.scheduler.use", routing.scheduler_use_node)
+        where = "routing.scheduler.settings.fifo.priority"
+        priority: dict[str, int] = {}
+        for name in sorted(routing.priority):
+            value, key_node = routing.priority[name]
+            real = name if name in models else aliases.get(name)
+            if real is None:
+                raise self.fail(f"{where} references unknown model {go_quote(name)}", f"{where}.{name}", key_node)
+            # a model's own id wins over one of its aliases written beside it
+            if name == real or real not in routing.priority:
+                priority[real] = value
+        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items())))))
+
+    def _group(self, gid: str, node: Node, where: str = "groups") -> dict[str, Any]:
+        d = self.d
+        key = f"{where}.{gid}"
         if is_null(node):  # yaml.v3 skips the defaults for a null group: everything false
             return {"swap": False, "exclusive": False, "persistent": False, "members": [], "node": node}
         f = d.mapping(node, key, "config.GroupConfig")
@@ -483,7 +572,7 @@ class _Load:
         return model, 1 if port is not None else 0
 
     def _groups(self, groups: dict[str, dict[str, Any]], models: dict[str, ModelConfig],
-                aliases: dict[str, str], groups_node: Node | None) -> dict[str, GroupConfig]:
+                aliases: dict[str, str], groups_node: Node | None, where: str = "groups") -> dict[str, GroupConfig]:
         # model ids win over aliases, as in Config.real_model_name
         listed = {m if m in models else aliases.get(m, m) for g in groups.values() for m in g["members"]}
         groups = dict(groups)
@@ -498,14 +587,14 @@ class _Load:
                 seen: set[str] = set()
                 for member in groups[gid]["members"]:
                     member = resolve(member)
-                    where = f"groups.{gid}.members"
+                    members_key = f"{where}.{gid}.members"
                     if member in seen:
                         raise self.fail(f"duplicate model member {member} found in group: {gid}",
-                                        where, groups[gid]["node"])
+                                        members_key, groups[gid]["node"])
                     seen.add(member)
                     if member in owner:
                         raise self.fail(f"model member {member} is used in multiple groups: {owner[member]} and {gid}",
-                                        where, groups[gid]["node"])
+                                        members_key, groups[gid]["node"])
                     owner[member] = gid
 
         check_members(lambda m: m)
@@ -515,7 +604,7 @@ class _Load:
             for member in groups[gid]["members"]:
                 if member not in models and member not in aliases:
                     raise self.fail(f"group {gid}: no model config for {go_quote(member)}",
-                                    f"groups.{gid}.members", groups[gid]["node"])
+                                    f"{where}.{gid}.members", groups[gid]["node"])
         real = lambda m: m if m in models else aliases[m]  # noqa: E731
         check_members(real)
         return {gid: GroupConfig(id=gid, swap=g["swap"], exclusive=g["exclusive"], persistent=g["persistent"],

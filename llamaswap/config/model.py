@@ -123,6 +123,35 @@ class MatrixConfig:
 
 
 @dataclass(frozen=True)
+class FifoConfig:
+    """``routing.scheduler.settings.fifo``."""
+
+    # real model id -> priority (keys written as aliases are resolved); missing = 0
+    priority: Mapping[str, int] = field(default_factory=_empty)
+
+    def priority_of(self, model_id: str) -> int:
+        return self.priority.get(model_id, 0)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """``routing.scheduler``: ``use`` is always "fifo" (the only scheduler)."""
+
+    use: str = "fifo"
+    fifo: FifoConfig = field(default_factory=FifoConfig)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """The ``routing:`` section, normalised: the legacy top-level ``groups``/``matrix``
+    land here too. The effective groups or matrix stay in ``Config.groups`` /
+    ``Config.matrix``; ``router`` says which of the two is in use."""
+
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    router: str = "group"  # "group" | "matrix"
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     id: str
     proxy: str
@@ -190,6 +219,7 @@ class Config:
     models: Mapping[str, ModelConfig] = field(default_factory=_empty)  # sorted by id
     groups: Mapping[str, GroupConfig] = field(default_factory=_empty)  # includes "(default)" unless a matrix is used
     matrix: MatrixConfig | None = None
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     preload: tuple[str, ...] = ()  # real model ids
     peers: Mapping[str, PeerConfig] = field(default_factory=_empty)  # sorted by id
     aliases: Mapping[str, str] = field(default_factory=_empty)  # alias -> real model id

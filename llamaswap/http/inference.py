@@ -15,7 +15,7 @@ import weakref
 from typing import Any
 
 from llamaswap.config.model import thaw
-from llamaswap.http import auth, extract, filters
+from llamaswap.http import auth, errors, extract, filters
 from llamaswap.http.forward import (body_bytes, body_stream, forward, request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
@@ -218,8 +218,9 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
     limits = limits_for(app)
     limit = mcfg.effective_concurrency_limit
     if not pinned and not limits.try_acquire(real, limit):
-        ctx.send_error(429, f"Too many requests: model {requested} is at its concurrency limit "
-                            f"of {limit}", headers=[("Retry-After", "1")])
+        errors.send_concurrency_limit(
+            ctx, f"{errors.TOO_MANY_REQUESTS}: model {requested} is at its concurrency limit "
+                 f"of {limit}")
         return
     release_slot = _Once(lambda: None if pinned else limits.release(real))
     try:

@@ -365,7 +365,7 @@ class RequestContext:
     def send_json(self, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> None:
         self.send(status, json.dumps(obj, separators=(",", ":")), "application/json", headers)
 
-    def send_error(self, status: int, message: str, code: Any = None,
+    def send_error(self, status: int, message: str, code: str | None = None,
                    headers: Iterable[tuple[str, str]] = ()) -> None:
         errors.send_error(self, status, message, code, headers)
 
