@@ -138,6 +138,14 @@ class Process:
     def add_exit_listener(self, fn: Callable[[str, int | None], None]) -> None:
         self._exit_listeners = self._exit_listeners + (fn,)
 
+    def wait_exit(self, pid: int | None, timeout: float) -> bool:
+        """True once the backend ``pid`` is no longer this model's ready process (it exited,
+        or a stop began), waiting up to ``timeout`` seconds; False if it is still ready. A
+        refused connection asks this: the exit watcher may not have seen the exit yet."""
+        with self._lock:
+            return self._changed.wait_for(
+                lambda: self._state is not S.READY or self.pid != pid, timeout)
+
     def start(self) -> None:
         with self._lock:
             while True:

@@ -18,8 +18,8 @@ import pytest
 from helpers import demo_backend_argv, free_port, is_alive, wait_until
 from llamaswap.config.model import (DEFAULT_GROUP_ID, Config, ExpandedSet, GroupConfig,
                                     MatrixConfig, ModelConfig)
-from llamaswap.ops.events import (EventBus, ProcessStateChanged, QueueLengthChanged,
-                                  SwapFinished)
+from llamaswap.ops.events import (EventBus, ModelStopping, ProcessStateChanged,
+                                  QueueLengthChanged, SwapFinished)
 from llamaswap.ops.logs import build_loggers, new_process_log
 from llamaswap.process import Process
 from llamaswap.router import Router, RouterError
@@ -44,12 +44,12 @@ class Rig:
         self.router: Router | None = None
         self.processes: dict[str, Process] = {}
 
-    def build(self, models: list[ModelConfig], groups=None, matrix=None) -> Router:
+    def build(self, models: list[ModelConfig], groups=None, matrix=None, **fields) -> Router:
         cfg_models = {m.id: m for m in sorted(models, key=lambda m: m.id)}
         if matrix is None and groups is None:
             groups = [GroupConfig(DEFAULT_GROUP_ID, members=tuple(cfg_models))]
         config = Config(models=cfg_models, matrix=matrix,
-                        groups={g.id: g for g in groups or ()})
+                        groups={g.id: g for g in groups or ()}, **fields)
         self.processes = {mid: self.process(m) for mid, m in cfg_models.items()}
         self.router = Router(config, self.processes, log=self.loggers.log, events=self.events)
         self.router.start()
@@ -156,6 +156,22 @@ def test_collation_abcabc_starts_each_backend_once(rig):
     assert [rig.starts(m) for m in "abc"] == [1, 1, 1]
     lengths = [e.length for e in rig.pump() if isinstance(e, QueueLengthChanged)]
     assert lengths and lengths[-1] == 0
+
+
+def test_every_stop_is_published_with_its_reason(rig):
+    router = rig.build([model("a"), model("b"), model("c", ttl=1)], groups=[
+        GroupConfig("g", members=("a", "b")), GroupConfig("t", swap=True, exclusive=False,
+                                                          members=("c",))])
+    serve(router, "a")
+    serve(router, "b")  # evicts a for the group
+    serve(router, "c")
+    assert wait_until(lambda: rig.state("c") == "stopped", timeout=15)  # its TTL
+    router.unload(["b"])
+    serve(router, "a")
+    router.shutdown(1)
+    stops = [(e.model, e.reason, e.for_model) for e in rig.pump() if isinstance(e, ModelStopping)]
+    assert stops == [("a", "group", "b"), ("c", "ttl", ""), ("b", "unload", ""),
+                     ("a", "shutdown", "")]
 
 
 def test_concurrent_requests_for_one_model_share_one_start(rig):

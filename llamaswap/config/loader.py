@@ -10,6 +10,7 @@ group member that is not a model.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -25,6 +26,7 @@ from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_dura
 from .matrix import build_matrix
 from .model import (
     DEFAULT_GROUP_ID,
+    RESTART_POLICIES,
     Config,
     FifoConfig,
     Filters,
@@ -37,7 +39,7 @@ from .model import (
     Timeouts,
     freeze,
 )
-from .yamlio import Decoder, compose, is_null, scalar_tag_value
+from .yamlio import Decoder, compose, is_null, scalar_tag_value, short_tag
 
 DEFAULT_UNLOAD_TIMEOUT = 5  # seconds; differences.md point 4
 _LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
@@ -91,6 +93,9 @@ class _RawModel:
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
+    health_check_interval: float = 0
+    health_check_failures: int = 3
+    restart: str = "never"
 
 
 @dataclass
@@ -101,6 +106,7 @@ class _RawRouting:
     scheduler_use_node: Node | None = None
     fifo: dict[str, Node] = field(default_factory=dict)  # the fields of settings.fifo
     priority: dict[str, tuple[int, Node]] = field(default_factory=dict)  # as written -> (value, key node)
+    max_wait: float = 0.0
     router_use: str = ""
     router_node: Node | None = None
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -151,6 +157,9 @@ class _Load:
         metrics_max = d.integer(top.get("metricsMaxInMemory"), "metricsMaxInMemory", 1000)
         capture_buffer = d.integer(top.get("captureBuffer"), "captureBuffer", 5)
         perf_disabled, perf_every_ns = self._performance(top.get("performance"))
+        store_node = top.get("store")
+        store_path = None if is_null(store_node) else \
+            d.string(d.mapping(store_node, "store", "config.Store").get("path"), "store.path")
         global_ttl = d.integer(top.get("globalTTL"), "globalTTL", 0)
         start_port = d.integer(top.get("startPort"), "startPort", 5800)
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
@@ -189,6 +198,8 @@ class _Load:
             raise self.fail(f"unloadTimeout must be >= 0 (got {_num(unload_timeout)})", "unloadTimeout",
                             top.get("unloadTimeout"))
         unload_timeout = unload_timeout or DEFAULT_UNLOAD_TIMEOUT
+        if store_path is not None:
+            store_path = self._store_path(store_path, store_node)
 
         aliases = self._aliases(models)
         for name, value, node in global_macros:
@@ -258,6 +269,7 @@ class _Load:
             metrics_max_in_memory=metrics_max if metrics_max > 0 else 1000,
             capture_buffer=capture_buffer,
             performance=PerformanceConfig(disabled=perf_disabled, every=perf_every_ns / 1e9),
+            store_path=store_path,
             global_ttl=global_ttl,
             start_port=start_port,
             send_loading_state=send_loading_state,
@@ -277,6 +289,17 @@ class _Load:
         )
 
     # --- decoding ----------------------------------------------------------------------
+
+    def _store_path(self, path: str, node: Node) -> str:
+        """Upstream's checks that are mistakes in the config; a file that cannot be written
+        (read-only, locked, corrupt, full disk) is not refused here: the proxy warns and keeps
+        activity in memory instead (ops/activity/store.py)."""
+        path = path.strip()
+        if not path:
+            raise self.fail("store.path must not be empty", None, node)
+        if os.path.isdir(path):
+            raise self.fail(f"store.path: {path} is a directory, not a file", None, node)
+        return path
 
     def _performance(self, node: Node | None) -> tuple[bool, int]:
         fields = self.d.mapping(node, "performance", "config.PerformanceConfig")
@@ -348,7 +371,50 @@ class _Load:
         raw.timeouts = self._timeouts(f.get("timeouts"), f"{key}.timeouts", Timeouts())
         d.integer(f.get("healthCheckTimeout"), f"{key}.healthCheckTimeout")  # decoded, then ignored
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
+        raw.health_check_interval = self._seconds(f.get("healthCheckInterval"), f"{key}.healthCheckInterval",
+                                                  f"model {mid}: healthCheckInterval")
+        failures = f.get("healthCheckFailures")
+        if not is_null(failures):
+            raw.health_check_failures = self._count(failures, f"{key}.healthCheckFailures",
+                                                    f"model {mid}: healthCheckFailures")
+        raw.restart = d.string(f.get("restart"), f"{key}.restart", "never")
+        if raw.restart not in RESTART_POLICIES:
+            raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
+                            f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
         return raw
+
+    def _seconds(self, node: Node | None, key: str, what: str) -> float:
+        """A number of seconds (fractions allowed) or a Go duration string such as "30s";
+        0 when absent. Negative and non-numeric values name `what`."""
+        if is_null(node):
+            return 0.0
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag in ("!!int", "!!float") and math.isfinite(parsed):
+                value = float(parsed)
+            elif tag == "!!str":
+                ns = parse_go_duration(node.value.strip())
+                value = None if ns is None else ns / 1e9
+        if value is None:
+            raise self.fail(f"{what} must be a number of seconds or a duration such as 30s "
+                            f"(got {_shown(node)})", key, node)
+        if value < 0:
+            raise self.fail(f"{what} must be >= 0 (got {_num(value)})", key, node)
+        return value
+
+    def _count(self, node: Node, key: str, what: str) -> int:
+        """A whole number of at least 1."""
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag == "!!int":
+                value = parsed
+        if value is None:
+            raise self.fail(f"{what} must be a whole number (got {_shown(node)})", key, node)
+        if value < 1:
+            raise self.fail(f"{what} must be at least 1 (got {value})", key, node)
+        return value
 
     def _routing(self, node: Node | None) -> _RawRouting:
         d = self.d
@@ -362,6 +428,7 @@ class _Load:
         raw.fifo = d.mapping(settings.get("fifo"), where, "config.FifoConfig")
         raw.priority = {name: (d.integer(value, f"{where}.priority.{name}"), key) for name, key, value in d.items(
             raw.fifo.get("priority"), f"{where}.priority", "map[string]int")}
+        raw.max_wait = self._seconds(raw.fifo.get("maxWait"), f"{where}.maxWait", f"{where}.maxWait")
         raw.router_node = f.get("router")
         router = d.mapping(raw.router_node, "routing.router", "config.RouterConfig")
         raw.router_use = d.string(router.get("use"), "routing.router.use")
@@ -391,7 +458,8 @@ class _Load:
             # a model's own id wins over one of its aliases written beside it
             if name == real or real not in routing.priority:
                 priority[real] = value
-        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items())))))
+        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items()))),
+                                                        max_wait=routing.max_wait))
 
     def _group(self, gid: str, node: Node, where: str = "groups") -> dict[str, Any]:
         d = self.d
@@ -531,6 +599,9 @@ class _Load:
         problem = url_parse_error(proxy)
         if problem:
             raise fail(f"model {mid}: invalid proxy URL: {problem}", "proxy")
+        if raw.health_check_interval and check_endpoint.strip().lower() == "none":
+            raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
+                       "checkEndpoint is none", "healthCheckInterval")
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -568,6 +639,9 @@ class _Load:
             health_check_timeout=health_check_timeout,
             unload_timeout=raw.unload_timeout or unload_timeout,
             port=port,
+            health_check_interval=raw.health_check_interval,
+            health_check_failures=raw.health_check_failures,
+            restart=raw.restart,
         )
         return model, 1 if port is not None else 0
 
@@ -656,6 +730,13 @@ def _log_level(value: str) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _shown(node: Node) -> str:
+    """A bad value as an error message quotes it."""
+    if isinstance(node, ScalarNode):
+        return go_quote(node.value)
+    return "a list" if short_tag(node) == "!!seq" else "a mapping"
 
 
 def _is_str(node: ScalarNode) -> bool:

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 DEFAULT_GROUP_ID = "(default)"
 DEFAULT_CONCURRENCY_LIMIT = 10
+RESTART_POLICIES = ("never", "on-failure", "always")
 LOG_BUFFER_SIZE = 100 * 1024
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -88,6 +89,9 @@ class ModelConfig:
     health_check_timeout: int = 120  # always the global value, as upstream
     unload_timeout: float = 5  # grace before SIGKILL for every graceful stop
     port: int | None = None  # the ${PORT} allocated to this model, if any
+    health_check_interval: float = 0  # seconds between probes while ready; 0 = no watch
+    health_check_failures: int = 3  # consecutive failed probes that mark the backend dead
+    restart: str = "never"  # "never" | "on-failure" | "always" (see RESTART_POLICIES)
 
     @property
     def effective_concurrency_limit(self) -> int:
@@ -128,6 +132,8 @@ class FifoConfig:
 
     # real model id -> priority (keys written as aliases are resolved); missing = 0
     priority: Mapping[str, int] = field(default_factory=_empty)
+    # seconds the oldest queued request waits before it forces its swap; 0 = no bound
+    max_wait: float = 0
 
     def priority_of(self, model_id: str) -> int:
         return self.priority.get(model_id, 0)
@@ -209,6 +215,8 @@ class Config:
     metrics_max_in_memory: int = 1000
     capture_buffer: int = 5  # MB
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    # store.path: the SQLite activity file; None keeps activity in memory (metricsMaxInMemory)
+    store_path: str | None = None
     global_ttl: int = 0
     start_port: int = 5800
     send_loading_state: bool = False

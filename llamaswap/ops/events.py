@@ -56,6 +56,18 @@ class QueueLengthChanged:
     length: int
 
 
+@dataclass(frozen=True)
+class ModelStopping:
+    """The router began stopping (or putting to sleep) ``model``. ``reason`` is one word:
+    "group", "matrix", "memory" (a planner evicted it to start ``for_model``), "unload",
+    "ttl", "retire", "shutdown", or a teammate's ("crash", "health", "maxwait", ...).
+    ``for_model`` is the model being started, "" when the stop serves no start."""
+
+    model: str
+    reason: str
+    for_model: str = ""
+
+
 class EventBus(Broadcaster[Any]):
     """publish() never blocks; each subscriber gets a bounded queue (default 25000 as upstream)."""
 

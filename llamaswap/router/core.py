@@ -9,13 +9,38 @@ that nobody receives is never counted as in flight.
 Decision tree for a request for model m (upstream's, re-run in order over the queue
 whenever a swap ends, a stop ends or a model's last request ends):
   1. m unknown -> 404.
+  1a. m is fenced for a starved request (fairness, below) -> wait in the queue.
   2. a swap for m is active -> join it (one load serves every waiter).
   3. m is being stopped or drained by an explicit order -> wait in the queue.
   4. evict = planner.eviction_for(m, running).
   5. m ready, nothing to evict, no collision -> grant now (fast path).
   6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
   7. we would evict a model with requests in flight (or one being drained) -> queue.
+  7a. a starved request would have to evict m (or m's swap would evict its target) -> queue:
+      a younger request must not add to what the starved one waits for.
   8. otherwise start a swap; swaps that do not collide run in parallel.
+
+Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
+  Q1. a request that must wait is inserted before the first queued request whose model has
+      a strictly lower priority (0 unless configured), so equal priorities keep arrival order
+      and the queue is always sorted by priority, highest first (but for a starved request,
+      F1 below, which stays at the head);
+  Q2. the queue is re-run in that order, so a higher-priority request gets the first chance
+      at every swap or stop that frees room;
+  Q3. a reconfigure re-sorts the queue (stably) by the new priorities.
+
+Fairness (``max_wait`` > 0; 0 keeps upstream's behaviour, where steady traffic on a ready
+model can hold a queued request for another model forever):
+  F1. when the oldest queued request has waited ``max_wait`` it is starved: it moves to the
+      head of the queue. One request is starved at a time.
+  F2. the models it waits for are fenced: those it would evict (planned as if its own
+      model were stopped, unless it is ready), and the targets of active swaps that
+      collide with it. A fenced model gets no new grant (none published for
+      claims either); requests for it queue behind the starved one (rule 1a).
+  F3. the fenced models' requests in flight finish, the queue drains in order, the starved
+      request's swap starts, and the next oldest request may become starved at once.
+  So a request waits at most max_wait + the longest request in flight on the models it
+  evicts + its own load time.
 """
 
 from __future__ import annotations
@@ -23,6 +48,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from typing import AbstractSet, Iterable, Mapping, Protocol
+
+from llamaswap.router.planners import eviction_reasons
 
 STOPPED = "stopped"
 STARTING = "starting"
@@ -69,10 +96,14 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class StartSwap:
-    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error)."""
+    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error).
+
+    `reasons` maps each evicted model to the planner's reason word ("group", "matrix",
+    "memory", ...), for the log and the ``ModelStopping`` event."""
     swap_id: int
     model: str
     evict: tuple[str, ...]
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -98,10 +129,12 @@ class ShutdownAll:
 
 @dataclass(frozen=True)
 class ArmTimer:
-    """Call ttl_expired(model, token) at `deadline` (the core's clock)."""
+    """Call timer_expired(kind, model, token) at `deadline` (the core's clock). `kind` is
+    "ttl" (the model's TTL) or "maxwait" (`model` is the oldest queued request's)."""
     model: str
     deadline: float
     token: int
+    kind: str = "ttl"
 
 
 @dataclass(frozen=True)
@@ -131,8 +164,11 @@ class _Order:
 
 class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
-                 ready: AbstractSet[str] = frozenset(), now: float = 0.0):
+                 ready: AbstractSet[str] = frozenset(), now: float = 0.0,
+                 priority: Mapping[str, int] | None = None, max_wait: float = 0.0):
         self.planner = planner
+        self._priority: dict[str, int] = dict(priority or {})
+        self.max_wait = max_wait  # seconds; 0: no bound (fairness rules off)
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
         self._ttl: dict[str, float] = dict(ttl or {})
@@ -150,6 +186,9 @@ class RouterCore:
         self._retire_swaps: dict[str, int] = {}
         self._ttl_token: dict[str, int] = {}
         self.shutting_down = False
+        self._since: dict = {}  # queued request -> when it joined the queue (max_wait only)
+        self.starved = None  # the request the fairness rules serve next, while it is queued
+        self._wait_due: float | None = None  # deadline of the armed maxwait timer
         self._effects: list = []
         for m in self.models:
             if self.state[m] == READY:
@@ -161,6 +200,9 @@ class RouterCore:
         """Models running or committed to run: what planners must take into account."""
         alive = {m for m, s in self.state.items() if s != STOPPED}
         return frozenset(alive | set(self.active) | self.retiring)
+
+    def priority_of(self, model: str) -> int:
+        return self._priority.get(model, 0)
 
     def queue_length(self) -> int:
         return len(self.queue)
@@ -175,9 +217,11 @@ class RouterCore:
         if self.shutting_down:
             return frozenset()
         running = None
+        fence = self.fenced()
         out = []
         for m in self.models:
-            if self.state.get(m) != READY or m in self.active or self._blocked(m):
+            if (self.state.get(m) != READY or m in self.active or self._blocked(m)
+                    or m in fence):
                 continue
             if running is None:
                 running = self.running()
@@ -186,15 +230,29 @@ class RouterCore:
             out.append(m)
         return frozenset(out)
 
+    def fenced(self) -> frozenset[str]:
+        """The models the starved request waits for (rule F2); empty when none is starved."""
+        req = self.starved
+        if req is None or req.model not in self.models:
+            return frozenset()
+        target = req.model
+        running = self.running()
+        if self.state.get(target) != READY:
+            running = running - {target}  # it waits for its own stop: plan as if stopped
+        evict = frozenset(self.planner.eviction_for(target, running)) - {target}
+        colliding = {t for t, swap in self.active.items()
+                     if t != target and (t in evict or target in swap.evict)}
+        return evict | colliding
+
     # ---- commands ------------------------------------------------------------------------
 
     def request(self, req, now: float) -> list:
         if self.shutting_down:
             req.offer_error(shutting_down_error(req.model))
         elif not self._decide(req, now):
-            self.queue.append(req)
+            self._enqueue(req)
             self._publish_positions()
-        return self._take()
+        return self._take(now)
 
     def claimed(self, model: str, now: float) -> list:
         """A request for a model that was in ``grantable()`` was served without waiting
@@ -211,7 +269,7 @@ class RouterCore:
         swap = self.active.get(req.model)
         if swap is not None and req in swap.waiters:
             swap.waiters.remove(req)
-        return self._take()
+        return self._take(now)
 
     def request_done(self, model: str, now: float) -> list:
         count = self.in_flight.get(model, 0) - 1
@@ -226,7 +284,7 @@ class RouterCore:
         elif self.state.get(model) == READY and model not in self.active:
             self._arm_ttl(model, now)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def swap_done(self, swap_id: int, error: str | None, now: float) -> list:
         if swap_id in self._cancelled:
@@ -239,7 +297,7 @@ class RouterCore:
                 if self._gen.get(m) == gen:
                     self._set_state(m, STOPPED)
             self._drain(now)
-            return self._take()
+            return self._take(now)
         model = self._swap_ids.pop(swap_id, None)
         if model is None:
             return self._take()
@@ -259,7 +317,7 @@ class RouterCore:
             for req in swap.waiters:
                 req.offer_error(failure)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def stops_done(self, token: int, now: float) -> list:
         order = self._orders.pop(token, None)
@@ -275,7 +333,7 @@ class RouterCore:
                 if m in self.retiring:
                     self._finish_retire(m)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def ttl_expired(self, model: str, token: int, now: float) -> list:
         if (self._ttl_token.get(model) != token or self.state.get(model) != READY
@@ -285,14 +343,21 @@ class RouterCore:
         ttl = self._ttl.get(model, 0)
         self._effects.append(Log("info", f"{model} Unloading model, TTL of {_seconds(ttl)}s reached"))
         self._order_stop((model,), "ttl", None)
-        return self._take()
+        return self._take(now)
+
+    def timer_expired(self, kind: str, model: str, token: int, now: float) -> list:
+        """An ArmTimer's deadline has passed."""
+        if kind == "maxwait":
+            self._wait_due = None
+            return self._take(now)  # the fairness rules run on every command
+        return self.ttl_expired(model, token, now)
 
     def process_exited(self, model: str, now: float) -> list:
         """The backend exited on its own while ready."""
         if self.state.get(model) == READY and model not in self.active:
             self._set_state(model, STOPPED)
             self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def unload(self, models: Iterable[str] | None, grace: float | None, now: float) -> tuple[int, list]:
         """Stop `models` (None: all). Returns the order token; stops_done(token) ends it."""
@@ -319,7 +384,7 @@ class RouterCore:
         self.queue = kept
         token = self._order_stop(tuple(targets), "unload", grace, tuple(after))
         self._drain(now)
-        return token, self._take()
+        return token, self._take(now)
 
     def shutdown(self, grace: float | None, now: float) -> tuple[int, list]:
         self.shutting_down = True
@@ -335,9 +400,18 @@ class RouterCore:
         return token, self._take()
 
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
-                    stop: Iterable[str], now: float) -> list:
+                    stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
+                    max_wait: float | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
-        grants, their in-flight requests finish, then their old process is stopped."""
+        grants, their in-flight requests finish, then their old process is stopped.
+        `max_wait` None keeps the current bound."""
+        if max_wait is not None and max_wait != self.max_wait:
+            # the new bound is applied afresh (F1) to the same waits; 0 forgets them
+            self.max_wait = max_wait
+            self._wait_due = None
+            self.starved = None
+            if not max_wait:
+                self._since = {}
         new_models = set(models)
         stop_set = {m for m in stop if m in self.models} | (self.models - new_models)
         requeue = []
@@ -361,7 +435,8 @@ class RouterCore:
             if m not in self.state:
                 self.state[m] = STOPPED
                 self._gen[m] = 0
-        self.queue = requeue + self.queue
+        self._priority = dict(priority or {})
+        self.queue = sorted(requeue + self.queue, key=lambda r: -self.priority_of(r.model))  # Q3
         for m in sorted(stop_set):
             if self.in_flight.get(m):
                 continue
@@ -370,9 +445,11 @@ class RouterCore:
                 self._finish_retire(m)  # nothing runs: nothing to stop
             else:
                 self._retire_stop(m)
+        if self.max_wait:
+            self._fairness(now)  # F1 with the new bound and order before anything is served
         self._drain(now)
         self._publish_positions()
-        return self._take()
+        return self._take(now)
 
     # ---- the decision tree -----------------------------------------------------------
 
@@ -382,6 +459,9 @@ class RouterCore:
         if model not in self.models:
             req.offer_error(unknown_model_error(model))
             return True
+        starved = self.starved
+        if starved is not None and req is not starved and model in self.fenced():
+            return False
         swap = self.active.get(model)
         if swap is not None:
             swap.waiters.append(req)
@@ -398,8 +478,18 @@ class RouterCore:
             return False
         if any(self.in_flight.get(m) or m in self.retiring for m in evict):
             return False
+        if starved is not None and req is not starved and self._crowds(starved.model, model, evict):
+            return False
         self._start_swap(req, evict)
         return True
+
+    def _crowds(self, starved: str, model: str, evict: frozenset[str]) -> bool:
+        """Rule 7a: would a swap to `model` (evicting `evict`) add to what a request for
+        `starved` waits for?"""
+        if model == starved:
+            return False
+        return starved in evict or model in self.planner.eviction_for(
+            starved, self.running() | {model})
 
     def _blocked(self, model: str) -> bool:
         return model in self.retiring or model in self._orders_of or model in self._cancel_blocked
@@ -427,7 +517,8 @@ class RouterCore:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict))))
+        reasons = eviction_reasons(self.planner, model, evict)
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons))
 
     def _grant(self, req, model: str) -> None:
         req.set_position(0)
@@ -444,10 +535,23 @@ class RouterCore:
             # Decisions made earlier in this pass (new swaps) shape the later ones.
             if self._decide(req, now):
                 req.set_position(0)
+                if req is self.starved:
+                    self.starved = None  # served: its fence goes for the rest of the pass
             else:
                 remaining.append(req)
         self.queue = remaining + self.queue
         self._publish_positions()
+
+    def _enqueue(self, req) -> None:
+        """Rule Q1: before the first queued request of strictly lower priority."""
+        priority = self.priority_of(req.model)
+        queue = self.queue
+        first = 1 if queue and queue[0] is self.starved else 0  # F1: it keeps the head
+        for index in range(first, len(queue)):
+            if self.priority_of(queue[index].model) < priority:
+                queue.insert(index, req)
+                return
+        queue.append(req)
 
     def _publish_positions(self) -> None:
         for index, req in enumerate(self.queue, start=1):
@@ -505,7 +609,55 @@ class RouterCore:
         else:
             self.state.pop(model, None)
 
-    def _take(self) -> list:
+    def _fairness(self, now: float) -> None:
+        """Rules F1-F3: starve the oldest queued request once it has waited max_wait, or
+        arm the timer for when it will have."""
+        while True:
+            queue = self.queue
+            if not queue or self.shutting_down:
+                self._since = {}
+                self.starved = None
+                return
+            since = self._since
+            self._since = since = {r: since.get(r, now) for r in queue}
+            starved = self.starved
+            if starved is not None and starved not in since:
+                # it left unserved (gave up, unloaded): what it fenced may be served now
+                self.starved = starved = None
+                self._drain(now)
+                continue
+            if starved is not None:
+                if queue[0] is not starved:  # something was put in front of it (a reload)
+                    queue.remove(starved)
+                    queue.insert(0, starved)
+                    self._publish_positions()
+                return
+            oldest = min(queue, key=since.__getitem__)  # the first of equals in queue order
+            due = since[oldest] + self.max_wait
+            if now < due:
+                if self._wait_due != due:
+                    self._wait_due = due
+                    self._effects.append(ArmTimer(oldest.model, due, next(self._ids), "maxwait"))
+                return
+            self.starved = oldest
+            self._wait_due = None
+            queue.remove(oldest)
+            queue.insert(0, oldest)
+            self._publish_positions()
+            fence = " ".join(sorted(self.fenced()))
+            self._effects.append(Log("info", (
+                f"router: a request for {oldest.model} has waited "
+                f"{now - since[oldest]:.1f}s (maxWait {_seconds(self.max_wait)}s): no new "
+                f"requests for [{fence}] until it is served")))
+            self._drain(now)
+            if self.starved is not None:
+                return  # still waiting for the fenced models' requests in flight
+
+    def _take(self, now: float | None = None) -> list:
+        """The effects so far; with `now`, after the fairness rules have run (a command
+        that may have changed the queue passes it)."""
+        if now is not None and self.max_wait:
+            self._fairness(now)
         effects, self._effects = self._effects, []
         return effects
 

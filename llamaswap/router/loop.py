@@ -19,7 +19,7 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import EventBus, QueueLengthChanged, SwapFinished
+from llamaswap.ops.events import EventBus, ModelStopping, QueueLengthChanged, SwapFinished
 from llamaswap.router.core import (ArmTimer, Log, RouterCore, RouterError, ShutdownAll, StartSwap,
                                    StopModels, shutting_down_error)
 from llamaswap.router.planners import planner_for
@@ -180,7 +180,8 @@ class Router:
             self._processes, planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
-            now=clock())
+            now=clock(), priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait)
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -301,8 +302,9 @@ class Router:
                 now = self._clock()
                 self._catch_up(now)
                 while self._timers and self._timers[0][0] <= now:
-                    _deadline, _seq, model, token = heapq.heappop(self._timers)
-                    self._guarded(lambda: self._apply(self._core.ttl_expired(model, token, now)))
+                    _deadline, _seq, kind, model, token = heapq.heappop(self._timers)
+                    self._guarded(lambda: self._apply(
+                        self._core.timer_expired(kind, model, token, now)))
                 if command is not None and command[0] != "wake":
                     try:
                         if self._handle(command, now):
@@ -453,7 +455,8 @@ class Router:
         self._listen(processes)
         self._apply(self._core.reconfigure(
             processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
-            stop=sorted(retire), now=now))
+            stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
+            max_wait=config.routing.scheduler.fifo.max_wait))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
@@ -464,7 +467,8 @@ class Router:
             elif isinstance(effect, StopModels):
                 self._start_stop(effect)
             elif isinstance(effect, ArmTimer):
-                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.model, effect.token))
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), effect.kind,
+                                              effect.model, effect.token))
             elif isinstance(effect, ShutdownAll):
                 self._start_shutdown(effect)
             elif isinstance(effect, Log):
@@ -496,7 +500,19 @@ class Router:
 
     # ---- workers ------------------------------------------------------------------------
 
+    def _stopping(self, models, reason_of, for_model: str = "") -> None:
+        """Publish ModelStopping for each model that is running (a stop of a stopped model
+        is only bookkeeping)."""
+        events = self._events
+        if events is None or not events.wants(ModelStopping):
+            return
+        for model in models:
+            process = self._process_for_stop(model)
+            if process is not None and _state(process) not in ("stopped", "shutdown"):
+                events.publish(ModelStopping(model, reason_of(model), for_model))
+
     def _start_swap(self, effect: StartSwap) -> None:
+        self._stopping(effect.evict, lambda m: effect.reasons.get(m, "swap"), effect.model)
         target = self._processes[effect.model]
         evict = [p for p in (self._process_for_stop(m) for m in effect.evict) if p is not None]
         finished = threading.Event()
@@ -518,6 +534,7 @@ class Router:
         _spawn(work, f"swap-{effect.model}")
 
     def _start_stop(self, effect: StopModels) -> None:
+        self._stopping(effect.models, lambda _m: effect.reason)
         processes = [p for p in (self._process_for_stop(m) for m in effect.models) if p is not None]
         waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
 
@@ -535,6 +552,7 @@ class Router:
         _spawn(work, f"stop-{effect.reason}")
 
     def _start_shutdown(self, effect: ShutdownAll) -> None:
+        self._stopping(sorted(set(self._processes) | set(self._retired)), lambda _m: "shutdown")
         processes = list(self._processes.values()) + list(self._retired.values())
         waits = list(self._swap_finished.values())
 

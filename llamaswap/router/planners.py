@@ -4,7 +4,8 @@ A planner answers "which running models must stop before `target` can serve?". I
 plain object: no threads, no clocks, no process handles. The router core passes it the
 set of models it considers running (starting, ready or stopping) or committed to load,
 which may include the target itself. A custom strategy is a small class with an
-``eviction_for`` method (and optionally ``describe_swap`` for the log).
+``eviction_for`` method (and optionally ``describe_swap`` for the log, and ``reason``, the
+word that says why its evictions stop a model; "swap" when it has none).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ class Planner(Protocol):
         ...
 
 
+DEFAULT_REASON = "swap"
+
+
+def eviction_reasons(planner, target: str, evict: AbstractSet[str]) -> dict[str, str]:
+    """Why each model of `evict` stops for `target`: the planner's own answer when it has
+    ``reasons_for`` (a composed planner), else its ``reason`` word for all of them."""
+    reasons_for = getattr(planner, "reasons_for", None)
+    if reasons_for is not None:
+        return dict(reasons_for(target, evict))
+    reason = getattr(planner, "reason", DEFAULT_REASON)
+    return {m: reason for m in sorted(evict)}
+
+
 class GroupPlanner:
     """Upstream's group rules.
 
@@ -31,6 +45,8 @@ class GroupPlanner:
     persistent -> evict; otherwise keep. A target in a non-exclusive group therefore
     never evicts other groups (upstream keeps this legacy behaviour on purpose).
     """
+
+    reason = "group"
 
     def __init__(self, groups: Mapping[str, GroupConfig]):
         self.groups = dict(groups)
@@ -63,6 +79,8 @@ class GroupPlanner:
 
 class MatrixPlanner:
     """Evictions chosen by the matrix solver (lowest total evict cost)."""
+
+    reason = "matrix"
 
     def __init__(self, matrix: MatrixConfig):
         self.matrix = matrix
