@@ -204,7 +204,7 @@ def test_slots_come_back_after_a_backend_crash_and_after_refusals(proxy):
     c.close()
     assert chat(proxy, LIMITED, "nope")[0] == 404
     status, _, _ = proxy.post("/v1/chat/completions", b"{not json", headers=bearer(LIMITED))
-    assert status == 404
+    assert status == 400
     assert wait_until(lambda: slots(proxy, LIMITED) == 0)
     assert [chat(proxy, LIMITED, "m1")[0] for _ in range(2)] == [200, 200]
 
