@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
 import sys
 
@@ -386,3 +387,120 @@ def test_reload_adds_removes_and_narrows_keys_while_requests_run(tmp_path):
         assert rig.app.key_slots.in_use("sk-old-1") == 0
     finally:
         rig.close()
+
+
+# ---- no key value anywhere -------------------------------------------------------------------
+
+class EventTap:
+    """Every byte of /api/events from connect to close, read in its own thread."""
+
+    def __init__(self, p, key):
+        import threading
+        self.conn = p.conn()
+        self.conn.request("GET", "/api/events", headers=bearer(key))
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200
+        self.data = bytearray()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            while True:
+                chunk = self.resp.read1(65536)
+                if not chunk:
+                    return
+                self.data += chunk
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+
+    def close(self) -> bytes:
+        import socket
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(10)
+        self.conn.close()
+        return bytes(self.data)
+
+
+def test_no_key_value_appears_in_any_log_capture_record_or_event():
+    from httpkit import Holder
+    from llamaswap.app import App
+    from llamaswap.http.server import serve
+    from llamaswap.ops.events import EventBus
+    from llamaswap.ops.logs import build_loggers
+
+    from dataclasses import replace
+    from llamaswap.config.model import GroupConfig, freeze
+    cfg = keyed_config(model("m1", aliases=("gpt",)), model("m2"))
+    cfg = replace(cfg, groups=freeze({"g": GroupConfig("g", swap=False, members=("m1", "m2"))}))
+    loggers = build_loggers("both", stdout=io.BytesIO(), level="debug")
+    app = App.build(cfg, loggers, EventBus())
+    server = serve(Holder(app), f"127.0.0.1:{free_port()}")
+
+    class P:
+        conn = Proxy.conn
+        request = Proxy.request
+        post = Proxy.post
+        port = server.port
+    p = P()
+    p.app = app
+    tap = EventTap(p, OPS)
+    values = [ADMIN] + [k.key for k in SCOPED]
+    texts: dict[str, bytes] = {}
+    try:
+        basic = "Basic " + base64.b64encode(f"me:{TEAM_A}".encode()).decode()
+        for key in values:
+            assert chat(p, key, "m1")[0] in (200, 403)
+            chat(p, key, "m2", stream=True)
+            p.request("GET", "/v1/models", headers={"x-api-key": key})
+            p.request("GET", "/upstream/m1/echo", headers=bearer(key))
+            p.request("GET", "/running", headers=bearer(key))
+        assert p.post("/v1/chat/completions", {"model": "m1", **CHAT},
+                      headers={"Authorization": basic})[0] == 200
+        assert chat(p, TEAM_A + "-wrong", "m1")[0] == 401  # contains a real key
+        assert chat(p, ALIAS_ONLY, "m2")[0] == 403
+        assert chat(p, ALIAS_ONLY, "gpt")[0] == 200
+        held = [Stream(p, LIMITED, "m1"), Stream(p, LIMITED, "m2")]
+        assert chat(p, LIMITED, "m1")[0] == 429
+        for s in held:
+            s.abort()
+        assert wait_until(lambda: slots(p, LIMITED) == 0)
+        assert wait_until(lambda: app.inflight.total == 0)
+        entries = app.activity.entries()
+        texts.update({
+            "proxy and upstream logs": loggers.mux.history(),
+            "backend logs": b"".join(proc.log.history() for proc in app.processes.values()),
+            "activity": app.activity.dumps().encode(),
+            "captures": "".join(app.captures.get_json(e.id) or "" for e in entries).encode(),
+        })
+        for path in ("/api/metrics", "/api/metrics/activity?limit=999", "/metrics", "/logs",
+                     "/running"):
+            status, _, body = p.request("GET", path, headers=bearer(OPS))
+            assert status == 200, path
+            texts[path] = body
+        assert any(e.has_capture for e in entries)
+        _, _, body = p.request("GET", "/api/metrics/activity?key=team-a&key=ops&sort=key&order=asc",
+                               headers=bearer(OPS))
+        assert [r["key"] for r in json.loads(body)["data"]] == ["ops"] * 2 + ["team-a"] * 2
+    finally:
+        texts["/api/events"] = tap.close()
+        server.shutdown(2)
+        app.shutdown()
+    forms = values + [base64.b64encode(f"me:{TEAM_A}".encode()).decode()]
+    for where, text in texts.items():
+        assert text, where
+        for v in forms:
+            assert v.encode() not in text, (where, v)
+    # the names are there instead
+    rows = json.loads(texts["/api/metrics"])
+    assert {r["key"] for r in rows} >= {"-", "team-a", "alias-only", "ops", "limited"}
+    assert {(r["model"], r["key"]) for r in rows if r["resp_status_code"] == 200} >= {
+        ("m1", "team-a"), ("m1", "-"), ("m2", "ops"), ("m1", "alias-only")}
+    assert all(r["key"] for r in json.loads(texts["/api/metrics/activity?limit=999"])["data"])
+    assert b'llamaswap_requests_total{model="m1",status="200",key="team-a"}' in texts["/metrics"]
+    assert b'llamaswap_key_inflight_requests{key="limited"} 0' in texts["/metrics"]
+    assert b'\\"key\\":\\"team-a\\"' in texts["/api/events"]  # a metrics message's row
+    assert b" key=team-a" in texts["proxy and upstream logs"]
