@@ -24,6 +24,8 @@ from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_dura
 from .matrix import build_matrix
 from .model import (
     DEFAULT_GROUP_ID,
+    MODALITIES,
+    Capabilities,
     Config,
     FifoConfig,
     Filters,
@@ -90,6 +92,7 @@ class _RawModel:
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
+    capabilities: Capabilities = field(default_factory=Capabilities)
 
 
 @dataclass
@@ -350,7 +353,17 @@ class _Load:
         raw.timeouts = self._timeouts(f.get("timeouts"), f"{key}.timeouts", Timeouts())
         d.integer(f.get("healthCheckTimeout"), f"{key}.healthCheckTimeout")  # decoded, then ignored
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
+        raw.capabilities = self._capabilities(f.get("capabilities"), f"{key}.capabilities")
         return raw
+
+    def _capabilities(self, node: Node | None, key: str) -> Capabilities:
+        d = self.d
+        f = d.mapping(node, key, "config.ModelCapConfig")
+        return Capabilities(in_=tuple(d.strings(f.get("in"), f"{key}.in")),
+                            out=tuple(d.strings(f.get("out"), f"{key}.out")),
+                            tools=d.boolean(f.get("tools"), f"{key}.tools"),
+                            reranker=d.boolean(f.get("reranker"), f"{key}.reranker"),
+                            context=d.integer(f.get("context"), f"{key}.context"))
 
     def _routing(self, node: Node | None) -> _RawRouting:
         d = self.d
@@ -463,6 +476,14 @@ class _Load:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
         if raw.unload_timeout < 0:
             raise fail(f"model {mid}: invalid unloadTimeout value {_num(raw.unload_timeout)}", "unloadTimeout")
+        caps = raw.capabilities
+        for side, modalities in (("in", caps.in_), ("out", caps.out)):
+            for modality in modalities:
+                if modality not in MODALITIES:
+                    raise fail(f"model {mid}: capabilities.{side}: invalid modality {go_quote(modality)}, "
+                               f"must be one of: {', '.join(MODALITIES)}", f"capabilities.{side}")
+        if caps.context < 0:
+            raise fail(f"model {mid}: capabilities.context: must be >= 0", "capabilities.context")
         for name, value in raw.macros:
             self._check_macro(name, value, f"{key}.macros.{name}", node, prefix=f"model {mid}: ")
 
@@ -570,6 +591,7 @@ class _Load:
             health_check_timeout=health_check_timeout,
             unload_timeout=raw.unload_timeout or unload_timeout,
             port=port,
+            capabilities=caps,
         )
         return model, 1 if port is not None else 0
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import weakref
 from typing import Any
 
-from llamaswap.config.model import thaw
-from llamaswap.http import errors, extract, filters
+from llamaswap.http import errors, extract, filters, listing
 from llamaswap.http.forward import (body_bytes, body_stream, forward, request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
 from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
-from llamaswap.ops import gojson
 from llamaswap.ops.activity import filter_accept_encoding
 
 # POST, model from the JSON body (or an urlencoded form)
@@ -391,48 +388,6 @@ def handle_health(ctx: RequestContext) -> None:
     ctx.send(200, b"OK", "text/plain; charset=utf-8")
 
 
-def model_records(app: Any) -> list[dict]:
-    cfg = app.config
-    created = int(time.time())
-    records = []
-
-    def record(model_id: str, m: Any) -> dict:
-        rec: dict[str, Any] = {"id": model_id, "object": "model", "created": created,
-                               "owned_by": "llama-swap"}
-        name, desc = m.name.strip(), m.description.strip()
-        if name:
-            rec["name"] = name
-        if desc:
-            rec["description"] = desc
-        if m.metadata:
-            rec["meta"] = {"llamaswap": thaw(m.metadata)}
-        return rec
-
-    for mid, m in cfg.models.items():
-        if m.unlisted:
-            continue
-        records.append(record(mid, m))
-        if cfg.include_aliases_in_list:
-            for alias in m.aliases:
-                records.append(record(alias, m))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append({"id": pm, "object": "model", "created": created,
-                            "owned_by": "llama-swap", "name": f"{pid}: {pm}",
-                            "meta": {"llamaswap": {"peerID": pid}}})
-    records.sort(key=lambda r: r["id"])
-    return records
-
-
-def handle_models(ctx: RequestContext) -> None:
-    body = gojson.dumps({"data": model_records(ctx.app), "object": "list"}) + "\n"
-    headers = []
-    origin = ctx.headers.get("Origin")
-    if origin:
-        headers.append(("Access-Control-Allow-Origin", origin))
-    ctx.send(200, body, "application/json", headers)
-
-
 def register(table: RouteTable) -> None:
     for p in JSON_PATHS:
         table.add("POST", p, _model_handler("json"))
@@ -442,8 +397,8 @@ def register(table: RouteTable) -> None:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:
         table.add("GET", p, _model_handler("query"))
-    table.add("GET", "/v1/models", handle_models)
-    table.add("GET", "/models", handle_models)
+    table.add("GET", "/v1/models", listing.handle_models)
+    table.add("GET", "/models", listing.handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)
     from llamaswap.http import upstream_path

@@ -71,6 +71,10 @@ def model_status(app: Any) -> list[dict]:
                "unlisted": m.unlisted, "peerID": ""}
         if m.aliases:
             rec["aliases"] = list(m.aliases)
+        rendered = m.capabilities.rendered()
+        for key in ("capabilities", "context_length"):
+            if key in rendered:
+                rec[key] = rendered[key]
         out.append(rec)
     for pid in sorted(cfg.peers):
         for model in cfg.peers[pid].models:
