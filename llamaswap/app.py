@@ -59,7 +59,8 @@ class App:
         return cls(config=config, loggers=loggers, events=events, processes=processes,
                    router=router, peers=PeerDirectory(config, loggers.log),
                    activity=ActivityLog(config.metrics_max_in_memory, events=events,
-                                        captures=captures, log=loggers.log),
+                                        captures=captures, log=loggers.log,
+                                        store_path=config.store_path),
                    captures=captures, inflight=InFlightCounter(events), started_at=time.time(),
                    performance=performance)
 
@@ -73,14 +74,22 @@ class App:
         processes = _processes(config, self.loggers, self.events, keep, logs)
         self.router.reconfigure(config, processes,
                                 stop=[mid for mid in self.processes if mid not in keep])
-        captures = self.captures
-        if config.capture_buffer != self.config.capture_buffer:
-            captures = CaptureStore(config.capture_buffer, log=self.loggers.log)
+        # the history survives a reload (as upstream's store); a new store.path opens that
+        # file and closes the old one, and so does the same path after it had failed (the
+        # fault may be fixed); captures go with the ids of their store
         activity = self.activity
-        if (config.metrics_max_in_memory != self.config.metrics_max_in_memory
-                or captures is not self.captures):
+        new_store = config.store_path != activity.store_path or (
+            config.store_path is not None and activity.store.in_memory)
+        captures = self.captures
+        if config.capture_buffer != self.config.capture_buffer or new_store:
+            captures = CaptureStore(config.capture_buffer, log=self.loggers.log)
+        if new_store:
             activity = ActivityLog(config.metrics_max_in_memory, events=self.events,
-                                   captures=captures, log=self.loggers.log)
+                                   captures=captures, log=self.loggers.log,
+                                   store_path=config.store_path)
+            self.activity.close()
+        else:
+            activity.reconfigure(config.metrics_max_in_memory, captures)
         if self.performance is not None:
             self.performance.update(config.performance)
         return App(config=config, loggers=self.loggers, events=self.events,
@@ -99,6 +108,7 @@ class App:
         if self.performance is not None:
             self.performance.stop()
         self.router.shutdown(grace)
+        self.activity.close()
         from llamaswap.http.pool import close_peer_pools
         close_peer_pools()
 

@@ -121,3 +121,40 @@ def test_crash_after_n_requests():
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+def test_exit_after_n_requests_is_a_clean_exit():
+    proc, port = start("--exit-after", "2")
+    try:
+        assert wait_until(lambda: health(port) == 200)
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/v1/models")
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def test_hang_after_n_requests_keeps_the_process_and_answers_nothing():
+    proc, port = start("--hang-after", "1")
+    try:
+        assert wait_until(lambda: health(port) == 200)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/v1/models")
+        assert conn.getresponse().status == 200
+        conn.close()
+        # wedged: connections are accepted, but nothing answers, /health included
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=0.5)
+        conn.request("GET", "/health")
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+        conn.close()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()  # a wedged server still exits on SIGTERM
+        assert proc.wait(10) == 0
+        proc.stdout.close()

@@ -69,7 +69,7 @@ def test_model_errors_are_openai_shaped(two):
         "no model id could be identified: the JSON body has no 'model' field")
     s, h, b = two.post("/v1/chat/completions", b'{"model": "m1", "messages": [',
                        headers={"Content-Type": "application/json"})
-    assert s == 404 and json.loads(b)["error"]["message"].startswith(
+    assert s == 400 and json.loads(b)["error"]["message"].startswith(
         "no model id could be identified: the request body is not valid JSON (Expecting value: "
         "line 1 column 30")
     s, h, b = two.post("/v1/chat/completions", {"model": 7})

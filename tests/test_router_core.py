@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
 from llamaswap.router.core import (READY, STOPPED, ArmTimer, Log, RouterCore, ShutdownAll,
                                    StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
@@ -393,9 +394,67 @@ def test_exclusive_ready_model_still_evicts_late_neighbours():
 
 
 def test_matrix_incompatible_models_queue_and_coexisting_ones_load_in_parallel():
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    core = make("abc", MatrixPlanner(MatrixConfig(expanded_sets=sets)))
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets)))
     eff = core.request(Req("a"), 0) + core.request(Req("b"), 0)
     assert swaps(eff) == [("a", ()), ("b", ())]
     rc = Req("c")
     assert core.request(rc, 0) == [] and core.queue == [rc]
+
+
+def test_swaps_name_the_reason_of_each_eviction():
+    def loaded(core, *models):
+        for m in models:
+            load(core, m)
+            core.request_done(m, 0)
+        return core
+
+    core = loaded(make("ab", GroupPlanner({"g": GroupConfig("g", members=("a", "b"))})), "a")
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert start.evict == ("a",) and dict(start.reasons) == {"a": "group"}
+
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = loaded(make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets))), "a", "b")
+    (start,) = of(core.request(Req("c"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "matrix", "b": "matrix"}
+
+    core = loaded(make("ab", Stub({"b": "a"})), "a")  # a custom planner without a reason word
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "swap"}
+
+
+# ---- priorities (routing.scheduler.settings.fifo.priority) --------------------------------
+
+def test_higher_priority_request_is_queued_ahead_and_started_first():
+    # upstream's example: a is busy; lo (0) queues, then hi (10) queues; when a drains,
+    # hi is started before lo.
+    core = make("a lo hi".split(), Stub({"lo": "a", "hi": "a"}), priority={"hi": 10})
+    busy = load(core, "a")
+    lo, hi = Req("lo"), Req("hi")
+    core.request(lo, 1)
+    core.request(hi, 2)
+    assert [r.model for r in core.queue] == ["hi", "lo"]
+    assert (hi.position, lo.position) == (1, 2)
+    assert busy.granted
+    eff = core.request_done("a", 3)
+    assert swaps(eff)[0] == ("hi", ("a",))
+
+
+def test_equal_priorities_keep_arrival_order_and_lower_ones_go_last():
+    core = make("a b c d".split(), Stub({m: "a" for m in "bcd"}), priority={"b": 5, "c": 5, "d": -1})
+    load(core, "a")
+    order = ["d", "b", "c", "b", "d"]
+    for m in order:
+        core.request(Req(m), 1)
+    assert [r.model for r in core.queue] == ["b", "c", "b", "d", "d"]
+    assert [r.position for r in core.queue] == [1, 2, 3, 4, 5]
+
+
+def test_reconfigure_resorts_the_queue_by_the_new_priorities():
+    core = make("abc", Stub({"b": "a", "c": "a"}))
+    load(core, "a")
+    core.request(Req("b"), 1)
+    core.request(Req("c"), 1)
+    core.reconfigure("abc", Stub({"b": "a", "c": "a"}), ttl={}, stop=[], now=2, priority={"c": 1})
+    assert [r.model for r in core.queue] == ["c", "b"]
+    assert [r.position for r in core.queue] == [1, 2]

@@ -5,17 +5,34 @@ then applies random events: requests, completions, swap successes and failures, 
 finishing, give-ups, unloads, TTL expiries, backend crashes, config reloads and sometimes
 a shutdown. Invariants are checked after every step; at the end the world runs to
 quiescence and every request must have been answered exactly once.
+
+Some worlds have a maxWait. Their maxwait timers fire when due (as the router loop fires
+them before any command), and the bound is checked as the rule that implies it: the
+oldest request that has waited maxWait is at the head of the queue, the models it waits
+for are never published for claims and gain no request in flight (but the waiters of a
+swap already under way), and it waits only while something it must wait for remains
+(requests in flight on a model it evicts, a swap that collides with it, a stop of its
+own model). So it waits at most maxWait + those requests + its own load.
+
+Models have random restart policies; backends crash (with an error or cleanly) and fail
+their health watch. A restart is scheduled only for the failed model in the step of its
+failure (a crash, a failed start, the end of a stop ordered for a failed health watch:
+never after an unload, a TTL or a reload), and a restart evicts nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
-from llamaswap.router.core import (READY, ArmTimer, Log, RouterCore, RouterError, ShutdownAll,
-                                   StartSwap, StopModels)
+from matrix_oracle import random_dsl
+
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
+from llamaswap.router.core import (READY, ArmTimer, BackOff, CancelRestart, Log, Restart,
+                                   RouterCore, RouterError, ShutdownAll, StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
 
 INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "8000"))
@@ -64,6 +81,10 @@ class EvictOthers:
         return {m for m in running if m != target}
 
 
+def random_restart(rng: random.Random, models: list[str]) -> dict[str, str]:
+    return {m: rng.choice(["never", "never", "on-failure", "always"]) for m in models}
+
+
 def random_planner(rng: random.Random, models: list[str]):
     kind = rng.choice(["groups", "matrix", "custom"])
     if kind == "custom":
@@ -77,12 +98,19 @@ def random_planner(rng: random.Random, models: list[str]):
                                               persistent=rng.random() < 0.3,
                                               members=tuple(ms))
                              for gid, ms in groups.items()})
-    sets = []
+    sets: list[tuple[str, str]] = []
     for i in range(rng.randint(1, 4)):
-        members = tuple(sorted(rng.sample(models, rng.randint(1, len(models)))))
-        sets.append(ExpandedSet(f"s{i}", " & ".join(members), members))
+        sets.append((f"s{i}", random_dsl(rng, models, [name for name, _ in sets])))
     costs = {m: rng.randint(1, 5) for m in models if rng.random() < 0.4}
-    return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
+    return MatrixPlanner(MatrixConfig(compiled_sets=compile_sets(sets, lambda name: name),
+                                      model_evict_costs=costs))
+
+
+def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:
+    """routing.scheduler.settings.fifo.priority: none, or a few models ranked."""
+    if rng.random() < 0.3:
+        return {}
+    return {m: rng.choice([-1, 0, 1, 5]) for m in models if rng.random() < 0.6}
 
 
 class World:
@@ -90,8 +118,15 @@ class World:
         self.rng = rng
         self.models = [f"m{i}" for i in range(rng.randint(2, 5))]
         self.ttl = {m: rng.choice([0, 0, 1, 3, 10]) for m in self.models}
+        self.max_wait = rng.choice([0, 0, 0.5, 1, 3])
         self.now = 0.0
-        self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl)
+        self.priority = random_priority(rng, self.models)
+        self.restart = random_restart(rng, self.models)
+        self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl,
+                               priority=self.priority, max_wait=self.max_wait,
+                               restart=self.restart)
+        self.may_back_off: set[str] = set()  # models that failed in the current step
+        self.restarting: str | None = None  # a Restart effect's model, until its StartSwap
         self.requests: list[SimRequest] = []
         self.ready = {m: False for m in self.models}  # the real processes
         self.swaps: dict[int, StartSwap] = {}  # running swap workers
@@ -103,6 +138,10 @@ class World:
         # what the router last published as grantable: handlers may take these grants
         # (claims) until the next command, which first reports every claim to the core
         self.published: frozenset[str] = frozenset()
+        self.queued_at: dict[int, int] = {}  # request -> when it joined the queue
+        self.queue_seq = itertools.count()
+        self.queued_time: dict[int, float] = {}  # rid -> when it joined the queue (maxWait)
+        self.fence_snapshot = None  # (starved rid, fence, in-flight, swap waiters)
 
     # ---- invariants -------------------------------------------------------------------
 
@@ -118,6 +157,78 @@ class World:
         for st in self.stops.values():
             if model in st.models:
                 raise Violation(f"granted {model} while it is being stopped ({st.reason})")
+
+    def starved(self):
+        """The oldest queued request that has waited max_wait, or None."""
+        if not self.max_wait or self.core.shutting_down:
+            return None
+        late = [(self.queued_time[r.rid], i, r) for i, r in enumerate(self.core.queue)
+                if self.now >= self.queued_time[r.rid] + self.max_wait]  # as the core adds
+        return min(late, key=lambda x: x[:2])[2] if late else None
+
+    def fence_of(self, req) -> tuple[frozenset[str], frozenset[str]]:
+        """What a request waits for: the models it would evict, and active swap targets
+        that collide with it."""
+        core, target = self.core, req.model
+        running = core.running()
+        if core.state.get(target) != READY:
+            running = running - {target}
+        evict = frozenset(core.planner.eviction_for(target, running)) - {target}
+        colliding = frozenset(t for t, sw in core.active.items()
+                              if t != target and (t in evict or target in sw.evict))
+        return evict, colliding
+
+    def snapshot_fence(self) -> None:
+        req = self.starved()
+        if req is None:
+            self.fence_snapshot = None
+            return
+        evict, colliding = self.fence_of(req)
+        core = self.core
+        self.fence_snapshot = (req.rid, evict | colliding, dict(core.in_flight),
+                               {t: len(sw.waiters) for t, sw in core.active.items()})
+
+    def check_fairness(self) -> None:
+        core = self.core
+        queued = {r.rid for r in core.queue}
+        for rid in [rid for rid in self.queued_time if rid not in queued]:
+            del self.queued_time[rid]
+        for r in core.queue:
+            self.queued_time.setdefault(r.rid, self.now)
+        req = self.starved()
+        if req is None:
+            return
+        if core.queue[0] is not req:
+            raise Violation(f"request {req.rid} for {req.model} has waited maxWait but "
+                            f"{core.queue[0].rid} is ahead of it")
+        evict, colliding = self.fence_of(req)
+        fence = evict | colliding
+        if fence & self.published:
+            raise Violation(f"{sorted(fence & self.published)} published for claims while "
+                            f"a starved request for {req.model} waits for them")
+        snap = self.fence_snapshot
+        if snap is not None and snap[0] == req.rid:
+            _rid, before, in_flight, waiters = snap
+            for m in before & fence:
+                if core.in_flight.get(m, 0) > in_flight.get(m, 0) + waiters.get(m, 0):
+                    raise Violation(f"{m} got a new request while a starved request for "
+                                    f"{req.model} waits for it")
+        target = req.model
+        waits = (any(core.in_flight.get(m) or m in core.retiring for m in evict) or colliding
+                 or core._blocked(target))
+        if not waits:
+            raise Violation(f"starved request {req.rid} for {target} is still queued but "
+                            f"nothing it must wait for remains")
+
+    def fire_due_wait_timers(self) -> None:
+        """The router loop fires due timers before it handles anything else (and closes
+        the gate for claims first)."""
+        due = [t for t in self.timers if t.kind == "maxwait" and t.deadline <= self.now]
+        for timer in due:
+            self.timers.remove(timer)
+            self.apply(self.core.timer_expired(timer.kind, timer.model, timer.token, self.now))
+        if due:
+            self.published = self.core.grantable()
 
     def check(self) -> None:
         core = self.core
@@ -138,6 +249,30 @@ class World:
                 raise Violation(f"queued request {req.rid} is {req.status}")
             if req.position != i:
                 raise Violation(f"queued request {req.rid} at {i} sees position {req.position}")
+        self.check_fairness()
+        # priorities: the queue is sorted by priority, highest first (rule Q1)
+        # (but for a request starved by maxWait, which goes to the head: check_fairness)
+        ordered = core.queue[1:] if core.queue and core.queue[0] is self.starved() else core.queue
+        ranks = [self.priority.get(req.model, 0) for req in ordered]
+        if ranks != sorted(ranks, reverse=True):
+            raise Violation(f"queue out of priority order: {[(r.model, p) for r, p in zip(ordered, ranks)]}")
+        # equal priorities keep the order in which requests joined the queue
+        for req in core.queue:
+            if req.rid not in self.queued_at:
+                self.queued_at[req.rid] = next(self.queue_seq)
+        for a, b in zip(ordered, ordered[1:]):
+            if self.priority.get(a.model, 0) == self.priority.get(b.model, 0) and \
+                    self.queued_at[a.rid] > self.queued_at[b.rid]:
+                raise Violation(f"request {b.rid} queued before {a.rid} (same priority) is behind it")
+        # nobody overtakes a queued request for the same model
+        queued_first = {}
+        for req in core.queue:
+            queued_first.setdefault(req.model, req.rid)
+        for req in self.requests:
+            first = queued_first.get(req.model)
+            if first is not None and req.rid > first and req.status in ("granted", "done"):
+                raise Violation(f"request {req.rid} for {req.model} served while the older "
+                                f"request {first} still waits in the queue")
         for a in active:
             for req in a.waiters:
                 if req.status not in ("waiting", "gone"):
@@ -148,6 +283,10 @@ class World:
     def apply(self, effects: list) -> None:
         for eff in effects:
             if isinstance(eff, StartSwap):
+                if self.restarting is not None:
+                    if (eff.model, eff.evict) != (self.restarting, ()) or self.ready[eff.model]:
+                        raise Violation(f"restart of {self.restarting} began {eff}")
+                    self.restarting = None
                 for m in eff.evict:
                     if self.outstanding(m):
                         raise Violation(f"swap to {eff.model} stops {m} with requests in flight")
@@ -163,6 +302,17 @@ class World:
             elif isinstance(eff, ArmTimer):
                 self.timers.append(eff)
             elif isinstance(eff, Log):
+                pass
+            elif isinstance(eff, BackOff):
+                if eff.model not in self.may_back_off:
+                    raise Violation(f"restart of {eff.model} scheduled ({eff.reason}) without "
+                                    f"a failure of it")
+                if not 1 <= eff.delay <= 300:
+                    raise Violation(f"backoff {eff.delay}")
+                self.timers.append(ArmTimer(eff.model, eff.deadline, eff.token, "restart"))
+            elif isinstance(eff, Restart):
+                self.restarting = eff.model
+            elif isinstance(eff, CancelRestart):
                 pass
             else:
                 raise Violation(f"unknown effect {eff!r}")
@@ -195,13 +345,17 @@ class World:
         # A cancelled swap's worker may still start its target; the stop that cancelled
         # it stops it again afterwards (StopModels.after_swaps).
         self.ready[sw.model] = ok
+        self.may_back_off = set() if ok else {sw.model}
         self.apply(self.core.swap_done(swap_id, None if ok else "exit code 1", self.now))
+        self.may_back_off = set()
 
     def finish_stop(self, token: int) -> None:
         st = self.stops.pop(token)
         for m in st.models:
             self.ready[m] = False
+        self.may_back_off = set(st.models) if st.reason == "health" else set()
         self.apply(self.core.stops_done(token, self.now))
+        self.may_back_off = set()
 
     def stop_can_finish(self, st: StopModels) -> bool:
         return all(s in self.finished_swaps for s in st.after_swaps)
@@ -218,11 +372,18 @@ class World:
         timer = min(self.timers, key=lambda t: t.deadline)
         self.timers.remove(timer)
         self.now = max(self.now, timer.deadline)
-        self.apply(self.core.ttl_expired(timer.model, timer.token, self.now))
+        self.apply(self.core.timer_expired(timer.kind, timer.model, timer.token, self.now))
 
     def crash(self, model: str) -> None:
         self.ready[model] = False
-        self.apply(self.core.process_exited(model, self.now))
+        self.may_back_off = {model}
+        code = self.rng.choice([1, 0, -9, None])  # None: noticed before its exit report
+        self.apply(self.core.process_exited(model, self.now, code))
+        self.may_back_off = set()
+
+    def unhealthy(self, model: str) -> None:
+        """Its health watch declares a ready backend dead (it still runs)."""
+        self.apply(self.core.health_failed(model, self.now))
 
     def unload(self) -> None:
         models = None if self.rng.random() < 0.3 else self.rng.sample(
@@ -233,12 +394,23 @@ class World:
     def reconfigure(self) -> None:
         stop = self.rng.sample(self.models, self.rng.randint(0, len(self.models)))
         self.ttl = {m: self.rng.choice([0, 2, 5]) for m in self.models}
+        self.priority = random_priority(self.rng, self.models)
+        self.restart = random_restart(self.rng, self.models)
+        if self.rng.random() < 0.3:
+            if not self.max_wait:
+                self.queued_time = {}  # the bound counts from the reload that sets it
+            self.max_wait = self.rng.choice([0, 0.5, 1, 3])
         self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
-                                         ttl=self.ttl, stop=stop, now=self.now))
+                                         ttl=self.ttl, stop=stop, now=self.now, priority=self.priority,
+                                         max_wait=self.max_wait, restart=self.restart))
+        # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
+        self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
 
     def random_step(self) -> None:
         rng = self.rng
         self.now += rng.random() * 0.5
+        self.fire_due_wait_timers()
+        self.snapshot_fence()
         waiting = [r for r in self.requests if r.status == "waiting"]
         granted = [r for r in self.requests if r.status == "granted"]
         choices = [("request", 30)]
@@ -254,7 +426,7 @@ class World:
             choices.append(("timer", 6))
         if any(self.ready[m] and self.core.state.get(m) == READY and m not in self.core.active
                for m in self.models):
-            choices.append(("crash", 2))
+            choices += [("crash", 2), ("unhealthy", 1)]
         if self.published:
             choices.append(("claim", 20))
         choices += [("unload", 2), ("reconfigure", 1)]
@@ -271,9 +443,10 @@ class World:
             self.give_up(rng.choice(waiting))
         elif kind == "timer":
             self.fire_timer()
-        elif kind == "crash":
-            self.crash(rng.choice([m for m in self.models if self.ready[m]
-                                   and self.core.state.get(m) == READY and m not in self.core.active]))
+        elif kind in ("crash", "unhealthy"):
+            model = rng.choice([m for m in self.models if self.ready[m]
+                                and self.core.state.get(m) == READY and m not in self.core.active])
+            (self.crash if kind == "crash" else self.unhealthy)(model)
         elif kind == "unload":
             self.unload()
         elif kind == "claim":
@@ -297,6 +470,7 @@ class World:
                 self.finish_request(next(r for r in self.requests if r.status == "granted"))
             else:
                 break
+            self.published = self.core.grantable()
             self.steps += 1
             self.check()
         core = self.core
@@ -314,7 +488,8 @@ class World:
         # TTL: after quiescence each idle ready model with a ttl has a live timer.
         for m in [] if core.shutting_down else self.models:
             if core.state.get(m) == READY and self.ttl.get(m) and not core.in_flight.get(m):
-                assert any(t.model == m and core._ttl_token.get(m) == t.token for t in self.timers), \
+                assert any(t.kind == "ttl" and t.model == m and core._ttl_token.get(m) == t.token
+                           for t in self.timers), \
                     f"ready idle model {m} with ttl {self.ttl[m]} has no live timer"
 
 

@@ -10,6 +10,7 @@ group member that is not a model.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,6 +27,7 @@ from .model import (
     DEFAULT_GROUP_ID,
     MODALITIES,
     Capabilities,
+    RESTART_POLICIES,
     Config,
     FifoConfig,
     Filters,
@@ -38,7 +40,7 @@ from .model import (
     Timeouts,
     freeze,
 )
-from .yamlio import Decoder, compose, is_null, scalar_tag_value
+from .yamlio import Decoder, compose, is_null, scalar_tag_value, short_tag
 
 DEFAULT_UNLOAD_TIMEOUT = 5  # seconds; differences.md point 4
 _LOG_TO_STDOUT = ("proxy", "upstream", "both", "none")
@@ -49,7 +51,7 @@ _SCHEDULERS = ("fifo",)
 _ROUTERS = ("group", "matrix")
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, extra_models: Mapping[str, Node] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -57,12 +59,15 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: open {path}: {(e.strerror or str(e)).lower()}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8: {e}") from None
-    return load_config_text(text, path)
+    return load_config_text(text, path, extra_models=extra_models)
 
 
-def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None) -> Config:
-    """Load a config from its text; ``path`` is used in messages and kept in Config.path."""
-    return _Load(path, os.environ if environ is None else environ).run(text)
+def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None,
+                     extra_models: Mapping[str, Node] | None = None) -> Config:
+    """Load a config from its text; ``path`` is used in messages and kept in Config.path.
+    ``extra_models`` (id -> model node, from -models-dir) are added unless the config
+    defines that id or alias itself."""
+    return _Load(path, os.environ if environ is None else environ, extra_models).run(text)
 
 
 # --- raw (decoded, not yet validated) pieces ---------------------------------------------
@@ -93,6 +98,9 @@ class _RawModel:
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
     capabilities: Capabilities = field(default_factory=Capabilities)
+    health_check_interval: float = 0
+    health_check_failures: int = 3
+    restart: str = "never"
 
 
 @dataclass
@@ -103,6 +111,7 @@ class _RawRouting:
     scheduler_use_node: Node | None = None
     fifo: dict[str, Node] = field(default_factory=dict)  # the fields of settings.fifo
     priority: dict[str, tuple[int, Node]] = field(default_factory=dict)  # as written -> (value, key node)
+    max_wait: float = 0.0
     router_use: str = ""
     router_node: Node | None = None
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -128,9 +137,11 @@ class _RawPeer:
 
 
 class _Load:
-    def __init__(self, source: str, environ: Mapping[str, str]):
+    def __init__(self, source: str, environ: Mapping[str, str],
+                 extra_models: Mapping[str, Node] | None = None):
         self.source = source
         self.environ = environ
+        self.extra_models = extra_models or {}
         self.d = Decoder(source)
 
     def fail(self, message: str, key: str | None = None, node: Node | None = None) -> ConfigError:
@@ -153,6 +164,9 @@ class _Load:
         metrics_max = d.integer(top.get("metricsMaxInMemory"), "metricsMaxInMemory", 1000)
         capture_buffer = d.integer(top.get("captureBuffer"), "captureBuffer", 5)
         perf_disabled, perf_every_ns = self._performance(top.get("performance"))
+        store_node = top.get("store")
+        store_path = None if is_null(store_node) else \
+            d.string(d.mapping(store_node, "store", "config.Store").get("path"), "store.path")
         global_ttl = d.integer(top.get("globalTTL"), "globalTTL", 0)
         start_port = d.integer(top.get("startPort"), "startPort", 5800)
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
@@ -162,6 +176,9 @@ class _Load:
         global_macros = self._macro_list(top.get("macros"), "macros")
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
+        taken = set(models).union(*(m.aliases for m in models.values()))
+        models.update((mid, self._model(mid, node)) for mid, node in self.extra_models.items()
+                      if mid not in taken)
         profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
             top.get("profiles"), "profiles", "map[string][]string")}
         groups_node = top.get("groups")
@@ -191,6 +208,8 @@ class _Load:
             raise self.fail(f"unloadTimeout must be >= 0 (got {_num(unload_timeout)})", "unloadTimeout",
                             top.get("unloadTimeout"))
         unload_timeout = unload_timeout or DEFAULT_UNLOAD_TIMEOUT
+        if store_path is not None:
+            store_path = self._store_path(store_path, store_node)
 
         aliases = self._aliases(models)
         for name, value, node in global_macros:
@@ -264,6 +283,7 @@ class _Load:
             metrics_max_in_memory=metrics_max if metrics_max > 0 else 1000,
             capture_buffer=capture_buffer,
             performance=PerformanceConfig(disabled=perf_disabled, every=perf_every_ns / 1e9),
+            store_path=store_path,
             global_ttl=global_ttl,
             start_port=start_port,
             send_loading_state=send_loading_state,
@@ -282,6 +302,17 @@ class _Load:
         )
 
     # --- decoding ----------------------------------------------------------------------
+
+    def _store_path(self, path: str, node: Node) -> str:
+        """Upstream's checks that are mistakes in the config; a file that cannot be written
+        (read-only, locked, corrupt, full disk) is not refused here: the proxy warns and keeps
+        activity in memory instead (ops/activity/store.py)."""
+        path = path.strip()
+        if not path:
+            raise self.fail("store.path must not be empty", None, node)
+        if os.path.isdir(path):
+            raise self.fail(f"store.path: {path} is a directory, not a file", None, node)
+        return path
 
     def _performance(self, node: Node | None) -> tuple[bool, int]:
         fields = self.d.mapping(node, "performance", "config.PerformanceConfig")
@@ -354,6 +385,16 @@ class _Load:
         d.integer(f.get("healthCheckTimeout"), f"{key}.healthCheckTimeout")  # decoded, then ignored
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
         raw.capabilities = self._capabilities(f.get("capabilities"), f"{key}.capabilities")
+        raw.health_check_interval = self._seconds(f.get("healthCheckInterval"), f"{key}.healthCheckInterval",
+                                                  f"model {mid}: healthCheckInterval")
+        failures = f.get("healthCheckFailures")
+        if not is_null(failures):
+            raw.health_check_failures = self._count(failures, f"{key}.healthCheckFailures",
+                                                    f"model {mid}: healthCheckFailures")
+        raw.restart = d.string(f.get("restart"), f"{key}.restart", "never")
+        if raw.restart not in RESTART_POLICIES:
+            raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
+                            f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
         return raw
 
     def _capabilities(self, node: Node | None, key: str) -> Capabilities:
@@ -364,6 +405,39 @@ class _Load:
                             tools=d.boolean(f.get("tools"), f"{key}.tools"),
                             reranker=d.boolean(f.get("reranker"), f"{key}.reranker"),
                             context=d.integer(f.get("context"), f"{key}.context"))
+
+    def _seconds(self, node: Node | None, key: str, what: str) -> float:
+        """A number of seconds (fractions allowed) or a Go duration string such as "30s";
+        0 when absent. Negative and non-numeric values name `what`."""
+        if is_null(node):
+            return 0.0
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag in ("!!int", "!!float") and math.isfinite(parsed):
+                value = float(parsed)
+            elif tag == "!!str":
+                ns = parse_go_duration(node.value.strip())
+                value = None if ns is None else ns / 1e9
+        if value is None:
+            raise self.fail(f"{what} must be a number of seconds or a duration such as 30s "
+                            f"(got {_shown(node)})", key, node)
+        if value < 0:
+            raise self.fail(f"{what} must be >= 0 (got {_num(value)})", key, node)
+        return value
+
+    def _count(self, node: Node, key: str, what: str) -> int:
+        """A whole number of at least 1."""
+        value = None
+        if isinstance(node, ScalarNode):
+            tag, parsed = scalar_tag_value(node)
+            if tag == "!!int":
+                value = parsed
+        if value is None:
+            raise self.fail(f"{what} must be a whole number (got {_shown(node)})", key, node)
+        if value < 1:
+            raise self.fail(f"{what} must be at least 1 (got {value})", key, node)
+        return value
 
     def _routing(self, node: Node | None) -> _RawRouting:
         d = self.d
@@ -377,6 +451,7 @@ class _Load:
         raw.fifo = d.mapping(settings.get("fifo"), where, "config.FifoConfig")
         raw.priority = {name: (d.integer(value, f"{where}.priority.{name}"), key) for name, key, value in d.items(
             raw.fifo.get("priority"), f"{where}.priority", "map[string]int")}
+        raw.max_wait = self._seconds(raw.fifo.get("maxWait"), f"{where}.maxWait", f"{where}.maxWait")
         raw.router_node = f.get("router")
         router = d.mapping(raw.router_node, "routing.router", "config.RouterConfig")
         raw.router_use = d.string(router.get("use"), "routing.router.use")
@@ -406,7 +481,8 @@ class _Load:
             # a model's own id wins over one of its aliases written beside it
             if name == real or real not in routing.priority:
                 priority[real] = value
-        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items())))))
+        return SchedulerConfig(use=use, fifo=FifoConfig(priority=freeze(dict(sorted(priority.items()))),
+                                                        max_wait=routing.max_wait))
 
     def _group(self, gid: str, node: Node, where: str = "groups") -> dict[str, Any]:
         d = self.d
@@ -554,6 +630,9 @@ class _Load:
         problem = url_parse_error(proxy)
         if problem:
             raise fail(f"model {mid}: invalid proxy URL: {problem}", "proxy")
+        if raw.health_check_interval and check_endpoint.strip().lower() == "none":
+            raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
+                       "checkEndpoint is none", "healthCheckInterval")
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -592,6 +671,9 @@ class _Load:
             unload_timeout=raw.unload_timeout or unload_timeout,
             port=port,
             capabilities=caps,
+            health_check_interval=raw.health_check_interval,
+            health_check_failures=raw.health_check_failures,
+            restart=raw.restart,
         )
         return model, 1 if port is not None else 0
 
@@ -680,6 +762,13 @@ def _log_level(value: str) -> str:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _shown(node: Node) -> str:
+    """A bad value as an error message quotes it."""
+    if isinstance(node, ScalarNode):
+        return go_quote(node.value)
+    return "a list" if short_tag(node) == "!!seq" else "a mapping"
 
 
 def _is_str(node: ScalarNode) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 DEFAULT_GROUP_ID = "(default)"
 DEFAULT_CONCURRENCY_LIMIT = 10
+RESTART_POLICIES = ("never", "on-failure", "always")
 LOG_BUFFER_SIZE = 100 * 1024
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -144,6 +145,9 @@ class ModelConfig:
     unload_timeout: float = 5  # grace before SIGKILL for every graceful stop
     port: int | None = None  # the ${PORT} allocated to this model, if any
     capabilities: Capabilities = field(default_factory=Capabilities)
+    health_check_interval: float = 0  # seconds between probes while ready; 0 = no watch
+    health_check_failures: int = 3  # consecutive failed probes that mark the backend dead
+    restart: str = "never"  # "never" | "on-failure" | "always" (see RESTART_POLICIES)
 
     @property
     def effective_concurrency_limit(self) -> int:
@@ -159,19 +163,26 @@ class GroupConfig:
     members: tuple[str, ...] = ()
 
 
+# A compiled matrix expression: ("leaf", model id) | ("and", children) | ("or", children).
+# A `+ref` is the referenced set's own root object, so shared sub-expressions are one object
+# (a DAG) and the solver evaluates each once per query. Never expanded into combinations.
+MatrixNode = tuple
+
+
 @dataclass(frozen=True)
-class ExpandedSet:
-    name: str  # the set it came from
-    dsl: str
-    models: tuple[str, ...]  # real model ids, sorted
+class MatrixSet:
+    name: str
+    dsl: str  # as written
+    root: MatrixNode
+    support: frozenset[str]  # every model id the expression can name
 
 
 @dataclass(frozen=True)
 class MatrixConfig:
     vars: Mapping[str, str] = field(default_factory=_empty)  # var id -> real model id
-    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id -> cost, as written
+    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id or model id -> cost, as written
     sets: tuple[tuple[str, str], ...] = ()  # (name, dsl) in definition order
-    expanded_sets: tuple[ExpandedSet, ...] = ()  # solver order: topological, then expansion
+    compiled_sets: tuple[MatrixSet, ...] = ()  # solver order: topological over `+ref`s, then definition
     model_evict_costs: Mapping[str, int] = field(default_factory=_empty)  # real model id -> cost (missing = 1)
 
     def evict_cost(self, model_id: str) -> int:
@@ -184,6 +195,8 @@ class FifoConfig:
 
     # real model id -> priority (keys written as aliases are resolved); missing = 0
     priority: Mapping[str, int] = field(default_factory=_empty)
+    # seconds the oldest queued request waits before it forces its swap; 0 = no bound
+    max_wait: float = 0
 
     def priority_of(self, model_id: str) -> int:
         return self.priority.get(model_id, 0)
@@ -234,6 +247,8 @@ class Config:
     metrics_max_in_memory: int = 1000
     capture_buffer: int = 5  # MB
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    # store.path: the SQLite activity file; None keeps activity in memory (metricsMaxInMemory)
+    store_path: str | None = None
     global_ttl: int = 0
     start_port: int = 5800
     send_loading_state: bool = False

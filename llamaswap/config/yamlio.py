@@ -18,6 +18,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError, located
 from .gocompat import go_quote
+from .yamltabs import GoTabsScanner
 
 PLAIN = "!plain"  # marker tag: a plain scalar without an explicit tag, resolved later
 _MERGE = "<<"
@@ -26,9 +27,11 @@ _MERGE = "<<"
 def make_loader(base: type) -> type:
     """A loader class that builds nodes only, tagging plain scalars PLAIN instead of
     guessing YAML 1.1 types. ``base`` is CSafeLoader when libyaml is there; the zipapp
-    carries only pure-Python PyYAML, so SafeLoader must give the same result."""
+    carries only pure-Python PyYAML, so SafeLoader must give the same result (its scanner
+    gets libyaml's tab rules, yamltabs.py)."""
+    bases = (GoTabsScanner, base) if issubclass(base, yaml.scanner.Scanner) else (base,)
 
-    class Loader(base):  # type: ignore[misc, valid-type]
+    class Loader(*bases):  # type: ignore[misc, valid-type]
         def resolve(self, kind, value, implicit):  # PyYAML hook
             if kind is ScalarNode and implicit[0]:
                 return PLAIN

@@ -8,7 +8,10 @@ request back (method, path, query, headers, body). Every response names the mode
 server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
-``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N}``.
+``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
+"stop_listening": true, "hang": true}`` (``stop_listening``: after answering, close the
+listening socket and keep running, a server that refuses connections without exiting;
+``hang``: wedge the server from that request on, as ``--hang-after``).
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -42,6 +45,8 @@ class Options(argparse.Namespace):
     ignore_sigterm: bool
     fail_start: str | None
     crash_after: int
+    exit_after: int
+    hang_after: int
     log_flood: int
     chunk_delay: float
     chunks: int
@@ -60,6 +65,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--fail-start", metavar="MSG", help="print MSG to stderr and exit with code 3")
     p.add_argument("--crash-after", type=int, default=0,
                    help="exit with code 1 after answering N requests (not counting /health)")
+    p.add_argument("--exit-after", type=int, default=0,
+                   help="exit cleanly (code 0) after answering N requests (not counting /health)")
+    p.add_argument("--hang-after", type=int, default=0,
+                   help="after answering N requests (not counting /health) stop answering "
+                        "anything, /health included, while the process stays alive (a wedged server)")
     p.add_argument("--log-flood", type=int, default=0, metavar="BYTES",
                    help="write this many bytes to stdout at startup")
     p.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between SSE chunks")
@@ -84,6 +94,7 @@ class DemoServer(ThreadingHTTPServer):
         self.ready_at = time.monotonic() + opts.load_delay
         self.served = 0
         self.lock = threading.Lock()
+        self.hung = threading.Event()
         super().__init__((opts.host, opts.port), DemoHandler)
 
     def count_request(self) -> int:
@@ -157,11 +168,23 @@ class DemoHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def after_request(self) -> None:
-        limit = self.server.opts.crash_after
-        if limit and self.server.count_request() >= limit:
-            log(f"demo backend {self.server.opts.model_id}: crashing after {limit} requests")
-            self.wfile.flush()
-            os._exit(1)
+        opts = self.server.opts
+        if not (opts.crash_after or opts.exit_after or opts.hang_after):
+            return
+        served = self.server.count_request()
+        for limit, code, what in ((opts.crash_after, 1, "crashing"), (opts.exit_after, 0, "exiting")):
+            if limit and served >= limit:
+                log(f"demo backend {opts.model_id}: {what} after {limit} requests")
+                self.wfile.flush()
+                os._exit(code)
+        if opts.hang_after and served >= opts.hang_after and not self.server.hung.is_set():
+            log(f"demo backend {opts.model_id}: hanging after {opts.hang_after} requests")
+            self.server.hung.set()
+
+    def parse_request(self) -> bool:
+        if self.server.hung.is_set():
+            threading.Event().wait()  # wedged: the connection is open, nothing ever answers
+        return super().parse_request()
 
     # -- verbs ------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -196,13 +219,21 @@ class DemoHandler(BaseHTTPRequestHandler):
             return
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # too deep for json: echoed like any other body
             req = None
         if not isinstance(req, dict):
             self.echo(body)
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("hang"):
+            log(f"demo backend {self.server.opts.model_id}: hanging")
+            self.server.hung.set()
+            threading.Event().wait()
+        if knobs.get("stop_listening"):
+            self.server.socket.shutdown(socket.SHUT_RDWR)  # new connections are refused now
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+            self.close_connection = True
         if knobs.get("sleep"):
             time.sleep(float(knobs["sleep"]))
         if knobs.get("status"):
@@ -455,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(load delay {opts.load_delay:g}s)")
     try:
         server.serve_forever(poll_interval=0.05)
+        server.server_close()
+        while True:  # only the stop_listening knob ends serve_forever: run on until a signal
+            signal.pause()
     except KeyboardInterrupt:
         pass
     finally:

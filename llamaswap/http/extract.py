@@ -2,7 +2,9 @@
 
 - GET: ``?model=`` (``?stream=true``).
 - A body that parses as a JSON object: its ``model`` — whatever the Content-Type says, since
-  ``curl -d`` sends JSON as a form.
+  ``curl -d`` sends JSON as a form. Any depth (deepjson.py); a key written twice counts the
+  first time, as in gjson. A body that says or looks like JSON but does not parse gets a 400
+  that says why; a JSON body without a usable ``model``, upstream's 404.
 - multipart/form-data: the ``model`` field, found by scanning the stream. Bytes read while
   looking for it are kept (in memory, spilling to a temporary file past ``SPOOL_MEMORY``) so
   the body can be forwarded unchanged; the rest of the upload is never read here. The spool
@@ -12,14 +14,14 @@
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
-from llamaswap.http.routes import RequestContext
+from llamaswap.http import deepjson
+from llamaswap.http.context import RequestContext
 
 SPOOL_MEMORY = 1 << 20
 READ_SIZE = 64 * 1024
@@ -41,7 +43,8 @@ class Extracted:
     spool_len: int = 0
     value_span: tuple[int, int] | None = None
     extra: dict = field(default_factory=dict)
-    why: str = ""  # when model is None: what was missing or malformed, for the 404 message
+    why: str = ""  # when model is None: what was missing or malformed, for the error message
+    status: int = 404  # when model is None: 404 (no model, upstream's), 400 (not JSON at all)
 
     def close(self) -> None:
         if self.spool is not None:
@@ -86,21 +89,9 @@ def from_body(ctx: RequestContext) -> Extracted:
         return from_multipart(ctx, ctype)
     data = ctx.read_body()
     ex = Extracted(data=data, kind="form")
-    obj = _json_object(data)
-    if obj is not None:
+    if data[:64].lstrip().startswith((b"{", b"[")) or "application/json" in ctype.lower():
         ex.kind = "json"
-        ex.obj = obj
-        model = obj.get("model")
-        ex.model = model if isinstance(model, str) and model else None
-        ex.stream = obj.get("stream") is True
-        if "model" not in obj:
-            ex.why = "the JSON body has no 'model' field"
-        elif ex.model is None:
-            ex.why = f"'model' in the JSON body must be a non-empty string, got {json.dumps(model)}"
-        return ex
-    if "application/json" in ctype.lower() or data[:64].lstrip().startswith((b"{", b"[")):
-        ex.kind = "json"
-        ex.why = _json_problem(data)
+        _from_json(ex, data)
         return ex
     try:
         form = parse_qs(data.decode("utf-8", "replace"), keep_blank_values=True)
@@ -112,28 +103,33 @@ def from_body(ctx: RequestContext) -> Extracted:
     return ex
 
 
-def _json_problem(data: bytes) -> str:
-    """Why a JSON body yields no model: a parse error with its position, or the wrong type."""
+def _from_json(ex: Extracted, data: bytes) -> None:
     if not data.strip():
-        return "the request body is empty"
+        ex.why = "the request body is empty"
+        return
     try:
-        obj = json.loads(data)
+        # a key written twice: the first one counts, as upstream's gjson reads it (the check
+        # for that costs two byte scans; the slower parse runs only when it may matter)
+        obj = deepjson.loads(data, first_key_wins=data.count(b'"model"') > 1
+                             or data.count(b'"stream"') > 1)
     except UnicodeDecodeError:
-        return "the request body is not UTF-8 JSON"
+        ex.why, ex.status = "the request body is not UTF-8 JSON", 400
+        return
     except ValueError as e:
-        return f"the request body is not valid JSON ({e})"
-    return f"the JSON body must be an object with a 'model' field, got {type(obj).__name__}"
-
-
-def _json_object(data: bytes) -> dict | None:
-    head = data[:64].lstrip()
-    if not head.startswith(b"{"):
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return obj if isinstance(obj, dict) else None
+        ex.why, ex.status = f"the request body is not valid JSON ({e})", 400
+        return
+    if not isinstance(obj, dict):
+        ex.why = f"the JSON body must be an object with a 'model' field, got {type(obj).__name__}"
+        return
+    ex.obj = obj
+    model = obj.get("model")
+    ex.model = model if isinstance(model, str) and model else None
+    ex.stream = obj.get("stream") is True
+    if "model" not in obj:
+        ex.why = "the JSON body has no 'model' field"
+    elif ex.model is None:
+        ex.why = ("'model' in the JSON body must be a non-empty string, got "
+                  + deepjson.dumps(model)[:200])
 
 
 class MultipartError(ValueError):

@@ -8,10 +8,10 @@ model or alias first, then a peer's model).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from llamaswap.config.model import Filters, thaw
+from llamaswap.http import deepjson
 
 
 def split_path(path: str) -> list[str]:
@@ -120,4 +120,7 @@ def apply(obj: dict, filters: Filters | None, use_model_name: str, requested: st
 
 
 def encode(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return deepjson.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: keep it escaped
+        return deepjson.dumps(obj, separators=(",", ":")).encode("ascii")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
-from llamaswap.http.routes import ClientGone, RequestContext
+from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.errors import error_body
 
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
@@ -37,6 +38,10 @@ class Outcome:
     sent_bytes: int = 0
     client_gone: bool = False
     error: str | None = None  # backend failure, if any
+    # with retry_unreachable, nothing was sent to the client and the request can be sent
+    # again: "refused" (the connection was refused: the request never reached the backend)
+    # or "dropped" (a new connection closed before any answer: it may have)
+    unreachable: str = ""
 
 
 # what never reaches a backend as the client sent it (X-Forwarded-For is rewritten)
@@ -129,7 +134,9 @@ def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
         else:
             conn.putheader("Transfer-Encoding", "chunked")
             chunked = True
-    on_req = getattr(observer, "on_request_chunk", None) if observer is not None else None
+    # a request sent again offers its body to the observer once
+    on_req = (getattr(observer, "on_request_chunk", None)
+              if observer is not None and not body.started else None)
     if has_body and body.data is not None and not chunked and len(body.data) <= BODY_SIZE:
         if on_req is not None and body.data:
             on_req(body.data)
@@ -192,29 +199,39 @@ def _put_headers(conn: http.client.HTTPConnection, headers: list[tuple[str, str]
 
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
               http.client.BadStatusLine)
+# what a backend whose process is exiting does to a new connection
+_UNREACHABLE = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError,
+                BrokenPipeError, http.client.RemoteDisconnected)
 
 
 def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
             body: _Body, *, observer: Any = None, label: str = "",
-            error_prefix: str = "", on_backend_done: Callable[[], None] | None = None) -> Outcome:
+            error_prefix: str = "", on_backend_done: Callable[[], None] | None = None,
+            retry_unreachable: bool = False) -> Outcome:
     """Send ``ctx.method path`` with ``headers`` and ``body`` to the pool's backend and relay
     the answer to ``ctx``. Never raises for client or backend trouble; returns what happened.
 
     ``on_backend_done`` runs once, as soon as the backend's answer is fully read and before
     the client gets the last byte (or when the request ends otherwise), so a client that
-    sends its next request the moment it has the answer finds the model's slot free."""
+    sends its next request the moment it has the answer finds the model's slot free.
+
+    ``retry_unreachable``: a backend that refuses the connection, or drops a new one before
+    any answer while the body can still be sent again, is not answered for: the outcome says
+    ``unreachable`` and the caller answers or sends the request again (a crashed backend is
+    started again); ``on_backend_done`` does not run then."""
     out = Outcome()
     try:
         return _forward(ctx, pool, path, headers, body, observer, label, error_prefix,
-                        on_backend_done, out)
+                        on_backend_done, out, retry_unreachable)
     finally:
-        if on_backend_done is not None:
+        if on_backend_done is not None and not out.unreachable:
             on_backend_done()
 
 
 def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tuple[str, str]],
              body: _Body, observer: Any, label: str, error_prefix: str,
-             on_backend_done: Callable[[], None] | None, out: Outcome) -> Outcome:
+             on_backend_done: Callable[[], None] | None, out: Outcome,
+             retry_unreachable: bool = False) -> Outcome:
     method = ctx.method
     has_body = not (body.length == 0 and method in ("GET", "HEAD", "DELETE", "OPTIONS"))
     upgrade = (ctx.headers.get("Upgrade") is not None
@@ -235,7 +252,10 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                 # a retry goes on a new connection: other idle ones may be just as closed
                 conn, reused = pool.acquire(reuse=body.data is not None and attempts == 1)
             except OSError as e:
-                return _fail(ctx, out, observer, 502, f"{error_prefix}{_conn_error(pool, label, e)}")
+                message = f"{error_prefix}{_conn_error(pool, label, e)}"
+                if retry_unreachable and isinstance(e, _UNREACHABLE) and body.replayable:
+                    return _unreachable(out, "refused", message)
+                return _fail(ctx, out, observer, 502, message)
 
             def on_gone(c=conn):
                 gone.set()
@@ -267,8 +287,10 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                     msg = (f"{label}: no response headers within "
                            f"{pool.timeouts.response_header:g}s")
                     return _fail(ctx, out, observer, 504, f"{error_prefix}{msg}")
-                return _fail(ctx, out, observer, 502,
-                             f"{error_prefix}{label}: backend connection error: {_describe(e)}")
+                message = f"{error_prefix}{label}: backend connection error: {_describe(e)}"
+                if retry_unreachable and isinstance(e, _UNREACHABLE) and body.replayable:
+                    return _unreachable(out, "dropped", message)
+                return _fail(ctx, out, observer, 502, message)
 
         status = resp.status
         rheaders = response_headers(resp)
@@ -388,6 +410,12 @@ def _end(observer: Any, error: str | None) -> None:
             pass
 
 
+def _unreachable(out: Outcome, how: str, message: str) -> Outcome:
+    out.unreachable = how
+    out.error = message
+    return out
+
+
 def _fail(ctx: RequestContext, out: Outcome, observer: Any, status: int, message: str) -> Outcome:
     out.error = message
     try:
@@ -407,8 +435,6 @@ def _fail(ctx: RequestContext, out: Outcome, observer: Any, status: int, message
 def append_error(ctx: RequestContext, status: int, message: str) -> None:
     """After the loading stream has sent a 200, an error can only be appended (upstream
     writes the JSON body raw, unframed)."""
-    from llamaswap.http.errors import error_body
-
     _, body = error_body(status, message, ctx.headers.get("Accept"))
     ctx.write(body)
     ctx.finish()

@@ -11,14 +11,18 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamaswap.http import errors, extract, filters, listing
-from llamaswap.http.forward import (body_bytes, body_stream, forward, request_headers)
+from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
+                                    request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
+from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.ops.activity import filter_accept_encoding
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 # POST, model from the JSON body (or an urlencoded form)
 JSON_PATHS = (
@@ -41,6 +45,16 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 NO_MODEL = "no model id could be identified"
 NOT_READY = "llama-swap-error: [{}] process is not ready"
 FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
+# A request that finds its backend gone (the connection refused, or dropped unanswered)
+# while the process is exiting raced the crash: it waits for the exit to be seen, then
+# starts the model again. A refused request never reached the backend, so it is always
+# safe to send again (CRASH_ATTEMPTS in all bounds a backend that keeps dying); a dropped
+# one may have caused the crash, so it is sent again at most DROPPED_RETRIES times. A
+# backend that refuses connections but does not exit within CRASH_CONFIRM_WAIT seconds, or
+# a request past those bounds, gets the 502.
+CRASH_ATTEMPTS = 8
+DROPPED_RETRIES = 2
+CRASH_CONFIRM_WAIT = 3.0
 
 
 # ---- concurrency limit (per App, so a reload resets it as upstream) -------------------------
@@ -114,7 +128,7 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
     requested = pinned or ex.model
     if not requested:
         # upstream's text first (clients match on it), then what exactly was wrong
-        ctx.send_error(404, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
+        ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
@@ -224,27 +238,45 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
             observer = _observer(ctx, real) if not pinned else None
             if observer is not None:
                 headers = _metered_headers(headers)
-            grant = ticket = _claim(app.router, real)
-            if grant is None:
-                ticket = app.router.request(real)
-                process = app.processes[real]
-                loading = (not pinned and ex.stream and mcfg.send_loading_state
-                           and is_loading_path(target) and _state(process) != "ready")
-                grant = _await_grant(ctx, ticket, real, loading)
+            dropped = 0
+            for attempt in range(1, CRASH_ATTEMPTS + 1):
+                grant = ticket = _claim(app.router, real)
                 if grant is None:
-                    if observer is not None and hasattr(observer, "on_end"):
-                        observer.on_end("client disconnected before the model was ready")
+                    ticket = app.router.request(real)
+                    process = app.processes[real]
+                    loading = (not pinned and ex.stream and mcfg.send_loading_state
+                               and is_loading_path(target) and _state(process) != "ready")
+                    grant = _await_grant(ctx, ticket, real, loading)
+                    if grant is None:
+                        if observer is not None and hasattr(observer, "on_end"):
+                            observer.on_end("client disconnected before the model was ready")
+                        return
+                grant_done = _Once(ticket.done)
+                # request metadata (activity row, in-flight entry): the scheduler's priority
+                ctx.state.setdefault("metadata", {})["fifo_priority"] = str(
+                    app.config.routing.scheduler.fifo.priority_of(real))
+                try:
+                    proc = grant.process
+                    if _state(proc) != "ready":
+                        _reply_error(ctx, 503, NOT_READY.format(real), observer)
+                        return
+                    pid = proc.pid
+                    out = forward(ctx, pool_for_process(proc), target, headers, body,
+                                  observer=observer, label=_BackendLabel(real, proc),
+                                  on_backend_done=_Once(grant_done, release_slot),
+                                  retry_unreachable=True)
+                finally:
+                    grant_done()
+                if not out.unreachable:
                     return
-            finished = _Once(ticket.done, release_slot)
-            try:
-                proc = grant.process
-                if _state(proc) != "ready":
-                    _reply_error(ctx, 503, NOT_READY.format(real), observer)
+                dropped += out.unreachable == "dropped"
+                if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
+                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)  # or alive, yet refusing
+                        or _stopped_unhealthy(proc)):
+                    _reply_error(ctx, 502, out.error or "", observer)
                     return
-                forward(ctx, pool_for_process(proc), target, headers, body,
-                        observer=observer, label=real, on_backend_done=finished)
-            finally:
-                finished()
+                app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
+                                     f"({out.error}): starting it again for that request")
     finally:
         release_slot()
 
@@ -258,6 +290,32 @@ def _claim(router: Any, model_id: str) -> Any:
         claim.done()
         return None
     return claim
+
+
+def _stopped_unhealthy(process: Any) -> bool:
+    """The backend was stopped because its health watch failed: the requests it held end
+    with that error and are not sent again (one of them may be what wedged it)."""
+    failure = process.run_failure()
+    return failure is not None and failure.reason == "health"
+
+
+class _BackendLabel:
+    """The model id in forwarding errors. When the backend went down while the request was
+    in flight (its health watch failed and llama-swap stopped it, or it crashed), the error
+    says why: it is formatted only when an error is written."""
+
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process: Any):
+        self.model_id = model_id
+        self.process = process
+
+    def __str__(self) -> str:
+        failure = self.process.run_failure()
+        return f"{self.model_id} went down: {failure.detail}" if failure else self.model_id
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 class _Once:
@@ -283,8 +341,6 @@ def _state(process: Any) -> str:
 
 
 def _reply_error(ctx: RequestContext, status: int, message: str, observer: Any = None) -> None:
-    from llamaswap.http.forward import append_error
-
     if ctx.started:
         append_error(ctx, status, message)
     else:
@@ -335,7 +391,6 @@ def _outcome(ctx: RequestContext, ticket: Any) -> Any:
         message = getattr(e, "message", None) or str(e)
         try:
             if ctx.started:
-                from llamaswap.http.forward import append_error
                 append_error(ctx, status, message)
             else:
                 ctx.send_error(status, message)
@@ -401,5 +456,3 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/models", listing.handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)
-    from llamaswap.http import upstream_path
-    upstream_path.register(table)

@@ -14,7 +14,7 @@ import time
 from typing import Any, Mapping
 
 from llamaswap.config.model import Capabilities, thaw
-from llamaswap.http.routes import RequestContext
+from llamaswap.http.context import RequestContext
 from llamaswap.ops import gojson
 
 # the record fields the capabilities renderer owns: user metadata may not shadow them

@@ -13,7 +13,7 @@ import random
 import time
 from typing import Any
 
-from llamaswap.http.routes import RequestContext
+from llamaswap.http.context import RequestContext
 
 RULE = "━━━━━"
 TICK = 0.75

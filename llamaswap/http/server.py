@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterable
 from llamaswap.http import auth
 from llamaswap.config.gocompat import go_duration
 from llamaswap.http.headers import HeaderError, read_headers
-from llamaswap.http.routes import BadRequestBody, ClientGone, RequestContext, RouteTable, build_routes
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
+from llamaswap.http.routes import RouteTable, build_routes
 
 HEADER_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 1 << 20

@@ -8,9 +8,15 @@ form (301 for GET/HEAD, 308 otherwise). Any method; websocket upgrades are tunne
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from llamaswap.http.routes import RequestContext, RouteTable
+from llamaswap.http import extract
+from llamaswap.http.context import RequestContext
+from llamaswap.http.inference import dispatch, serve_peer_path
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 PREFIX = "/upstream/"
 
@@ -33,9 +39,6 @@ def find_model(raw_rest: str, is_known) -> tuple[str, str, str] | None:
 
 
 def handle_upstream(ctx: RequestContext) -> None:
-    from llamaswap.http import extract
-    from llamaswap.http.inference import dispatch, serve_peer_path
-
     app = ctx.app
     cfg = app.config
     raw_rest = ctx.raw_path[len(PREFIX):]

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llamaswap
-from llamaswap.http.routes import ClientGone, RequestContext, RouteTable
+from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.upstream_path import find_model
 from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops.activity import QueryError, parse_query
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 LOG_STREAM_BUFFER = 256  # chunks a slow log reader may fall behind before losing some
 LOG_STREAM_HEADERS = [("Content-Type", "text/plain"), ("X-Content-Type-Options", "nosniff"),
@@ -36,6 +42,8 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/logs/stream/{id...}", logs_stream)
     table.add("GET", "/api/events", sse.handle_events)
     table.add("GET", "/api/metrics", api_metrics)
+    table.add("GET", "/api/metrics/activity", api_activity)
+    table.add("GET", "/api/metrics/stats", api_activity_stats)
     table.add("GET", "/api/captures/{id}", api_capture)
     table.add("GET", "/api/performance", api_performance, log=False)
     table.add("GET", "/metrics", metrics, log=False)
@@ -66,8 +74,10 @@ def running(ctx: RequestContext) -> None:
         if state in ("stopped", "shutdown"):
             continue
         m = app.config.models.get(mid) or p.config
-        out.append({"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
-                    "ttl": m.ttl, "name": m.name, "description": m.description})
+        record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
+                  "ttl": m.ttl, "name": m.name, "description": m.description}
+        record.update(restart_fields(p))
+        out.append(record)
     _json_line(ctx, {"running": out})
 
 
@@ -119,8 +129,6 @@ def find_log(app: Any, log_id: str) -> Any:
         return loggers.proxy
     if log_id == "upstream":
         return loggers.upstream
-    from llamaswap.http.upstream_path import find_model
-
     found = find_model(log_id, lambda n: app.config.real_model_name(n) is not None)
     if found is None:
         return None
@@ -162,7 +170,35 @@ def logs_stream(ctx: RequestContext) -> None:
 # ---- activity, captures, metrics --------------------------------------------------------------
 
 def api_metrics(ctx: RequestContext) -> None:
+    """The reference revision's route (differences.md point 12): the newest
+    metricsMaxInMemory entries, oldest first, in its shape."""
     ctx.send(200, sse.metrics_json(ctx.app), "application/json")
+
+
+def api_activity(ctx: RequestContext) -> None:
+    """A page of the activity store, with upstream's filters, sort and 400 messages."""
+    try:
+        query = parse_query(ctx.query)
+    except QueryError as e:
+        ctx.send_error(400, str(e))
+        return
+    try:
+        page = ctx.app.activity.page(query)
+    except Exception as e:
+        ctx.app.loggers.log.warn(f"activity store: {e}")
+        ctx.send_error(500, "failed to get activity")
+        return
+    _json_line(ctx, page)
+
+
+def api_activity_stats(ctx: RequestContext) -> None:
+    try:
+        stats = ctx.app.activity.stats((ctx.query_value("model") or "").strip())
+    except Exception as e:
+        ctx.app.loggers.log.warn(f"activity store: {e}")
+        ctx.send_error(500, "failed to get activity stats")
+        return
+    _json_line(ctx, stats)
 
 
 _GO_ATOI = re.compile(r"[+-]?[0-9]+")

@@ -1,8 +1,9 @@
 """``GET /api/events``: the server-sent event stream the web UI lives on (behaviour.md 3.5.3).
 
 Each frame is exactly ``event:message\\ndata:<envelope>\\n\\n`` where the envelope is
-``{"type":"<t>","data":"<JSON text>"}``; the four types are ``logData``, ``modelStatus``,
-``metrics`` and ``inflight``. On connect the client gets the proxy log history, the upstream
+``{"type":"<t>","data":"<JSON text>"}``; the types are ``logData``, ``modelStatus``,
+``metrics`` and ``inflight`` (the reference revision's) and ``activity`` (today's upstream:
+``{"id":N}`` for each new activity row). On connect the client gets the proxy log history, the upstream
 log history, the model list, the whole activity ring and the in-flight total, in that order;
 then live updates. Every client reads from its own bounded queue (1024 messages, as upstream):
 a client that stops reading loses messages (with a warning in the proxy log), never slows a
@@ -16,7 +17,9 @@ import threading
 import time
 from typing import Any
 
+from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
                                   LogData, ProcessStateChanged)
 
@@ -75,6 +78,8 @@ def model_status(app: Any) -> list[dict]:
         for key in ("capabilities", "context_length"):
             if key in rendered:
                 rec[key] = rendered[key]
+        if p is not None:
+            rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
         for model in cfg.peers[pid].models:
@@ -113,7 +118,10 @@ def event_frame(app: Any, event: Any) -> bytes | None:
     if isinstance(event, LogData):
         return log_frame(event.source, event.data)
     if isinstance(event, ActivityRecorded):
-        return frame("metrics", "[" + event.entry.dumps() + "]")
+        # the reference revision's message (the whole entry), then today's upstream's (the
+        # id; its UI pages /api/metrics/activity)
+        return frame("metrics", "[" + event.entry.dumps() + "]") + \
+            frame("activity", '{"id":%d}' % event.entry.id)
     if isinstance(event, InFlightChanged):
         return frame("inflight", gojson.dumps({"total": event.total}))
     return None  # ModelPreloaded and the rest are not forwarded, as upstream
@@ -138,8 +146,6 @@ def pump(ctx: Any, sub: Any, render: Any) -> None:
 
 
 def handle_events(ctx: Any) -> None:
-    from llamaswap.http.routes import ClientGone
-
     app = ctx.app
     events: EventBus = app.events
     loggers = app.loggers

@@ -16,8 +16,12 @@ import mimetypes
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
-from llamaswap.http.routes import RequestContext, RouteTable
+from llamaswap.http.context import RequestContext
+
+if TYPE_CHECKING:
+    from llamaswap.http.routes import RouteTable
 
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml", ".ico": "image/x-icon",

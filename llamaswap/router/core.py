@@ -9,13 +9,55 @@ that nobody receives is never counted as in flight.
 Decision tree for a request for model m (upstream's, re-run in order over the queue
 whenever a swap ends, a stop ends or a model's last request ends):
   1. m unknown -> 404.
+  1a. m is fenced for a starved request (fairness, below) -> wait in the queue.
   2. a swap for m is active -> join it (one load serves every waiter).
   3. m is being stopped or drained by an explicit order -> wait in the queue.
   4. evict = planner.eviction_for(m, running).
   5. m ready, nothing to evict, no collision -> grant now (fast path).
   6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
   7. we would evict a model with requests in flight (or one being drained) -> queue.
+  7a. a starved request would have to evict m (or m's swap would evict its target) -> queue:
+      a younger request must not add to what the starved one waits for.
   8. otherwise start a swap; swaps that do not collide run in parallel.
+
+Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
+  Q1. a request that must wait is inserted before the first queued request whose model has
+      a strictly lower priority (0 unless configured), so equal priorities keep arrival order
+      and the queue is always sorted by priority, highest first (but for a starved request,
+      F1 below, which stays at the head);
+  Q2. the queue is re-run in that order, so a higher-priority request gets the first chance
+      at every swap or stop that frees room;
+  Q3. a reconfigure re-sorts the queue (stably) by the new priorities.
+
+Fairness (``max_wait`` > 0; 0 keeps upstream's behaviour, where steady traffic on a ready
+model can hold a queued request for another model forever):
+  F1. when the oldest queued request has waited ``max_wait`` it is starved: it moves to the
+      head of the queue. One request is starved at a time.
+  F2. the models it waits for are fenced: those it would evict (planned as if its own
+      model were stopped, unless it is ready), and the targets of active swaps that
+      collide with it. A fenced model gets no new grant (none published for
+      claims either); requests for it queue behind the starved one (rule 1a).
+  F3. the fenced models' requests in flight finish, the queue drains in order, the starved
+      request's swap starts, and the next oldest request may become starved at once.
+  So a request waits at most max_wait + the longest request in flight on the models it
+  evicts + its own load time.
+
+Restart policy (per model: never, on-failure, always; the backend's own failures only):
+  R1. a failure schedules a restart when the policy asks for it: the backend exited on its
+      own while ready ("crash", or "exit" for code 0: only ``always`` restarts that), its
+      health watch failed ("health": the core orders the stop, the restart follows it), or
+      a start failed ("start-failed"). Unload, TTL, a reload's retire, an eviction and
+      shutdown are not failures and never restart anything.
+  R2. backoff: 1 s, doubling with each failure in a row, at most 5 min; a model that had
+      been ready for 10 min before it failed starts again from 1 s.
+  R3. when the backoff has passed, the model starts again if it is still stopped and
+      nothing is in its way: it evicts nothing, collides with no swap, is not being
+      stopped, and no queued request would have to evict it. Otherwise the restart is
+      dropped: a restart never displaces anything; the next request starts the model.
+  R4. a request for a model in backoff does not wait for it: the decision tree starts the
+      model at once, and the pending restart finds it running and does nothing.
+  R5. unload, a reload that changes or removes the model (or sets its policy to never) and
+      shutdown call a pending restart off.
 """
 
 from __future__ import annotations
@@ -24,10 +66,15 @@ import itertools
 from dataclasses import dataclass, field
 from typing import AbstractSet, Iterable, Mapping, Protocol
 
+from llamaswap.router.planners import eviction_reasons
+
 STOPPED = "stopped"
 STARTING = "starting"
 READY = "ready"
 STOPPING = "stopping"
+RESTART_FIRST_DELAY = 1.0  # seconds (R2)
+RESTART_MAX_DELAY = 300.0
+RESTART_RESET_AFTER = 600.0  # seconds ready after which the backoff starts again from 1 s
 
 
 class RouterError(Exception):
@@ -69,10 +116,14 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class StartSwap:
-    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error)."""
+    """Stop `evict` in parallel, then start `model`; report swap_done(swap_id, error).
+
+    `reasons` maps each evicted model to the planner's reason word ("group", "matrix",
+    "memory", ...), for the log and the ``ModelStopping`` event."""
     swap_id: int
     model: str
     evict: tuple[str, ...]
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -98,10 +149,39 @@ class ShutdownAll:
 
 @dataclass(frozen=True)
 class ArmTimer:
-    """Call ttl_expired(model, token) at `deadline` (the core's clock)."""
+    """Call timer_expired(kind, model, token) at `deadline` (the core's clock). `kind` is
+    "ttl" (the model's TTL) or "maxwait" (`model` is the oldest queued request's)."""
     model: str
     deadline: float
     token: int
+    kind: str = "ttl"
+
+
+@dataclass(frozen=True)
+class BackOff:
+    """Rule R1: restart `model` in `delay` seconds: mark its process as waiting for the
+    restart and call timer_expired("restart", model, token) at `deadline`. `attempt` counts
+    its failures in a row."""
+    model: str
+    reason: str
+    delay: float
+    deadline: float
+    token: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CancelRestart:
+    """A pending restart of `model` was called off (R3, R5): its process stops waiting."""
+    model: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Rule R3: the restart policy starts `model` again now (the StartSwap follows)."""
+    model: str
+    reason: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -131,8 +211,12 @@ class _Order:
 
 class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
-                 ready: AbstractSet[str] = frozenset(), now: float = 0.0):
+                 ready: AbstractSet[str] = frozenset(), now: float = 0.0,
+                 priority: Mapping[str, int] | None = None, max_wait: float = 0.0,
+                 restart: Mapping[str, str] | None = None):
         self.planner = planner
+        self._priority: dict[str, int] = dict(priority or {})
+        self.max_wait = max_wait  # seconds; 0: no bound (fairness rules off)
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
         self._ttl: dict[str, float] = dict(ttl or {})
@@ -150,6 +234,15 @@ class RouterCore:
         self._retire_swaps: dict[str, int] = {}
         self._ttl_token: dict[str, int] = {}
         self.shutting_down = False
+        self._since: dict = {}  # queued request -> when it joined the queue (max_wait only)
+        self.starved = None  # the request the fairness rules serve next, while it is queued
+        self._wait_due: float | None = None  # deadline of the armed maxwait timer
+        self._restart: dict[str, str] = dict(restart or {})  # model -> policy (R1)
+        self._ready_since: dict[str, float] = {m: now for m in ready}
+        self._delay: dict[str, float] = {}  # model -> its next backoff (R2)
+        self._attempts: dict[str, int] = {}  # model -> failures in a row
+        self._restart_due: dict[str, tuple[int, str, int]] = {}  # model -> (token, reason, attempt)
+        self._health_stops: dict[int, float] = {}  # stop order token -> seconds it had been ready
         self._effects: list = []
         for m in self.models:
             if self.state[m] == READY:
@@ -161,6 +254,9 @@ class RouterCore:
         """Models running or committed to run: what planners must take into account."""
         alive = {m for m, s in self.state.items() if s != STOPPED}
         return frozenset(alive | set(self.active) | self.retiring)
+
+    def priority_of(self, model: str) -> int:
+        return self._priority.get(model, 0)
 
     def queue_length(self) -> int:
         return len(self.queue)
@@ -175,9 +271,11 @@ class RouterCore:
         if self.shutting_down:
             return frozenset()
         running = None
+        fence = self.fenced()
         out = []
         for m in self.models:
-            if self.state.get(m) != READY or m in self.active or self._blocked(m):
+            if (self.state.get(m) != READY or m in self.active or self._blocked(m)
+                    or m in fence):
                 continue
             if running is None:
                 running = self.running()
@@ -186,15 +284,29 @@ class RouterCore:
             out.append(m)
         return frozenset(out)
 
+    def fenced(self) -> frozenset[str]:
+        """The models the starved request waits for (rule F2); empty when none is starved."""
+        req = self.starved
+        if req is None or req.model not in self.models:
+            return frozenset()
+        target = req.model
+        running = self.running()
+        if self.state.get(target) != READY:
+            running = running - {target}  # it waits for its own stop: plan as if stopped
+        evict = frozenset(self.planner.eviction_for(target, running)) - {target}
+        colliding = {t for t, swap in self.active.items()
+                     if t != target and (t in evict or target in swap.evict)}
+        return evict | colliding
+
     # ---- commands ------------------------------------------------------------------------
 
     def request(self, req, now: float) -> list:
         if self.shutting_down:
             req.offer_error(shutting_down_error(req.model))
         elif not self._decide(req, now):
-            self.queue.append(req)
+            self._enqueue(req)
             self._publish_positions()
-        return self._take()
+        return self._take(now)
 
     def claimed(self, model: str, now: float) -> list:
         """A request for a model that was in ``grantable()`` was served without waiting
@@ -211,7 +323,7 @@ class RouterCore:
         swap = self.active.get(req.model)
         if swap is not None and req in swap.waiters:
             swap.waiters.remove(req)
-        return self._take()
+        return self._take(now)
 
     def request_done(self, model: str, now: float) -> list:
         count = self.in_flight.get(model, 0) - 1
@@ -226,7 +338,7 @@ class RouterCore:
         elif self.state.get(model) == READY and model not in self.active:
             self._arm_ttl(model, now)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def swap_done(self, swap_id: int, error: str | None, now: float) -> list:
         if swap_id in self._cancelled:
@@ -239,7 +351,7 @@ class RouterCore:
                 if self._gen.get(m) == gen:
                     self._set_state(m, STOPPED)
             self._drain(now)
-            return self._take()
+            return self._take(now)
         model = self._swap_ids.pop(swap_id, None)
         if model is None:
             return self._take()
@@ -249,6 +361,7 @@ class RouterCore:
                 self._set_state(m, STOPPED)
         if error is None:
             self._set_state(model, READY)
+            self._ready_since[model] = now
             for req in swap.waiters:
                 self._grant(req, model)
             if not self.in_flight.get(model):
@@ -258,24 +371,30 @@ class RouterCore:
             failure = start_failed_error(model, error)
             for req in swap.waiters:
                 req.offer_error(failure)
+            self._restart_after(model, "start-failed", now, 0.0)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def stops_done(self, token: int, now: float) -> list:
         order = self._orders.pop(token, None)
         if order is None:
             return self._take()
+        ran = self._health_stops.pop(token, None)
+        self._effects.append(Log("debug", f"router: stopped [{' '.join(order.models)}] "
+                                          f"({order.reason})"))
         for m in order.models:
             pending = self._orders_of.get(m, set())
             pending.discard(token)
             if self._gen.get(m) == order.gens.get(m):
                 self._set_state(m, STOPPED)
+                if ran is not None:
+                    self._restart_after(m, "health", now, ran)
             if not pending:
                 self._orders_of.pop(m, None)
                 if m in self.retiring:
                     self._finish_retire(m)
         self._drain(now)
-        return self._take()
+        return self._take(now)
 
     def ttl_expired(self, model: str, token: int, now: float) -> list:
         if (self._ttl_token.get(model) != token or self.state.get(model) != READY
@@ -285,14 +404,46 @@ class RouterCore:
         ttl = self._ttl.get(model, 0)
         self._effects.append(Log("info", f"{model} Unloading model, TTL of {_seconds(ttl)}s reached"))
         self._order_stop((model,), "ttl", None)
-        return self._take()
+        return self._take(now)
 
-    def process_exited(self, model: str, now: float) -> list:
-        """The backend exited on its own while ready."""
+    def timer_expired(self, kind: str, model: str, token: int, now: float) -> list:
+        """A timer's deadline has passed (ArmTimer, or BackOff with kind "restart")."""
+        if kind == "maxwait":
+            self._wait_due = None
+            return self._take(now)  # the fairness rules run on every command
+        if kind == "restart":
+            self._restart_now(model, token, now)
+            return self._take(now)
+        return self.ttl_expired(model, token, now)
+
+    def process_exited(self, model: str, now: float, code: int | None = None) -> list:
+        """The backend exited on its own while ready (`code`: its exit status, None when
+        not known yet)."""
         if self.state.get(model) == READY and model not in self.active:
             self._set_state(model, STOPPED)
             self._drain(now)
-        return self._take()
+            ran = now - self._ready_since.get(model, now)
+            reason = "exit" if code == 0 else "crash"
+            backoff = self._restart_after(model, reason, now, ran)
+            status = ("exit status unknown" if code is None else
+                      f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+            policy = self._restart.get(model, "never")
+            then = (f"restarting in {_seconds(backoff.delay)}s" if backoff is not None
+                    else f"not restarting it (restart: {policy})")
+            self._effects.append(Log("info" if policy != "never" else "debug",
+                                     f"router: model {model} exited on its own ({status}); {then}"))
+        return self._take(now)
+
+    def health_failed(self, model: str, now: float) -> list:
+        """The health watch of a ready model declared it dead: stop it (its requests in
+        flight end with an error), then R1 decides about a restart."""
+        if (self.state.get(model) == READY and model not in self.active
+                and not self._blocked(model) and not self.shutting_down):
+            self._effects.append(Log("warn", f"router: stopping model {model}: its health "
+                                             f"check failed"))
+            token = self._order_stop((model,), "health", None)
+            self._health_stops[token] = now - self._ready_since.get(model, now)
+        return self._take(now)
 
     def unload(self, models: Iterable[str] | None, grace: float | None, now: float) -> tuple[int, list]:
         """Stop `models` (None: all). Returns the order token; stops_done(token) ends it."""
@@ -301,6 +452,7 @@ class RouterCore:
         wanted = set(targets)
         after = []
         for m in targets:
+            self._restart_due.pop(m, None)  # R5
             swap = self.active.get(m)
             if swap is not None:
                 for req in swap.waiters:
@@ -319,10 +471,11 @@ class RouterCore:
         self.queue = kept
         token = self._order_stop(tuple(targets), "unload", grace, tuple(after))
         self._drain(now)
-        return token, self._take()
+        return token, self._take(now)
 
     def shutdown(self, grace: float | None, now: float) -> tuple[int, list]:
         self.shutting_down = True
+        self._restart_due.clear()  # R5
         for swap in self.active.values():
             for req in swap.waiters:
                 req.offer_error(shutting_down_error(swap.model))
@@ -335,11 +488,26 @@ class RouterCore:
         return token, self._take()
 
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
-                    stop: Iterable[str], now: float) -> list:
+                    stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
+                    max_wait: float | None = None, restart: Mapping[str, str] | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
-        grants, their in-flight requests finish, then their old process is stopped."""
+        grants, their in-flight requests finish, then their old process is stopped.
+        `max_wait` None keeps the current bound."""
+        if max_wait is not None and max_wait != self.max_wait:
+            # the new bound is applied afresh (F1) to the same waits; 0 forgets them
+            self.max_wait = max_wait
+            self._wait_due = None
+            self.starved = None
+            if not max_wait:
+                self._since = {}
         new_models = set(models)
         stop_set = {m for m in stop if m in self.models} | (self.models - new_models)
+        if restart is not None:
+            self._restart = dict(restart)
+        for m in sorted(self._restart_due):  # R5
+            if m in stop_set or self._restart.get(m, "never") == "never":
+                del self._restart_due[m]
+                self._effects.append(CancelRestart(m))
         requeue = []
         for m in sorted(stop_set):
             swap = self.active.get(m)
@@ -361,7 +529,8 @@ class RouterCore:
             if m not in self.state:
                 self.state[m] = STOPPED
                 self._gen[m] = 0
-        self.queue = requeue + self.queue
+        self._priority = dict(priority or {})
+        self.queue = sorted(requeue + self.queue, key=lambda r: -self.priority_of(r.model))  # Q3
         for m in sorted(stop_set):
             if self.in_flight.get(m):
                 continue
@@ -370,9 +539,11 @@ class RouterCore:
                 self._finish_retire(m)  # nothing runs: nothing to stop
             else:
                 self._retire_stop(m)
+        if self.max_wait:
+            self._fairness(now)  # F1 with the new bound and order before anything is served
         self._drain(now)
         self._publish_positions()
-        return self._take()
+        return self._take(now)
 
     # ---- the decision tree -----------------------------------------------------------
 
@@ -382,6 +553,9 @@ class RouterCore:
         if model not in self.models:
             req.offer_error(unknown_model_error(model))
             return True
+        starved = self.starved
+        if starved is not None and req is not starved and model in self.fenced():
+            return False
         swap = self.active.get(model)
         if swap is not None:
             swap.waiters.append(req)
@@ -398,8 +572,18 @@ class RouterCore:
             return False
         if any(self.in_flight.get(m) or m in self.retiring for m in evict):
             return False
-        self._start_swap(req, evict)
+        if starved is not None and req is not starved and self._crowds(starved.model, model, evict):
+            return False
+        self._start_swap(model, evict, [req])
         return True
+
+    def _crowds(self, starved: str, model: str, evict: frozenset[str]) -> bool:
+        """Rule 7a: would a swap to `model` (evicting `evict`) add to what a request for
+        `starved` waits for?"""
+        if model == starved:
+            return False
+        return starved in evict or model in self.planner.eviction_for(
+            starved, self.running() | {model})
 
     def _blocked(self, model: str) -> bool:
         return model in self.retiring or model in self._orders_of or model in self._cancel_blocked
@@ -410,8 +594,7 @@ class RouterCore:
                 return True
         return False
 
-    def _start_swap(self, req, evict: frozenset[str]) -> None:
-        model = req.model
+    def _start_swap(self, model: str, evict: frozenset[str], waiters: list) -> None:
         swap_id = next(self._ids)
         description = None
         describe = getattr(self.planner, "describe_swap", None)
@@ -421,13 +604,17 @@ class RouterCore:
         for m in evict:
             self._ttl_token.pop(m, None)
         self._set_state(model, STARTING)
-        self.active[model] = _Swap(swap_id, model, evict, [req], gens)
+        self.active[model] = _Swap(swap_id, model, evict, waiters, gens)
         self._swap_ids[swap_id] = model
         if description is not None:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict))))
+        if self.starved is not None and self.starved in waiters:
+            reasons = {m: "maxwait" for m in evict}  # F3: the bound forced these stops
+        else:
+            reasons = eviction_reasons(self.planner, model, evict)
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons))
 
     def _grant(self, req, model: str) -> None:
         req.set_position(0)
@@ -436,18 +623,34 @@ class RouterCore:
             self._ttl_token.pop(model, None)
 
     def _drain(self, now: float) -> None:
-        if not self.queue or self.shutting_down:
-            return
-        pending, self.queue = self.queue, []
-        remaining = []
-        for req in pending:
-            # Decisions made earlier in this pass (new swaps) shape the later ones.
-            if self._decide(req, now):
-                req.set_position(0)
-            else:
-                remaining.append(req)
-        self.queue = remaining + self.queue
-        self._publish_positions()
+        while self.queue and not self.shutting_down:
+            pending, self.queue = self.queue, []
+            remaining = []
+            for req in pending:
+                # Decisions made earlier in this pass (new swaps) shape the later ones.
+                if self._decide(req, now):
+                    req.set_position(0)
+                    if req is self.starved:
+                        self.starved = None  # served: its fence goes for the rest of the pass
+                else:
+                    remaining.append(req)
+            self.queue = remaining + self.queue
+            self._publish_positions()
+            # A starved request decided early in the pass may be startable after later
+            # decisions (a matrix solver picks another set): give it another pass at once.
+            if self.starved is None or len(remaining) == len(pending):
+                return
+
+    def _enqueue(self, req) -> None:
+        """Rule Q1: before the first queued request of strictly lower priority."""
+        priority = self.priority_of(req.model)
+        queue = self.queue
+        first = 1 if queue and queue[0] is self.starved else 0  # F1: it keeps the head
+        for index in range(first, len(queue)):
+            if self.priority_of(queue[index].model) < priority:
+                queue.insert(index, req)
+                return
+        queue.append(req)
 
     def _publish_positions(self) -> None:
         for index, req in enumerate(self.queue, start=1):
@@ -505,7 +708,109 @@ class RouterCore:
         else:
             self.state.pop(model, None)
 
-    def _take(self) -> list:
+    def _restart_after(self, model: str, reason: str, now: float, ran: float) -> BackOff | None:
+        """Rules R1 and R2 for a failure of `model`, which had been ready `ran` seconds."""
+        policy = self._restart.get(model, "never")
+        if policy == "never" or (reason == "exit" and policy != "always"):
+            return None
+        if self.shutting_down or model not in self.models or model in self.retiring:
+            return None
+        if ran >= RESTART_RESET_AFTER:
+            self._delay.pop(model, None)
+            self._attempts.pop(model, None)
+        delay = self._delay.get(model, RESTART_FIRST_DELAY)
+        self._delay[model] = min(delay * 2, RESTART_MAX_DELAY)
+        attempt = self._attempts[model] = self._attempts.get(model, 0) + 1
+        token = next(self._ids)
+        self._restart_due[model] = (token, reason, attempt)
+        backoff = BackOff(model, reason, delay, now + delay, token, attempt)
+        self._effects.append(backoff)
+        return backoff
+
+    def _restart_now(self, model: str, token: int, now: float) -> None:
+        """Rules R3 and R4: the backoff of `model` has passed."""
+        due = self._restart_due.get(model)
+        if due is None or due[0] != token or self.shutting_down:
+            return
+        del self._restart_due[model]
+        _token, reason, attempt = due
+        if self.state.get(model) != STOPPED or model in self.active:
+            return  # R4: a request has started it
+        hold = self._restart_hold(model)
+        if hold is not None:
+            self._effects.append(Log("info", f"router: not restarting model {model}: {hold}; "
+                                             f"the next request for it starts it"))
+            self._effects.append(CancelRestart(model))
+            return
+        self._effects.append(Log("info", f"router: restarting model {model} after a failure "
+                                         f"({reason}, attempt {attempt})"))
+        self._effects.append(Restart(model, reason, attempt))
+        self._start_swap(model, frozenset(), [])
+
+    def _restart_hold(self, model: str) -> str | None:
+        """What stands in the way of restarting a stopped `model` (R3), or None."""
+        if self._blocked(model):
+            return "it is being stopped"
+        running = self.running()
+        evict = frozenset(self.planner.eviction_for(model, running)) - {model}
+        if evict:
+            return f"it would evict {' '.join(sorted(evict))}"
+        if self._collides(model, evict):
+            return "a swap in progress conflicts with it"
+        for req in self.queue:
+            if model in self.planner.eviction_for(req.model, running | {model}):
+                return f"a queued request for {req.model} would have to evict it"
+        return None
+
+    def _fairness(self, now: float) -> None:
+        """Rules F1-F3: starve the oldest queued request once it has waited max_wait, or
+        arm the timer for when it will have."""
+        while True:
+            queue = self.queue
+            if not queue or self.shutting_down:
+                self._since = {}
+                self.starved = None
+                return
+            since = self._since
+            self._since = since = {r: since.get(r, now) for r in queue}
+            starved = self.starved
+            if starved is not None and starved not in since:
+                # it left unserved (gave up, unloaded): what it fenced may be served now
+                self.starved = starved = None
+                self._drain(now)
+                continue
+            if starved is not None:
+                if queue[0] is not starved:  # something was put in front of it (a reload)
+                    queue.remove(starved)
+                    queue.insert(0, starved)
+                    self._publish_positions()
+                return
+            oldest = min(queue, key=since.__getitem__)  # the first of equals in queue order
+            due = since[oldest] + self.max_wait
+            if now < due:
+                if self._wait_due != due:
+                    self._wait_due = due
+                    self._effects.append(ArmTimer(oldest.model, due, next(self._ids), "maxwait"))
+                return
+            self.starved = oldest
+            self._wait_due = None
+            queue.remove(oldest)
+            queue.insert(0, oldest)
+            self._publish_positions()
+            fence = " ".join(sorted(self.fenced()))
+            self._effects.append(Log("info", (
+                f"router: a request for {oldest.model} has waited "
+                f"{now - since[oldest]:.1f}s (maxWait {_seconds(self.max_wait)}s): no new "
+                f"requests for [{fence}] until it is served")))
+            self._drain(now)
+            if self.starved is not None:
+                return  # still waiting for the fenced models' requests in flight
+
+    def _take(self, now: float | None = None) -> list:
+        """The effects so far; with `now`, after the fairness rules have run (a command
+        that may have changed the queue passes it)."""
+        if now is not None and self.max_wait:
+            self._fairness(now)
         effects, self._effects = self._effects, []
         return effects
 
