@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from llamaswap.config.model import thaw
-from llamaswap.http import auth, errors, extract, filters
+from llamaswap.http import auth, errors, extract, filters, listing
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.slots import Slots
-from llamaswap.ops import gojson
 from llamaswap.ops.activity import filter_accept_encoding
 
 if TYPE_CHECKING:
@@ -268,7 +265,7 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                         return
                     pid = proc.pid
                     out = forward(ctx, pool_for_process(proc), target, headers, body,
-                                  observer=observer, label=real,
+                                  observer=observer, label=_BackendLabel(real, proc),
                                   on_backend_done=_Once(grant_done, release_slot,
                                                         key_done or _nothing),
                                   retry_unreachable=True)
@@ -278,7 +275,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     return
                 dropped += out.unreachable == "dropped"
                 if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
-                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)):  # or alive, yet refusing
+                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)  # or alive, yet refusing
+                        or _stopped_unhealthy(proc)):
                     _reply_error(ctx, 502, out.error or "", observer)
                     return
                 app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
@@ -300,6 +298,32 @@ def _claim(router: Any, model_id: str) -> Any:
 
 def _nothing() -> None:
     pass
+
+
+def _stopped_unhealthy(process: Any) -> bool:
+    """The backend was stopped because its health watch failed: the requests it held end
+    with that error and are not sent again (one of them may be what wedged it)."""
+    failure = process.run_failure()
+    return failure is not None and failure.reason == "health"
+
+
+class _BackendLabel:
+    """The model id in forwarding errors. When the backend went down while the request was
+    in flight (its health watch failed and llama-swap stopped it, or it crashed), the error
+    says why: it is formatted only when an error is written."""
+
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process: Any):
+        self.model_id = model_id
+        self.process = process
+
+    def __str__(self) -> str:
+        failure = self.process.run_failure()
+        return f"{self.model_id} went down: {failure.detail}" if failure else self.model_id
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 class _Once:
@@ -429,72 +453,6 @@ def handle_health(ctx: RequestContext) -> None:
     ctx.send(200, b"OK", "text/plain; charset=utf-8")
 
 
-def model_records(app: Any, include_aliases: bool = False) -> list[dict]:
-    """The /v1/models records, sorted by id; ``include_aliases`` lists every alias as its own
-    record even without ``includeAliasesInList``."""
-    cfg = app.config
-    created = int(time.time())
-    records = []
-
-    def record(model_id: str, m: Any) -> dict:
-        rec: dict[str, Any] = {"id": model_id, "object": "model", "created": created,
-                               "owned_by": "llama-swap"}
-        name, desc = m.name.strip(), m.description.strip()
-        if name:
-            rec["name"] = name
-        if desc:
-            rec["description"] = desc
-        if m.metadata:
-            rec["meta"] = {"llamaswap": thaw(m.metadata)}
-        return rec
-
-    for mid, m in cfg.models.items():
-        if m.unlisted:
-            continue
-        records.append(record(mid, m))
-        if cfg.include_aliases_in_list or include_aliases:
-            for alias in m.aliases:
-                records.append(record(alias, m))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append({"id": pm, "object": "model", "created": created,
-                            "owned_by": "llama-swap", "name": f"{pid}: {pm}",
-                            "meta": {"llamaswap": {"peerID": pid}}})
-    records.sort(key=lambda r: r["id"])
-    return records
-
-
-def scoped_records(app: Any, key: Any) -> list[dict]:
-    """The records a scoped key may use: by id or by the model id it resolves to. A model the
-    key reaches only through an alias is listed under that alias."""
-    cfg = app.config
-    out = []
-    for rec in model_records(app, include_aliases=True):
-        name = rec["id"]
-        real = cfg.real_model_name(name)
-        if not key.allows(name, real):
-            continue
-        if real is not None and real != name and not cfg.include_aliases_in_list \
-                and key.allows(real):
-            continue  # an alias record the listing would not have: its model is listed
-        out.append(rec)
-    return out
-
-
-def handle_models(ctx: RequestContext) -> None:
-    key = ctx.state.get("key")
-    if key is None or key.every_model:
-        records = model_records(ctx.app)
-    else:
-        records = scoped_records(ctx.app, key)
-    body = gojson.dumps({"data": records, "object": "list"}) + "\n"
-    headers = []
-    origin = ctx.headers.get("Origin")
-    if origin:
-        headers.append(("Access-Control-Allow-Origin", origin))
-    ctx.send(200, body, "application/json", headers)
-
-
 def register(table: RouteTable) -> None:
     for p in JSON_PATHS:
         table.add("POST", p, _model_handler("json"))
@@ -504,7 +462,7 @@ def register(table: RouteTable) -> None:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:
         table.add("GET", p, _model_handler("query"))
-    table.add("GET", "/v1/models", handle_models)
-    table.add("GET", "/models", handle_models)
+    table.add("GET", "/v1/models", listing.handle_models)
+    table.add("GET", "/models", listing.handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)
