@@ -13,6 +13,7 @@ import time
 from typing import Mapping
 
 from llamaswap.config.model import Config
+from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus, ProfileChanged
@@ -30,7 +31,7 @@ class App:
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
                  started_at: float, performance: PerformanceMonitor | None = None,
-                 active_profile: str = ""):
+                 key_slots: Slots | None = None, active_profile: str = ""):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -43,6 +44,8 @@ class App:
         self.started_at = started_at
         # None when disabled at startup: a reload cannot turn it on (as upstream)
         self.performance = performance
+        # requests in flight per API key (maxInFlight): kept across reloads, like inflight
+        self.key_slots = key_slots if key_slots is not None else Slots()
         # runtime profile and selector state: what the request path reads before routing
         self.profiles = ProfileSwitch(config, active_profile, on_change=self._profile_changed)
         self.selectors = Selectors(config)
@@ -104,7 +107,8 @@ class App:
                   processes=processes, router=self.router,
                   peers=PeerDirectory(config, self.loggers.log), activity=activity,
                   captures=captures, inflight=self.inflight, started_at=self.started_at,
-                  performance=self.performance, active_profile=self.profiles.active)
+                  performance=self.performance, key_slots=self.key_slots,
+                  active_profile=self.profiles.active)
         if self.profiles.active and not app.profiles.active:
             app._profile_changed("")
         return app

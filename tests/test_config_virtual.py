@@ -107,6 +107,12 @@ def test_profiles_map_shape_and_null_pins():
     assert not c.has_profiles
 
 
+def test_a_pin_to_an_unknown_model_is_dropped_with_a_warning():
+    c = load("profiles:\n  p: {pins: {x: ghost, y: a}}\n")
+    assert dict(c.profiles["p"].pins) == {"y": "a"}
+    assert 'profiles.p.pins.x references unknown model "ghost"; the pin is ignored' in c.warnings
+
+
 def test_list_shaped_profiles_of_the_reference_revision_still_load_with_the_warning_flag():
     c = load("profiles:\n  old: [a, b]\n  new:\n    pins: {x: a}\n")
     assert c.has_profiles and list(c.profiles) == ["new"]
@@ -152,7 +158,6 @@ ERRORS = {
     "profile without pins": ("profiles:\n  p: {description: x}\n", "profiles.p.pins must contain at least one entry"),
     "profile name blank": ("profiles:\n  '': {pins: {a: b}}\n", "profiles: profile names cannot be empty"),
     "pin name blank": ("profiles:\n  p: {pins: {' ': b}}\n", "profiles.p.pins: pin names cannot be empty"),
-    "pin to nothing": ("profiles:\n  p: {pins: {x: ghost}}\n", 'profiles.p.pins.x references unknown model "ghost"'),
     "pin is a peer fqn": ("profiles:\n  p: {pins: {remote/r1: a}}\n",
                           'profile p pin "remote/r1" conflicts with fully qualified peer model name'),
     "pins not a map": ("profiles:\n  p: {pins: [a]}\n", "cannot unmarshal !!seq into map[string]string"),

@@ -297,3 +297,45 @@ def test_reload_keeps_the_active_profile_while_the_config_still_has_it():
         changes = [e.active for e in iter(lambda: sub.get(0), None) if isinstance(e, ProfileChanged)]
         assert changes == [""]
         assert 'active profile changed to ""' in p.app.loggers.proxy.history().decode()
+
+
+def test_selectors_and_active_pins_in_the_model_list():
+    config = PROFILES.replace("      sel: {strategy: pin, targets: [c]}", """\
+      sel: {strategy: pin, targets: [c]}
+      coder:
+        strategy: warm
+        targets: [c, a]
+        name: " Coder "
+        metadata: {purpose: coding, type: mine}
+      pool:
+        strategy: spillover
+        targets: [a, b]
+        settings: {spillover: 3}
+      hidden: {strategy: pin, targets: [a], unlisted: true}""")
+    with proxy_for(config, "a", "b", "c") as p:
+        assert served_by(p, "a") == (200, "a")
+
+        def listing() -> dict:
+            status, _h, body = p.request("GET", "/v1/models")
+            assert status == 200
+            return {r["id"]: r for r in json.loads(body)["data"]}
+
+        records = listing()
+        assert sorted(records) == ["a", "b", "c", "coder", "pool", "sel"]
+        assert records["coder"]["name"] == "Coder" and records["coder"]["status"] == {"value": "loaded"}
+        # the selector's own fields win over its metadata
+        assert records["coder"]["meta"] == {"llamaswap": {"purpose": "coding", "strategy": "warm",
+                                                          "targets": ["c", "a"], "type": "selector"}}
+        assert records["pool"]["meta"]["llamaswap"]["spillover"] == 3
+        assert records["pool"]["status"] == {"value": "loaded"}
+        assert records["sel"]["status"] == {"value": "unloaded"}  # pin: only its first target counts
+        assert "capabilities" not in records["sel"]
+        assert served_by(p, "hidden") == (200, "a")  # unlisted selectors still route
+
+        put_active(p, b'{"name": "coding"}')
+        records = listing()
+        # pins that name nothing else are listed; "a" is a model, "b" is disabled
+        assert sorted(records) == ["a", "b", "c", "coder", "llm", "pool", "sel", "via"]
+        assert records["llm"] == {"id": "llm", "object": "model", "created": records["llm"]["created"],
+                                  "owned_by": "llama-swap", "meta": {"llamaswap": {"type": "profile"}},
+                                  "status": {"value": "unloaded"}}

@@ -5,8 +5,9 @@ and peers, in upstream's order (selectors, then profiles) with upstream's messag
 ``profiles`` has two shapes. The reference revision's list shape (``name: [model, ...]``,
 a feature upstream had already removed) still loads with its warning (``has_profiles``);
 today's map shape (``name: {description, pins}``) is a runtime profile. Unknown names follow
-the rule for upstream's own example config: a selector target that is no model, alias or
-peer model is dropped with a warning while another target remains.
+the rule for upstream's own example config, which names models it never defines: a selector
+target or a pin target that is no model, alias, peer model (or, for a pin, selector) is
+dropped with a warning (a selector with no target left is still an error).
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ def _coexistence_problem(sid: str, targets: list[str], groups: Mapping[str, Grou
 
 
 def build_profiles(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
-                   selectors: Mapping[str, SelectorConfig]) -> dict[str, ProfileConfig]:
+                   selectors: Mapping[str, SelectorConfig], warnings: list[str]) -> dict[str, ProfileConfig]:
     out = {}
     for name in sorted(raw):
         prof = raw[name]
@@ -198,13 +199,16 @@ def build_profiles(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
             raise d.error("profiles: profile names cannot be empty", key, prof["node"])
         if not prof["pins"]:
             raise d.error(f"{key}.pins must contain at least one entry", f"{key}.pins", prof["pins_node"])
+        pins = {}
         for pin in sorted(prof["pins"]):
             target = prof["pins"][pin]
             if not go_trim_space(pin):
                 raise d.error(f"{key}.pins: pin names cannot be empty", f"{key}.pins", prof["pins_node"])
             if target and not names.known(target) and target not in selectors:
-                raise d.error(f"{key}.pins.{pin} references unknown model {go_quote(target)}",
-                              f"{key}.pins.{pin}", prof["pins_node"])
-        out[name] = ProfileConfig(id=name, description=prof["description"],
-                                  pins=freeze(dict(sorted(prof["pins"].items()))))
+                # upstream refuses this; its own example config pins a model it never defines
+                warnings.append(f"{key}.pins.{pin} references unknown model {go_quote(target)}; "
+                                "the pin is ignored")
+                continue
+            pins[pin] = target
+        out[name] = ProfileConfig(id=name, description=prof["description"], pins=freeze(pins))
     return out
