@@ -81,10 +81,10 @@ def model_records(app: Any) -> list[dict]:
                 if alias:
                     records.append(record(alias, created, status,
                                           {"type": "alias", "modelID": mid}, **details))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append(record(pm, created, "unloaded", {"type": "peer", "peerID": pid},
-                                  name=f"{pid}: {pm}"))
+    for pid, peer in cfg.peers.items():  # by qualified name only, always "unloaded"
+        for pm in dict.fromkeys(peer.models):
+            records.append(record(f"{pid}/{pm}", created, "unloaded",
+                                  {"type": "peer", "peerID": pid}, name=f"{pid}: {pm}"))
     records.sort(key=lambda r: r["id"])
     return records
 
