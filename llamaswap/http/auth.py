@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import re
 
 UNAUTHORIZED = "unauthorized: invalid or missing API key"
@@ -33,6 +32,7 @@ def extract_key(headers) -> str:
 
 
 def key_ok(key: str, keys) -> bool:
+    import hmac  # here, not at startup: it maps OpenSSL, which only configs with keys need
     ok = False
     given = key.encode()
     for k in keys:  # no early exit: every key is compared
