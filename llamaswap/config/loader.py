@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from . import apikeys
 from .command import split_command
 from .envsubst import substitute_env
 from .errors import ConfigError
@@ -194,7 +195,7 @@ class _Load:
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
-        api_keys = d.strings(top.get("apiKeys"), "apiKeys")
+        raw_keys = apikeys.decode(d, top.get("apiKeys"))
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
         profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
@@ -274,11 +275,7 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
-        for key in api_keys:
-            if key == "":
-                raise self.fail("empty api key found in apiKeys", "apiKeys", top.get("apiKeys"))
-            if " " in key:
-                raise self.fail(f"api key cannot contain spaces: `{key}`", "apiKeys", top.get("apiKeys"))
+        api_keys, scoped_keys = apikeys.validate(d, raw_keys, top.get("apiKeys"))
 
         peer_configs = {pid: self._resolve_peer(peers[pid]) for pid in sorted(peers)}
         self._check_peer_namespace(peer_configs, built, aliases, top.get("peers"))
@@ -300,7 +297,8 @@ class _Load:
             send_loading_state=send_loading_state,
             include_aliases_in_list=include_aliases,
             unload_timeout=unload_timeout,
-            api_keys=tuple(api_keys),
+            api_keys=api_keys,
+            scoped_keys=scoped_keys,
             models=freeze(dict(sorted(built.items()))),
             groups=freeze(dict(sorted(group_configs.items()))),
             matrix=matrix,

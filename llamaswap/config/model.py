@@ -8,6 +8,7 @@ sequences are tuples, so a config can be shared between threads without copying.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -255,6 +256,37 @@ def peer_namespace(peers: Mapping[str, PeerConfig]) -> dict[str, PeerModel]:
     return names
 
 
+PLAIN_KEY_NAME = "-"  # the name shown for a plain-string key and for open access
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One ``apiKeys`` entry. A plain string is ``ApiKey(key)``: every model, no limit, admin.
+    ``key`` is a secret: it is left out of ``repr`` and must never be logged or shown."""
+
+    key: str = field(repr=False)
+    name: str = PLAIN_KEY_NAME
+    models: tuple[str, ...] = ("*",)  # shell-style patterns (fnmatch, case-sensitive)
+    max_in_flight: int = 0  # requests in flight at once, over every model; 0 = no limit
+    admin: bool = True  # may use the operations routes (plain strings: True; objects: False)
+    _match: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if "*" not in self.models:  # one regex for all the patterns, compiled once
+            pattern = "|".join(fnmatch.translate(p) for p in self.models) or "(?!)"
+            object.__setattr__(self, "_match", re.compile(pattern).match)
+
+    @property
+    def every_model(self) -> bool:
+        return self._match is None
+
+    def allows(self, *names: str | None) -> bool:
+        """True when any of ``names`` (the name a request sends, its alias, the model id it
+        resolves to...) matches one of the patterns."""
+        match = self._match
+        return match is None or any(n is not None and match(n) is not None for n in names)
+
+
 @dataclass(frozen=True)
 class PerformanceConfig:
     disabled: bool = False
@@ -294,7 +326,8 @@ class Config:
     send_loading_state: bool = False
     include_aliases_in_list: bool = False
     unload_timeout: float = 5
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # every key value, plain or not
+    scoped_keys: tuple[ApiKey, ...] = field(default=(), repr=False)  # the object entries
     models: Mapping[str, ModelConfig] = field(default_factory=_empty)  # sorted by id
     groups: Mapping[str, GroupConfig] = field(default_factory=_empty)  # includes "(default)" unless a matrix is used
     matrix: MatrixConfig | None = None
@@ -321,6 +354,12 @@ class Config:
 
     def peer_model(self, name: str) -> "PeerModel | None":
         return None if name in self.models or name in self.aliases else self.peer_names.get(name)
+
+    def api_key_entries(self) -> tuple[ApiKey, ...]:
+        """One ApiKey per key value, in ``apiKeys`` order: the object entry where there is
+        one, else full access (a plain string)."""
+        scoped = {k.key: k for k in self.scoped_keys}
+        return tuple(scoped.get(k) or ApiKey(k) for k in self.api_keys)
 
     def group_of(self, model_id: str) -> GroupConfig | None:
         for group in self.groups.values():

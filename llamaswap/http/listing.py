@@ -60,7 +60,9 @@ def record(model_id: str, created: int, status: str, kind: Mapping[str, Any], *,
     return rec
 
 
-def model_records(app: Any) -> list[dict]:
+def model_records(app: Any, include_aliases: bool = False) -> list[dict]:
+    """The records, sorted by id; ``include_aliases`` lists every alias as its own record
+    even without ``includeAliasesInList``."""
     cfg = app.config
     processes = getattr(app, "processes", None) or {}
     created = int(time.time())
@@ -75,7 +77,7 @@ def model_records(app: Any) -> list[dict]:
         if m.aliases:
             kind["aliases"] = list(m.aliases)
         records.append(record(mid, created, status, kind, **details))
-        if cfg.include_aliases_in_list:
+        if cfg.include_aliases_in_list or include_aliases:
             for alias in m.aliases:
                 alias = alias.strip()
                 if alias:
@@ -89,8 +91,30 @@ def model_records(app: Any) -> list[dict]:
     return records
 
 
+def scoped_records(app: Any, key: Any) -> list[dict]:
+    """The records a scoped API key may use: by the listed name or the model id it resolves
+    to. A model the key reaches only through an alias is listed under that alias."""
+    cfg = app.config
+    out = []
+    for rec in model_records(app, include_aliases=True):
+        name = rec["id"]
+        real = cfg.real_model_name(name)
+        if not key.allows(name, real):
+            continue
+        if real is not None and real != name and not cfg.include_aliases_in_list \
+                and key.allows(real):
+            continue  # an alias record the listing would not have: its model is listed
+        out.append(rec)
+    return out
+
+
 def handle_models(ctx: RequestContext) -> None:
-    body = gojson.dumps({"data": model_records(ctx.app), "object": "list"}) + "\n"
+    key = ctx.state.get("key")
+    if key is None or key.every_model:
+        records = model_records(ctx.app)
+    else:
+        records = scoped_records(ctx.app, key)
+    body = gojson.dumps({"data": records, "object": "list"}) + "\n"
     headers = []
     origin = ctx.headers.get("Origin")
     if origin:
