@@ -53,8 +53,9 @@ def handle_upstream(ctx: RequestContext) -> None:
             return
         peer = peer_models[found[0]]
     name, raw_name, remainder = found
-    if not auth.may_use(ctx, name, None if peer is not None else cfg.real_model_name(name)):
-        return  # 403: the key may not use this model
+    real = cfg.real_model_name(name) if peer is None else None
+    if (remainder == "" or peer is not None) and not auth.may_use(ctx, name, real):
+        return  # 403 (dispatch checks the local path's requests)
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
         if ctx.query_string:
@@ -64,7 +65,7 @@ def handle_upstream(ctx: RequestContext) -> None:
     if peer is not None:
         serve_peer_path(ctx, name, peer, remainder)
         return
-    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=cfg.real_model_name(name))
+    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real, sent=name)
 
 
 def handle_upstream_root(ctx: RequestContext) -> None:
