@@ -11,11 +11,10 @@ import errno
 import ipaddress
 import os
 import signal
-import ssl
 import sys
 
 import llamaswap
-from llamaswap import goflags
+from llamaswap import goflags, lazy
 
 PROGRAM = "llama-swap"
 SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
@@ -75,6 +74,7 @@ def network_warning(listen: str, api_keys_set: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lazy.defer("ssl")  # http.client imports it; only TLS (serving, https backends) needs it
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
         from llamaswap.demo.backend import main as backend_main
@@ -245,6 +245,7 @@ def _listen_error(listen: str, e: Exception, tls_files: tuple[str, ...]) -> str:
             return f"open {unreadable[0]}: {reason}"
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             return f"listen tcp {listen}: bind: {reason}"
+    import ssl
     if isinstance(e, ssl.SSLError):
         return f"tls: failed to load the certificate or key: {e}"
     return str(e)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
-import hmac
 import re
 
 from llamaswap.config.model import PLAIN_KEY_NAME, ApiKey, Config
@@ -52,6 +50,7 @@ class KeyTable:
     def identify(self, given: str) -> ApiKey | None:
         if not given:
             return None
+        import hmac  # here, not at startup: it maps OpenSSL, which only configs with keys need
         digest = _digest(given)
         found = None
         for known, entry in self._entries:
@@ -61,6 +60,7 @@ class KeyTable:
 
 
 def _digest(key: str) -> bytes:
+    import hashlib
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
