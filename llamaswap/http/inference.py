@@ -100,9 +100,11 @@ def _model_handler(source: str, strip_v: bool = False):
 
 
 def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
-             pinned: str | None = None) -> None:
+             pinned: str | None = None, sent: str | None = None) -> None:
     """Route one extracted request to its local model or peer (behaviour.md 4.1).
-    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection."""
+    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection.
+    ``sent`` is the name the client sent when the caller resolved or rewrote it (the
+    /upstream path's alias, a profile pin, a selector): the API key's scope accepts it too."""
     app = ctx.app
     cfg = app.config
     requested = pinned or ex.model
@@ -111,8 +113,9 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
         ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
-    if pinned is None and not auth.may_use(ctx, requested, real):
-        return  # 403 (/upstream checks the name in its path itself)
+    resolved = (real,) if real is not None else auth.resolved_names(cfg, requested)
+    if not auth.may_use(ctx, sent, requested, *resolved):
+        return  # 403 before anything starts
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
     if real is None or real not in app.processes:
         peer = None

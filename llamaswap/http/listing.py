@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 from llamaswap.config.model import Capabilities, thaw
+from llamaswap.http import auth
 from llamaswap.http.context import RequestContext
 from llamaswap.ops import gojson
 
@@ -99,7 +100,7 @@ def scoped_records(app: Any, key: Any) -> list[dict]:
     for rec in model_records(app, include_aliases=True):
         name = rec["id"]
         real = cfg.real_model_name(name)
-        if not key.allows(name, real):
+        if not key.allows(name, *auth.resolved_names(cfg, name)):
             continue
         if real is not None and real != name and not cfg.include_aliases_in_list \
                 and key.allows(real):

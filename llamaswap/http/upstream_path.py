@@ -54,8 +54,9 @@ def handle_upstream(ctx: RequestContext) -> None:
             return
         peer = cfg.peer_model(found[0])
     name, raw_name, remainder = found
-    if not auth.may_use(ctx, name, None if peer is not None else cfg.real_model_name(name)):
-        return  # 403: the key may not use this model
+    real = cfg.real_model_name(name) if peer is None else None
+    if not auth.may_use(ctx, name, *auth.resolved_names(cfg, name)):
+        return  # 403 before the redirect, the ignorePaths answer or the peer
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
         if ctx.query_string:
@@ -65,12 +66,11 @@ def handle_upstream(ctx: RequestContext) -> None:
     if peer is not None:
         serve_peer_path(ctx, name, peer, remainder)
         return
-    real = cfg.real_model_name(name)
     if cfg.upstream.ignores(unquote(remainder)) and not _ready(app.processes.get(real)):
         # a UI's asset or favicon request must not start (or swap in) a model
         ctx.send_error(409, f"model {real} is not loaded; path matches upstream.ignorePaths")
         return
-    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real)
+    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real, sent=name)
 
 
 def _ready(process) -> bool:
