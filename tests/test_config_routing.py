@@ -208,3 +208,14 @@ ERRORS = {
 def test_routing_errors(name):
     text, expected = ERRORS[name]
     assert expected in error_of(text)
+
+
+def test_unknown_priority_model_and_group_member_are_warnings():
+    # upstream refuses both, yet its own config.example.yaml has both: we warn and ignore them
+    c = load_config_text("models:\n  a:\n    cmd: srv ${PORT}\n"
+                         "routing:\n  scheduler:\n    settings:\n      fifo:\n        priority: {nope: 1, a: 2}\n"
+                         "  router:\n    settings:\n      groups:\n        g: {members: [a, zz]}\n")
+    assert c.routing.scheduler.fifo.priority == {"a": 2} and c.groups["g"].members == ("a",)
+    assert c.warnings == (
+        'routing.router.settings.groups.g.members: group g: no model config for "zz"; the member is ignored',
+        'routing.scheduler.settings.fifo.priority references unknown model "nope"; ignored')

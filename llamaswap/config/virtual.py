@@ -17,7 +17,8 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, Node
 
 from .gocompat import go_quote, go_trim_space
-from .model import GroupConfig, MatrixConfig, PeerConfig, ProfileConfig, SelectorConfig, freeze
+from .model import (GroupConfig, MatrixConfig, PeerConfig, ProfileConfig, SelectorConfig, freeze,
+                    peer_namespace)
 from .yamlio import Decoder, is_null
 
 STRATEGIES = ("pin", "warm", "spillover")
@@ -25,25 +26,23 @@ STRATEGIES = ("pin", "warm", "spillover")
 
 class Names:
     """What a selector target or a pin target may name, as upstream's ResolveBaseModel:
-    a local model or alias first, then a peer's model (``peer/model`` or a bare id)."""
+    a local model or alias first, then a peer's model (``peer/model``, or a bare id that
+    exactly one peer offers)."""
 
     def __init__(self, models: Mapping[str, object], aliases: Mapping[str, str],
                  peers: Mapping[str, PeerConfig]):
         self.models = models
         self.aliases = aliases
-        self.fqn: dict[str, str] = {}  # "peer/model" -> itself
-        self.bare: dict[str, str] = {}  # model -> "peer/model" of the first peer offering it
-        for pid in sorted(peers):
-            for model in peers[pid].models:
-                name = f"{pid}/{model}"
-                self.fqn[name] = name
-                self.bare.setdefault(model, name)
+        self.peer_names = peer_namespace(peers)
+        self.fqn = {route.fqn for route in self.peer_names.values()}
 
     def local(self, name: str) -> str | None:
         return name if name in self.models else self.aliases.get(name)
 
     def peer(self, name: str) -> str | None:
-        return self.fqn.get(name) or self.bare.get(name)
+        """The qualified name of the peer model `name` routes to."""
+        route = self.peer_names.get(name)
+        return route.fqn if route is not None else None
 
     def known(self, name: str) -> bool:
         return self.local(name) is not None or self.peer(name) is not None

@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 from llamaswap.config.model import Capabilities, thaw
+from llamaswap.http import auth
 from llamaswap.http.context import RequestContext
 from llamaswap.ops import gojson
 
@@ -83,10 +84,10 @@ def model_records(app: Any, include_aliases: bool = False) -> list[dict]:
                 if alias:
                     records.append(record(alias, created, status,
                                           {"type": "alias", "modelID": mid}, **details))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append(record(pm, created, "unloaded", {"type": "peer", "peerID": pid},
-                                  name=f"{pid}: {pm}"))
+    for pid, peer in cfg.peers.items():  # by qualified name only, always "unloaded"
+        for pm in dict.fromkeys(peer.models):
+            records.append(record(f"{pid}/{pm}", created, "unloaded",
+                                  {"type": "peer", "peerID": pid}, name=f"{pid}: {pm}"))
     records.extend(_virtual_records(app, created))
     records.sort(key=lambda r: r["id"])
     return records
@@ -117,9 +118,7 @@ def _virtual_records(app: Any, created: int) -> list[dict]:
     profiles = getattr(app, "profiles", None)
     pins = profiles.pins() if profiles is not None else {}
     if pins:
-        named = set(cfg.models) | set(cfg.aliases) | set(cfg.selectors)
-        named.update(m for peer in cfg.peers.values() for m in peer.models)
-        named.update(f"{pid}/{m}" for pid, peer in cfg.peers.items() for m in peer.models)
+        named = set(cfg.models) | set(cfg.aliases) | set(cfg.selectors) | set(cfg.peer_names)
         out.extend(record(pin, created, "unloaded", {"type": "profile"})
                    for pin, target in pins.items() if target and pin not in named)
     return out
@@ -133,7 +132,7 @@ def scoped_records(app: Any, key: Any) -> list[dict]:
     for rec in model_records(app, include_aliases=True):
         name = rec["id"]
         real = cfg.real_model_name(name)
-        if not key.allows(name, real):
+        if not key.allows(name, *auth.resolved_names(cfg, name)):
             continue
         if real is not None and real != name and not cfg.include_aliases_in_list \
                 and key.allows(real):

@@ -83,8 +83,8 @@ def model_status(app: Any) -> list[dict]:
             rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
-        for model in cfg.peers[pid].models:
-            out.append({"id": model, "name": "", "description": "", "state": "",
+        for model in dict.fromkeys(cfg.peers[pid].models):
+            out.append({"id": f"{pid}/{model}", "name": "", "description": "", "state": "",
                         "unlisted": False, "peerID": pid})
     return out
 

@@ -123,16 +123,14 @@ class Selectors:
         self.config = config
         self._spillovers: dict[str, Spillover] = {}
         self._locks: dict[str, threading.Lock] = {}
-        peer_model = {}  # a bare peer model id -> "peer/model" of the first peer offering it
-        for pid in sorted(config.peers, reverse=True):
-            peer_model.update((m, f"{pid}/{m}") for m in config.peers[pid].models)
         for sid, selector in config.selectors.items():
             if selector.strategy != SPILLOVER:
                 continue
             targets = []
             for written in selector.targets:
                 real = config.real_model_name(written)
-                key = real if real is not None else peer_model.get(written, written)
+                route = config.peer_names.get(written) if real is None else None
+                key = real if real is not None else (route.fqn if route is not None else written)
                 targets.append(_Target(written, key, real is not None))
             self._spillovers[sid] = Spillover(sid, targets, selector.spillover)
             self._locks[sid] = threading.Lock()
