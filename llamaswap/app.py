@@ -16,7 +16,7 @@ from llamaswap.config.model import Config
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus
-from llamaswap.ops.inflight import InFlightCounter
+from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.logs import Loggers, new_process_log
 from llamaswap.ops.performance import PerformanceMonitor
 from llamaswap.process import Process
@@ -26,7 +26,7 @@ from llamaswap.router import PeerDirectory, Router
 class App:
     def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
-                 activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
+                 activity: ActivityLog, captures: CaptureStore, inflight: InFlightTable,
                  started_at: float, performance: PerformanceMonitor | None = None):
         self.config = config
         self.loggers = loggers
@@ -61,7 +61,7 @@ class App:
                    activity=ActivityLog(config.metrics_max_in_memory, events=events,
                                         captures=captures, log=loggers.log,
                                         store_path=config.store_path),
-                   captures=captures, inflight=InFlightCounter(events), started_at=time.time(),
+                   captures=captures, inflight=InFlightTable(events), started_at=time.time(),
                    performance=performance)
 
     def reload(self, config: Config) -> "App":
