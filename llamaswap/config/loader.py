@@ -49,7 +49,7 @@ _SCHEDULERS = ("fifo",)
 _ROUTERS = ("group", "matrix")
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, extra_models: Mapping[str, Node] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -57,12 +57,15 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: open {path}: {(e.strerror or str(e)).lower()}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8: {e}") from None
-    return load_config_text(text, path)
+    return load_config_text(text, path, extra_models=extra_models)
 
 
-def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None) -> Config:
-    """Load a config from its text; ``path`` is used in messages and kept in Config.path."""
-    return _Load(path, os.environ if environ is None else environ).run(text)
+def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None,
+                     extra_models: Mapping[str, Node] | None = None) -> Config:
+    """Load a config from its text; ``path`` is used in messages and kept in Config.path.
+    ``extra_models`` (id -> model node, from -models-dir) are added unless the config
+    defines that id or alias itself."""
+    return _Load(path, os.environ if environ is None else environ, extra_models).run(text)
 
 
 # --- raw (decoded, not yet validated) pieces ---------------------------------------------
@@ -131,9 +134,11 @@ class _RawPeer:
 
 
 class _Load:
-    def __init__(self, source: str, environ: Mapping[str, str]):
+    def __init__(self, source: str, environ: Mapping[str, str],
+                 extra_models: Mapping[str, Node] | None = None):
         self.source = source
         self.environ = environ
+        self.extra_models = extra_models or {}
         self.d = Decoder(source)
 
     def fail(self, message: str, key: str | None = None, node: Node | None = None) -> ConfigError:
@@ -168,6 +173,9 @@ class _Load:
         global_macros = self._macro_list(top.get("macros"), "macros")
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
+        taken = set(models).union(*(m.aliases for m in models.values()))
+        models.update((mid, self._model(mid, node)) for mid, node in self.extra_models.items()
+                      if mid not in taken)
         profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
             top.get("profiles"), "profiles", "map[string][]string")}
         groups_node = top.get("groups")

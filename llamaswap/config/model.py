@@ -105,19 +105,26 @@ class GroupConfig:
     members: tuple[str, ...] = ()
 
 
+# A compiled matrix expression: ("leaf", model id) | ("and", children) | ("or", children).
+# A `+ref` is the referenced set's own root object, so shared sub-expressions are one object
+# (a DAG) and the solver evaluates each once per query. Never expanded into combinations.
+MatrixNode = tuple
+
+
 @dataclass(frozen=True)
-class ExpandedSet:
-    name: str  # the set it came from
-    dsl: str
-    models: tuple[str, ...]  # real model ids, sorted
+class MatrixSet:
+    name: str
+    dsl: str  # as written
+    root: MatrixNode
+    support: frozenset[str]  # every model id the expression can name
 
 
 @dataclass(frozen=True)
 class MatrixConfig:
     vars: Mapping[str, str] = field(default_factory=_empty)  # var id -> real model id
-    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id -> cost, as written
+    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id or model id -> cost, as written
     sets: tuple[tuple[str, str], ...] = ()  # (name, dsl) in definition order
-    expanded_sets: tuple[ExpandedSet, ...] = ()  # solver order: topological, then expansion
+    compiled_sets: tuple[MatrixSet, ...] = ()  # solver order: topological over `+ref`s, then definition
     model_evict_costs: Mapping[str, int] = field(default_factory=_empty)  # real model id -> cost (missing = 1)
 
     def evict_cost(self, model_id: str) -> int:

@@ -9,8 +9,9 @@ server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
 ``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
-"stop_listening": true}`` (the last: after answering, close the listening socket and keep
-running, a server that refuses connections without exiting).
+"stop_listening": true, "hang": true}`` (``stop_listening``: after answering, close the
+listening socket and keep running, a server that refuses connections without exiting;
+``hang``: wedge the server from that request on, as ``--hang-after``).
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -225,6 +226,10 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("hang"):
+            log(f"demo backend {self.server.opts.model_id}: hanging")
+            self.server.hung.set()
+            threading.Event().wait()
         if knobs.get("stop_listening"):
             self.server.socket.shutdown(socket.SHUT_RDWR)  # new connections are refused now
             threading.Thread(target=self.server.shutdown, daemon=True).start()

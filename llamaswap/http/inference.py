@@ -291,7 +291,7 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                         return
                     pid = proc.pid
                     out = forward(ctx, pool_for_process(proc), target, headers, body,
-                                  observer=observer, label=real,
+                                  observer=observer, label=_BackendLabel(real, proc),
                                   on_backend_done=_Once(grant_done, release_slot),
                                   retry_unreachable=True)
                 finally:
@@ -300,7 +300,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     return
                 dropped += out.unreachable == "dropped"
                 if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
-                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)):  # or alive, yet refusing
+                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)  # or alive, yet refusing
+                        or _stopped_unhealthy(proc)):
                     _reply_error(ctx, 502, out.error or "", observer)
                     return
                 app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
@@ -318,6 +319,32 @@ def _claim(router: Any, model_id: str) -> Any:
         claim.done()
         return None
     return claim
+
+
+def _stopped_unhealthy(process: Any) -> bool:
+    """The backend was stopped because its health watch failed: the requests it held end
+    with that error and are not sent again (one of them may be what wedged it)."""
+    failure = process.run_failure()
+    return failure is not None and failure.reason == "health"
+
+
+class _BackendLabel:
+    """The model id in forwarding errors. When the backend went down while the request was
+    in flight (its health watch failed and llama-swap stopped it, or it crashed), the error
+    says why: it is formatted only when an error is written."""
+
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process: Any):
+        self.model_id = model_id
+        self.process = process
+
+    def __str__(self) -> str:
+        failure = self.process.run_failure()
+        return f"{self.model_id} went down: {failure.detail}" if failure else self.model_id
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 class _Once:

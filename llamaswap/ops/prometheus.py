@@ -18,14 +18,16 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from llamaswap.ops.events import ActivityRecorded, SwapFinished
+from llamaswap.ops.events import (ActivityRecorded, HealthCheckFailed, ModelRestarting, QueueWaited,
+                                  SwapFinished)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff")
 
 
 def escape_label(value: str) -> str:
@@ -106,6 +108,13 @@ class Histogram:
                 return
 
 
+def _observe(table: dict[str, Histogram], model: str, buckets: Sequence[float], value: float) -> None:
+    h = table.get(model)
+    if h is None:
+        h = table[model] = Histogram(buckets)
+    h.observe(value)
+
+
 class RequestMetrics:
     """Counters and histograms fed by events. Thread-safe; ``handle`` never blocks."""
 
@@ -118,6 +127,9 @@ class RequestMetrics:
         self.durations: dict[str, Histogram] = {}
         self.loads: dict[tuple[str, str], int] = {}
         self.load_durations: dict[str, Histogram] = {}
+        self.restarts: dict[tuple[str, str], int] = {}
+        self.health_failures: dict[str, int] = {}
+        self.queue_waits: dict[str, Histogram] = {}
         self._bus: Any = None
 
     def handle(self, event: Any) -> None:
@@ -133,26 +145,31 @@ class RequestMetrics:
                                              + max(0, t.output_tokens))
                 self.cached_tokens[model] = (self.cached_tokens.get(model, 0)
                                              + max(0, t.cache_tokens))
-                h = self.durations.get(model)
-                if h is None:
-                    h = self.durations[model] = Histogram(REQUEST_BUCKETS)
-                h.observe(e.duration_ms / 1000.0)
+                _observe(self.durations, model, REQUEST_BUCKETS, e.duration_ms / 1000.0)
         elif isinstance(event, SwapFinished):
             with self._lock:
                 key = (event.model, "success" if event.ok else "failure")
                 self.loads[key] = self.loads.get(key, 0) + 1
                 if event.ok:
-                    h = self.load_durations.get(event.model)
-                    if h is None:
-                        h = self.load_durations[event.model] = Histogram(LOAD_BUCKETS)
-                    h.observe(event.seconds)
+                    _observe(self.load_durations, event.model, LOAD_BUCKETS, event.seconds)
+        elif isinstance(event, QueueWaited):
+            with self._lock:
+                _observe(self.queue_waits, event.model, QUEUE_BUCKETS, event.seconds)
+        elif isinstance(event, HealthCheckFailed):
+            with self._lock:
+                self.health_failures[event.model] = self.health_failures.get(event.model, 0) + 1
+        elif isinstance(event, ModelRestarting):
+            with self._lock:
+                key = (event.model, event.reason)
+                self.restarts[key] = self.restarts.get(key, 0) + 1
 
     def attach(self, bus: Any) -> None:
         """Follow ``bus`` until ``detach``. ``handle`` is a few dict updates under a lock, so
         it runs in the publisher's thread: a queue and a pump thread would cost a thread
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
-        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished))
+        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, QueueWaited,
+                                       HealthCheckFailed, ModelRestarting))
 
     def detach(self) -> None:
         if self._bus is not None:
@@ -185,6 +202,17 @@ class RequestMetrics:
             out.histogram("llamaswap_model_load_duration_seconds",
                           "Time from load start until the model was ready", LOAD_BUCKETS,
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
+            out.histogram("llamaswap_queue_wait_seconds",
+                          "Time requests waited in the router queue (bounded by maxWait)",
+                          QUEUE_BUCKETS,
+                          [((("model", m),), h) for m, h in sorted(self.queue_waits.items())])
+            out.family("llamaswap_model_restarts_total", "counter",
+                       "Restarts begun by the restart policy, by model and failure",
+                       [((("model", m), ("reason", r)), n)
+                        for (m, r), n in sorted(self.restarts.items())])
+            out.family("llamaswap_health_failures_total", "counter",
+                       "Failed health probes of ready backends, by model",
+                       [((("model", m),), n) for m, n in sorted(self.health_failures.items())])
 
 
 _registry: dict[int, tuple[Any, RequestMetrics]] = {}

@@ -21,6 +21,7 @@ from typing import Any
 
 from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
                                   LogData, ProcessStateChanged)
 
@@ -75,6 +76,8 @@ def model_status(app: Any) -> list[dict]:
                "unlisted": m.unlisted, "peerID": ""}
         if m.aliases:
             rec["aliases"] = list(m.aliases)
+        if p is not None:
+            rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
         for model in cfg.peers[pid].models:
