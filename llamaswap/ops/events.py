@@ -55,6 +55,13 @@ class SwapFinished:
 
 
 @dataclass(frozen=True)
+class ProfileChanged:
+    """The active profile changed ("" when none is active)."""
+
+    active: str
+
+
+@dataclass(frozen=True)
 class QueueLengthChanged:
     length: int
 
