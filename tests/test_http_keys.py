@@ -210,6 +210,19 @@ def test_slots_come_back_after_a_backend_crash_and_after_refusals(proxy):
     assert [chat(proxy, LIMITED, "m1")[0] for _ in range(2)] == [200, 200]
 
 
+def test_in_flight_table_names_the_key_and_a_cancel_gives_the_slot_back(proxy):
+    s = Stream(proxy, LIMITED, "m1")
+    assert s.status == 200
+    requests = proxy.app.inflight.snapshot()["requests"]
+    assert [(r["model"], r["key"]) for r in requests] == [("m1", "limited")]
+    assert LIMITED not in json.dumps(requests, default=str)
+    target = f"/api/inflight/{requests[0]['id']}/cancel"
+    assert proxy.request("POST", target, headers=bearer(LIMITED))[0] == 403  # not an admin key
+    assert proxy.request("POST", target, headers=bearer(OPS))[0] == 200
+    assert wait_until(lambda: slots(proxy, LIMITED) == 0)
+    s.abort()
+
+
 def test_model_concurrency_limit_refusal_gives_the_key_slot_back():
     key = ApiKey(LIMITED, "limited", max_in_flight=5)
     with Proxy(keyed_config(model("m1", concurrency_limit=1), scoped=(key,))) as p:
