@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.errors import error_body
 
 HOP_BY_HOP = frozenset((
@@ -375,6 +375,9 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
         ctx.mark_gone()
         _end(observer, "client disconnected")
         return out
+    except BadRequestBody as e:  # the dispatcher answers 400 (or cuts a started answer)
+        _end(observer, f"could not read request body: {e}")
+        raise
     finally:
         if watch is not None:
             watch.cancel()

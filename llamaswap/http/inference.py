@@ -20,7 +20,7 @@ from llamaswap.http.forward import (append_error, body_bytes, body_stream, forwa
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.ops import gojson
 from llamaswap.ops.activity import filter_accept_encoding
 
@@ -112,6 +112,8 @@ def _model_handler(source: str, strip_v: bool = False):
             ctx.send_error(400, f"error parsing multipart form: {e}")
             return
         except ValueError as e:
+            if isinstance(e, BadRequestBody):  # what follows on the connection is unframed
+                ctx.close_connection = True
             ctx.send_error(400, f"could not read request body: {e}")
             return
         try:
