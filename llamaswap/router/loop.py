@@ -459,6 +459,10 @@ class Router:
             max_wait=config.routing.scheduler.fifo.max_wait))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
+        # forget the processes of earlier configs (one per changed model per reload, kept
+        # forever before: the soak benchmark's slow RSS rise)
+        live = {id(p) for p in processes.values()} | {id(p) for p in self._retired.values()}
+        self._listening = {k: p for k, p in self._listening.items() if k in live}
 
     def _apply(self, effects: list) -> None:
         for effect in effects:
