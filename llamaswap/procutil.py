@@ -484,16 +484,19 @@ class Child:
 
 def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float,
                      spawner: Spawner, log: LogMonitor,
-                     report: Callable[[str, str], None]) -> int | None:
-    """Run cmdStop synchronously with the backend's environment; its output goes to `log`."""
+                     report: Callable[[str, str], None], label: str = "cmdStop") -> int | None:
+    """Run cmdStop (or another of the model's commands: `label`) synchronously with the
+    backend's environment; its output goes to `log`. Its exit code; None if it could not
+    start."""
     try:
         popen = spawner.spawn(argv, env)
     except OSError as exc:
-        report("error", f"cmdStop '{' '.join(argv)}' could not start: {exc}; sending SIGTERM")
+        report("error", f"{label} '{' '.join(argv)}' could not start: {exc}"
+                        + ("; sending SIGTERM" if label == "cmdStop" else ""))
         return None
-    child = Child(popen, env, log, name="cmdstop")
+    child = Child(popen, env, log, name=label.lower())
     if not child.exited.wait(timeout):
-        report("warn", f"cmdStop '{' '.join(argv)}' still running after {timeout:g}s, "
+        report("warn", f"{label} '{' '.join(argv)}' still running after {timeout:g}s, "
                        f"killing it")
         signal_group(child.pgid, SIGKILL)
         child.exited.wait(KILL_WAIT)
@@ -502,7 +505,7 @@ def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float
     child.join_output(1.0)
     code = child.reap()
     if code:
-        report("warn", f"cmdStop '{' '.join(argv)}' exited with code {code}")
+        report("warn", f"{label} '{' '.join(argv)}' exited with code {code}")
     return code
 
 
@@ -530,8 +533,9 @@ def port_in_use(url: str, timeout: float = 0.2) -> bool:
         return False
 
 
-def probe(url: str, timeout: float) -> int | None:
-    """One GET; the status code, or None when nothing answered in time."""
+def probe(url: str, timeout: float, method: str = "GET") -> int | None:
+    """One request (a GET unless `method`); the status code, or None when nothing answered
+    in time."""
     parts = urlsplit(url)
     conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
                 else http.client.HTTPConnection)
@@ -543,7 +547,7 @@ def probe(url: str, timeout: float) -> int | None:
     except (ValueError, http.client.HTTPException):
         return None
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request(method, path, headers={"Connection": "close"})
         resp = conn.getresponse()
         resp.read(65536)
         return resp.status

@@ -23,6 +23,7 @@ from .envsubst import substitute_env
 from .errors import ConfigError
 from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_duration, url_parse_error
 from .matrix import build_matrix
+from .memory import check_actions, load_memory_section, load_model_memory, never_fits, never_fits_message
 from .model import (
     DEFAULT_GROUP_ID,
     RESTART_POLICIES,
@@ -95,6 +96,8 @@ class _RawModel:
     health_check_interval: float = 0
     health_check_failures: int = 3
     restart: str = "never"
+    sleep: str = ""
+    wake: str = ""
 
 
 @dataclass
@@ -165,6 +168,7 @@ class _Load:
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
         api_keys = d.strings(top.get("apiKeys"), "apiKeys")
+        self.memory = load_memory_section(d, top.get("memory"))
         global_macros = self._macro_list(top.get("macros"), "macros")
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
@@ -252,6 +256,13 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
+        if self.memory is not None:
+            for mid in sorted(built):
+                over = never_fits(built[mid].memory, self.memory)
+                if over is not None:
+                    warnings.append("memory: " + never_fits_message(mid, *over, self.memory.headroom)
+                                    + "; its requests will get 503")
+
         for key in api_keys:
             if key == "":
                 raise self.fail("empty api key found in apiKeys", "apiKeys", top.get("apiKeys"))
@@ -286,6 +297,7 @@ class _Load:
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
+            memory=self.memory,
             has_profiles=bool(profiles),
             warnings=tuple(warnings),
         )
@@ -383,6 +395,8 @@ class _Load:
         if raw.restart not in RESTART_POLICIES:
             raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
                             f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
+        raw.sleep = d.string(f.get("sleep"), f"{key}.sleep")
+        raw.wake = d.string(f.get("wake"), f"{key}.wake")
         return raw
 
     def _seconds(self, node: Node | None, key: str, what: str) -> float:
@@ -526,6 +540,7 @@ class _Load:
 
         cmd = strip_comments(raw.cmd)
         cmd_stop = strip_comments(raw.cmd_stop)
+        sleep, wake = raw.sleep.strip(), raw.wake.strip()
         ttl = global_ttl if raw.ttl == -1 else raw.ttl
         if ttl < 0:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
@@ -541,6 +556,8 @@ class _Load:
         for macro_name, value in reversed(macros):
             cmd = mac.replace(cmd, macro_name, value)
             cmd_stop = mac.replace(cmd_stop, macro_name, value)
+            sleep = mac.replace(sleep, macro_name, value)
+            wake = mac.replace(wake, macro_name, value)
             proxy = mac.replace(proxy, macro_name, value)
             check_endpoint = mac.replace(check_endpoint, macro_name, value)
             strip = mac.replace(strip, macro_name, value)
@@ -553,18 +570,20 @@ class _Load:
         port = None
         if "${PORT}" in cmd:
             port = next_port
-            cmd, cmd_stop, proxy, name, description = (
-                mac.replace(s, "PORT", port) for s in (cmd, cmd_stop, proxy, name, description))
+            cmd, cmd_stop, proxy, name, description, sleep, wake = (
+                mac.replace(s, "PORT", port) for s in (cmd, cmd_stop, proxy, name, description,
+                                                       sleep, wake))
             metadata = mac.replace_in_value(metadata, "PORT", port)
         elif "${PORT}" in proxy:
             raise fail(f"model {mid}: proxy uses ${{PORT}} but cmd does not - ${{PORT}} is only "
                        "available when used in cmd", "proxy")
 
-        for field_name, text in (("cmd", cmd), ("cmdStop", cmd_stop), ("proxy", proxy),
+        for field_name, text in (("cmd", cmd), ("cmdStop", cmd_stop), ("sleep", sleep),
+                                 ("wake", wake), ("proxy", proxy),
                                  ("checkEndpoint", check_endpoint), ("filters.stripParams", strip),
                                  ("name", name), ("description", description)):
             for ref in mac.leftover(text):
-                if ref == "PID" and field_name == "cmdStop":
+                if ref == "PID" and field_name in ("cmdStop", "sleep", "wake"):
                     continue  # filled in when the model is stopped
                 if ref in mac.RESERVED:
                     raise fail(f"macro '${{{ref}}}' should have been substituted in {mid}.{field_name}", field_name)
@@ -604,6 +623,10 @@ class _Load:
         if raw.health_check_interval and check_endpoint.strip().lower() == "none":
             raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
                        "checkEndpoint is none", "healthCheckInterval")
+        problem = check_actions(mid, sleep, wake)
+        if problem:
+            raise fail(problem[1], problem[0])
+        memory = load_model_memory(self.d, raw.fields.get("memory"), mid, self.memory)
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -644,6 +667,9 @@ class _Load:
             health_check_interval=raw.health_check_interval,
             health_check_failures=raw.health_check_failures,
             restart=raw.restart,
+            memory=freeze(memory),
+            sleep=sleep,
+            wake=wake,
         )
         return model, 1 if port is not None else 0
 

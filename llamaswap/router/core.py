@@ -7,18 +7,24 @@ with ``model``, ``offer_grant() -> bool``, ``offer_error(err) -> bool`` and
 that nobody receives is never counted as in flight.
 
 Decision tree for a request for model m (upstream's, re-run in order over the queue
-whenever a swap ends, a stop ends or a model's last request ends):
+whenever a swap ends, a stop ends, a model's last request ends or a measurement comes in):
   1. m unknown -> 404.
   1a. m is fenced for a starved request (fairness, below) -> wait in the queue.
   2. a swap for m is active -> join it (one load serves every waiter).
   3. m is being stopped or drained by an explicit order -> wait in the queue.
-  4. evict = planner.eviction_for(m, running).
+  4. plan = the planner's plan for m (planners.plan_for): its evictions and their reasons.
+  4a. the plan refuses m (with memory: it can never fit) -> 503 naming model, device, need
+      and budget.
   5. m ready, nothing to evict, no collision -> grant now (fast path).
-  6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
-  7. we would evict a model with requests in flight (or one being drained) -> queue.
+  6. collision with an active swap (we would evict its target, or it evicts m), or the plan
+     says wait (a model that is never evicted for memory is still loading) -> queue.
+  7. we would evict a model with requests in flight, one being drained, or one whose first
+     measurement has not come in yet -> queue.
   7a. a starved request would have to evict m (or m's swap would evict its target) -> queue:
       a younger request must not add to what the starved one waits for.
-  8. otherwise start a swap; swaps that do not collide run in parallel.
+  8. otherwise start a swap; swaps that do not collide run in parallel. An evicted model
+     that can sleep (``sleep``/``wake`` configured) is put to sleep instead of stopped,
+     unless the plan says it must stop; a request for a sleeping model wakes it (a swap).
 
 Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
   Q1. a request that must wait is inserted before the first queued request whose model has
@@ -41,6 +47,11 @@ model can hold a queued request for another model forever):
       request's swap starts, and the next oldest request may become starved at once.
   So a request waits at most max_wait + the longest request in flight on the models it
   evicts + its own load time.
+
+Memory (with a ``memory:`` section; ``router/memory.py``): a measurement of a resident
+model raises its learned need (``NeedLearned`` for the store) and, when the models on a
+device now count more than its budget allows, idle others are put to sleep or stopped,
+least recently used first, with the reason "memory" (the growth rule).
 """
 
 from __future__ import annotations
@@ -49,12 +60,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import AbstractSet, Iterable, Mapping, Protocol
 
-from llamaswap.router.planners import eviction_reasons
+from llamaswap.router.planners import Plan, PlanContext, plan_for
+from llamaswap.sizes import format_size
 
 STOPPED = "stopped"
 STARTING = "starting"
 READY = "ready"
 STOPPING = "stopping"
+SLEEPING = "sleeping"
 
 
 class RouterError(Exception):
@@ -104,6 +117,7 @@ class StartSwap:
     model: str
     evict: tuple[str, ...]
     reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
+    sleep: tuple[str, ...] = ()  # of `evict`: put these to sleep instead of stopping them
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,7 @@ class StopModels:
     reason: str
     grace: float | None = None
     after_swaps: tuple[int, ...] = ()
+    sleep: tuple[str, ...] = ()  # of `models`: put these to sleep instead of stopping them
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,15 @@ class ArmTimer:
     deadline: float
     token: int
     kind: str = "ttl"
+
+
+@dataclass(frozen=True)
+class NeedLearned:
+    """A measurement raised the learned need of (model, command): remember it."""
+    model: str
+    command: str
+    asleep: bool
+    need: Mapping[str, int] = field(hash=False)
 
 
 @dataclass(frozen=True)
@@ -165,10 +189,13 @@ class _Order:
 class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
                  ready: AbstractSet[str] = frozenset(), now: float = 0.0,
-                 priority: Mapping[str, int] | None = None, max_wait: float = 0.0):
+                 priority: Mapping[str, int] | None = None, max_wait: float = 0.0,
+                 sleepable: AbstractSet[str] = frozenset(), book=None):
         self.planner = planner
         self._priority: dict[str, int] = dict(priority or {})
         self.max_wait = max_wait  # seconds; 0: no bound (fairness rules off)
+        self.sleepable = frozenset(sleepable)
+        self.book = book  # router.memory.MemoryBook when memory is managed, else None
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
         self._ttl: dict[str, float] = dict(ttl or {})
@@ -177,6 +204,7 @@ class RouterCore:
         self.active: dict[str, _Swap] = {}  # target model -> swap
         self._swap_ids: dict[int, str] = {}  # swap id -> target model (active swaps)
         self._cancelled: dict[int, dict[str, int]] = {}  # cancelled swap id -> its evictions' gens
+        self._cancelled_target: dict[int, str] = {}  # cancelled swap id -> the model it loads
         self._cancel_blocked: dict[str, set[int]] = {}  # model -> cancelled swaps still stopping it
         self.in_flight: dict[str, int] = {}
         self.queue: list = []
@@ -197,8 +225,10 @@ class RouterCore:
     # ---- read-only views ---------------------------------------------------------------
 
     def running(self) -> frozenset[str]:
-        """Models running or committed to run: what planners must take into account."""
-        alive = {m for m, s in self.state.items() if s != STOPPED}
+        """Models running or committed to run: what planners must take into account. A
+        sleeping model is not running (a planner already evicted it); only the memory
+        planner counts it, through its PlanContext."""
+        alive = {m for m, s in self.state.items() if s != STOPPED and s != SLEEPING}
         return frozenset(alive | set(self.active) | self.retiring)
 
     def priority_of(self, model: str) -> int:
@@ -259,6 +289,8 @@ class RouterCore:
         for a decision; it counts as granted from the moment it was taken."""
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
         self._ttl_token.pop(model, None)
+        if self.book is not None:
+            self.book.last_used[model] = now
         return self._take()
 
     def give_up(self, req, now: float) -> list:
@@ -275,6 +307,8 @@ class RouterCore:
         count = self.in_flight.get(model, 0) - 1
         if count < 0:
             raise AssertionError(f"request_done for {model!r} without a request in flight")
+        if self.book is not None:
+            self.book.last_used[model] = now
         if count:
             self.in_flight[model] = count
             return self._take()
@@ -286,8 +320,12 @@ class RouterCore:
         self._drain(now)
         return self._take(now)
 
-    def swap_done(self, swap_id: int, error: str | None, now: float) -> list:
+    def swap_done(self, swap_id: int, error: str | None, now: float,
+                  asleep: AbstractSet[str] = frozenset()) -> list:
+        """A swap worker finished: `error` None when the target is ready; `asleep`: the
+        evicted models that went to sleep (the others were stopped)."""
         if swap_id in self._cancelled:
+            self._cancelled_target.pop(swap_id, None)
             for m, gen in self._cancelled.pop(swap_id).items():
                 blockers = self._cancel_blocked.get(m)
                 if blockers is not None:
@@ -295,7 +333,7 @@ class RouterCore:
                     if not blockers:
                         del self._cancel_blocked[m]
                 if self._gen.get(m) == gen:
-                    self._set_state(m, STOPPED)
+                    self._put_down(m, m in asleep, now)
             self._drain(now)
             return self._take(now)
         model = self._swap_ids.pop(swap_id, None)
@@ -304,11 +342,13 @@ class RouterCore:
         swap = self.active.pop(model)
         for m in swap.evict:
             if self._gen.get(m) == swap.gens[m]:
-                self._set_state(m, STOPPED)
+                self._put_down(m, m in asleep, now)
         if error is None:
             self._set_state(model, READY)
+            if self.book is not None and self.planner_needs_measuring(model):
+                self.book.pending.add(model)
             for req in swap.waiters:
-                self._grant(req, model)
+                self._grant(req, model, now)
             if not self.in_flight.get(model):
                 self._arm_ttl(model, now)
         else:
@@ -319,7 +359,8 @@ class RouterCore:
         self._drain(now)
         return self._take(now)
 
-    def stops_done(self, token: int, now: float) -> list:
+    def stops_done(self, token: int, now: float, asleep: AbstractSet[str] = frozenset()) -> list:
+        """A stop order finished; `asleep`: the models it put to sleep."""
         order = self._orders.pop(token, None)
         if order is None:
             return self._take()
@@ -327,7 +368,7 @@ class RouterCore:
             pending = self._orders_of.get(m, set())
             pending.discard(token)
             if self._gen.get(m) == order.gens.get(m):
-                self._set_state(m, STOPPED)
+                self._put_down(m, m in asleep, now)
             if not pending:
                 self._orders_of.pop(m, None)
                 if m in self.retiring:
@@ -336,13 +377,15 @@ class RouterCore:
         return self._take(now)
 
     def ttl_expired(self, model: str, token: int, now: float) -> list:
-        if (self._ttl_token.get(model) != token or self.state.get(model) != READY
+        if (self._ttl_token.get(model) != token or self.state.get(model) not in (READY, SLEEPING)
                 or self.in_flight.get(model) or model in self.active or self._blocked(model)):
             return self._take()
         del self._ttl_token[model]
         ttl = self._ttl.get(model, 0)
         self._effects.append(Log("info", f"{model} Unloading model, TTL of {_seconds(ttl)}s reached"))
         self._order_stop((model,), "ttl", None)
+        if self.book is not None:
+            self._drain(now)  # a model waiting to be measured no longer holds up the queue
         return self._take(now)
 
     def timer_expired(self, kind: str, model: str, token: int, now: float) -> list:
@@ -353,8 +396,8 @@ class RouterCore:
         return self.ttl_expired(model, token, now)
 
     def process_exited(self, model: str, now: float) -> list:
-        """The backend exited on its own while ready."""
-        if self.state.get(model) == READY and model not in self.active:
+        """The backend exited on its own while ready or asleep."""
+        if self.state.get(model) in (READY, SLEEPING) and model not in self.active:
             self._set_state(model, STOPPED)
             self._drain(now)
         return self._take(now)
@@ -399,9 +442,28 @@ class RouterCore:
         self._effects.append(ShutdownAll(token, grace))
         return token, self._take()
 
+    def measured(self, model: str, usage: Mapping[str, int], asleep: bool, now: float) -> list:
+        """A reading of what `model` uses on the managed devices it could measure (bytes),
+        taken while it was ready (or asleep). Raises its learned need, and applies the
+        growth rule when the devices now count more than their budgets allow."""
+        book = self.book
+        if book is None or model not in self.models:
+            return self._take()
+        book.pending.discard(model)
+        key = self.planner.policy.key(model)
+        learned = book.learn(key, usage, asleep)
+        if learned is not None:
+            self._effects.append(NeedLearned(model, key[1], asleep, learned))
+        if self.state.get(model) == (SLEEPING if asleep else READY) and model not in self.active:
+            book.usage[model] = {d: int(v) for d, v in usage.items()}
+            self._relieve(model)
+        self._drain(now)
+        return self._take(now)
+
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
                     stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
-                    max_wait: float | None = None) -> list:
+                    max_wait: float | None = None, sleepable: AbstractSet[str] | None = None
+                    ) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
         grants, their in-flight requests finish, then their old process is stopped.
         `max_wait` None keeps the current bound."""
@@ -431,6 +493,8 @@ class RouterCore:
                 self._ttl_token.pop(m, None)
                 self._arm_ttl(m, now)
         self.planner = planner
+        if sleepable is not None:
+            self.sleepable = frozenset(sleepable)
         for m in new_models:
             if m not in self.state:
                 self.state[m] = STOPPED
@@ -468,19 +532,25 @@ class RouterCore:
             return True
         if self._blocked(model):
             return False
-        running = self.running()
-        evict = frozenset(self.planner.eviction_for(model, running)) - {model}
+        plan = self._plan(model)
+        if plan.refuse is not None:
+            req.set_position(0)
+            req.offer_error(RouterError(503, plan.refuse))
+            return True
+        evict = plan.evict
         collides = self._collides(model, evict)
         if self.state[model] == READY and not evict and not collides:
-            self._grant(req, model)
+            self._grant(req, model, now)
             return True
-        if collides:
+        if collides or plan.wait:
             return False
         if any(self.in_flight.get(m) or m in self.retiring for m in evict):
             return False
+        if self.book is not None and evict & self._memory_busy():
+            return False
         if starved is not None and req is not starved and self._crowds(starved.model, model, evict):
             return False
-        self._start_swap(req, evict)
+        self._start_swap(req, plan)
         return True
 
     def _crowds(self, starved: str, model: str, evict: frozenset[str]) -> bool:
@@ -491,6 +561,32 @@ class RouterCore:
         return starved in evict or model in self.planner.eviction_for(
             starved, self.running() | {model})
 
+    def _plan(self, model: str, running: AbstractSet[str] | None = None) -> Plan:
+        """The planner's answer for `model` (rule 4); `running` defaults to running()."""
+        running = self.running() if running is None else running
+        if self.book is None:
+            return plan_for(self.planner, model, running, PlanContext())
+        sleeping = frozenset(m for m, s in self.state.items() if s == SLEEPING)
+        busy = frozenset(set(self.in_flight) | set(self.active) | self.retiring
+                         | self._memory_busy())
+        stopping = frozenset(set(self._orders_of) | {m for sw in self.active.values()
+                                                     for m in sw.evict})
+        held = frozenset(set(self._orders_of) | set(self._cancelled_target.values()))
+        return plan_for(self.planner, model, running,
+                        PlanContext(sleeping=sleeping, busy=busy | held, stopping=stopping,
+                                    held=held))
+
+    def _memory_busy(self) -> set[str]:
+        """Models memory may not count as freed yet: not measured since they became ready,
+        the target of a cancelled swap whose worker may still start it, or one whose stop
+        order has not finished."""
+        return self.book.pending | set(self._cancelled_target.values()) | set(self._orders_of)
+
+    def planner_needs_measuring(self, model: str) -> bool:
+        """Whether the memory planner does not know `model`'s need on some device yet."""
+        unknown = getattr(self.planner, "unknown_need", None)
+        return bool(unknown is not None and unknown(model))
+
     def _blocked(self, model: str) -> bool:
         return model in self.retiring or model in self._orders_of or model in self._cancel_blocked
 
@@ -500,13 +596,15 @@ class RouterCore:
                 return True
         return False
 
-    def _start_swap(self, req, evict: frozenset[str]) -> None:
+    def _start_swap(self, req, plan: Plan) -> None:
         model = req.model
+        evict = plan.evict
         swap_id = next(self._ids)
         description = None
         describe = getattr(self.planner, "describe_swap", None)
         if describe is not None:
             description = describe(model, self.running() - set(self.active))
+        was_asleep = {m for m in evict if self.state.get(m) == SLEEPING}
         gens = {m: self._set_state(m, STOPPING) for m in evict}
         for m in evict:
             self._ttl_token.pop(m, None)
@@ -517,14 +615,18 @@ class RouterCore:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        reasons = eviction_reasons(self.planner, model, evict)
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons))
+        sleep = tuple(sorted(m for m in evict if m in self.sleepable and m not in plan.stop
+                             and m not in was_asleep))
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), dict(plan.reasons),
+                                       sleep))
 
-    def _grant(self, req, model: str) -> None:
+    def _grant(self, req, model: str, now: float) -> None:
         req.set_position(0)
         if req.offer_grant():
             self.in_flight[model] = self.in_flight.get(model, 0) + 1
             self._ttl_token.pop(model, None)
+            if self.book is not None:
+                self.book.last_used[model] = now
 
     def _drain(self, now: float) -> None:
         if not self.queue or self.shutting_down:
@@ -565,7 +667,45 @@ class RouterCore:
             self.state[model] = state
         if state != READY:
             self._ttl_token.pop(model, None)
+            if self.book is not None:
+                self.book.pending.discard(model)
+                if state != STOPPING:  # a reading belongs to the level it was taken at
+                    self.book.usage.pop(model, None)
         return self._gen[model]
+
+    def _put_down(self, model: str, asleep: bool, now: float) -> None:
+        """An eviction or stop order ended: the model is asleep or stopped."""
+        if asleep:
+            self._set_state(model, SLEEPING)
+            self._arm_ttl(model, now)
+        else:
+            self._set_state(model, STOPPED)
+
+    def _relieve(self, grown: str) -> None:
+        """The growth rule: back under every budget by putting idle others down."""
+        levels, idle = {}, []
+        for m, st in self.state.items():
+            if st == STOPPED:
+                continue
+            levels[m] = "asleep" if st == SLEEPING else "awake"
+            if (st in (READY, SLEEPING) and not self.in_flight.get(m) and m not in self.active
+                    and not self._blocked(m) and m not in self.book.pending):
+                idle.append(m)
+        over, lowered = self.planner.relieve(levels, idle, grown)
+        if not over:
+            return
+        what = "; ".join(f"{d}: {format_size(u)} counted with headroom > budget {format_size(b)}"
+                         for d, u, b in over)
+        if not lowered:
+            self._effects.append(Log("warn", f"memory: over budget after measuring {grown} "
+                                             f"({what}), and no idle model to evict"))
+            return
+        down = sorted(lowered)
+        sleep = tuple(m for m in down if lowered[m] == "asleep")
+        self._effects.append(Log("warn", f"memory: over budget after measuring {grown} ({what}); "
+                                         f"evicting least recently used idle "
+                                         f"{' '.join(down)}"))
+        self._order_stop(tuple(down), "memory", None, sleep=sleep)
 
     def _arm_ttl(self, model: str, now: float) -> None:
         ttl = self._ttl.get(model, 0)
@@ -575,14 +715,14 @@ class RouterCore:
             self._effects.append(ArmTimer(model, now + ttl, token))
 
     def _order_stop(self, models: tuple[str, ...], reason: str, grace: float | None,
-                    after_swaps: tuple[int, ...] = ()) -> int:
+                    after_swaps: tuple[int, ...] = (), sleep: tuple[str, ...] = ()) -> int:
         token = next(self._ids)
         order = _Order(token, models, reason)
         for m in models:
             order.gens[m] = self._set_state(m, STOPPING)
             self._orders_of.setdefault(m, set()).add(token)
         self._orders[token] = order
-        self._effects.append(StopModels(token, models, reason, grace, after_swaps))
+        self._effects.append(StopModels(token, models, reason, grace, after_swaps, sleep))
         return token
 
     def _cancel_swap(self, swap: _Swap) -> int:
@@ -590,6 +730,7 @@ class RouterCore:
         del self.active[swap.model]
         del self._swap_ids[swap.swap_id]
         self._cancelled[swap.swap_id] = dict(swap.gens)
+        self._cancelled_target[swap.swap_id] = swap.model
         for m in swap.evict:
             self._cancel_blocked.setdefault(m, set()).add(swap.swap_id)
         return swap.swap_id
