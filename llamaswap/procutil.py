@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -183,27 +184,41 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
 
 
-def group_members(pgid: int) -> set[int] | None:
-    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
-    if not IS_LINUX:
-        return None
-    found = set()
+@dataclass(frozen=True)
+class ProcEntry:
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def process_table(proc: str = "/proc") -> dict[int, ProcEntry]:
+    """pid -> (ppid, process group, session) of every live (non-zombie) process; empty
+    where /proc cannot be read."""
+    table: dict[int, ProcEntry] = {}
     try:
-        entries = os.listdir("/proc")
+        entries = os.listdir(proc)
     except OSError:
-        return None
+        return table
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry)] = ProcEntry(int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def group_members(pgid: int) -> set[int] | None:
+    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
+    if not IS_LINUX or not os.path.isdir("/proc"):
+        return None
+    return {pid for pid, e in process_table().items() if e.pgid == pgid}
 
 
 def _group_empty(pgid: int) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, memory_api, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
 from llamaswap.ops.sse import current_app
 
@@ -45,6 +45,7 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/metrics/stats", api_activity_stats)
     table.add("GET", "/api/captures/{id}", api_capture)
     table.add("GET", "/api/performance", api_performance, log=False)
+    table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
     ui.register(table)
 
@@ -67,14 +68,18 @@ def root_redirect(ctx: RequestContext) -> None:
 def running(ctx: RequestContext) -> None:
     app = ctx.app
     out = []
+    memory = memory_api.running_memory(app)
     for mid in sorted(app.processes):
         p = app.processes[mid]
         state = getattr(p.state, "value", p.state)
         if state in ("stopped", "shutdown"):
             continue
         m = app.config.models.get(mid) or p.config
-        out.append({"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
-                    "ttl": m.ttl, "name": m.name, "description": m.description})
+        item = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
+                "ttl": m.ttl, "name": m.name, "description": m.description}
+        if mid in memory:
+            item["memory"] = memory[mid]  # bytes per managed device, as measured
+        out.append(item)
     _json_line(ctx, {"running": out})
 
 

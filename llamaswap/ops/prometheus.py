@@ -18,14 +18,14 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from llamaswap.ops.events import ActivityRecorded, SwapFinished
+from llamaswap.ops.events import ActivityRecorded, ProcessStateChanged, SwapFinished
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
+STATES = ("stopped", "starting", "ready", "stopping", "sleeping", "shutdown")
 
 
 def escape_label(value: str) -> str:
@@ -56,16 +56,23 @@ class Exposition:
     """Writes metric families: each name once, HELP and TYPE first, then its samples."""
 
     def __init__(self) -> None:
-        self._out: list[str] = []
+        self._out: list = []  # text, or a family's list of lines (so later samples can join it)
+        self._families: dict[str, list[str]] = {}
 
     def family(self, name: str, kind: str, help_text: str,
                samples: Iterable[tuple[Sequence[tuple[str, str]], float]]) -> None:
+        """A family's samples; a name written again adds its samples to the first block
+        (``llamaswap_memory_used_bytes`` is upstream's system gauge and, with a device
+        label, memory-aware swapping's)."""
         samples = list(samples)
         if not samples:
             return
-        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        lines = self._families.get(name)
+        if lines is None:
+            lines = self._families[name] = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
+            self._out.append(lines)
         for labels, value in samples:
-            self._out.append(f"{name}{_labels(labels)} {format_value(value)}\n")
+            lines.append(f"{name}{_labels(labels)} {format_value(value)}\n")
 
     def histogram(self, name: str, help_text: str, buckets: Sequence[float],
                   series: Iterable[tuple[Sequence[tuple[str, str]], "Histogram"]]) -> None:
@@ -85,7 +92,7 @@ class Exposition:
             self._out.append(f"{name}_count{_labels(labels)} {h.count}\n")
 
     def text(self) -> str:
-        return "".join(self._out)
+        return "".join(part if isinstance(part, str) else "".join(part) for part in self._out)
 
 
 class Histogram:
@@ -118,6 +125,8 @@ class RequestMetrics:
         self.durations: dict[str, Histogram] = {}
         self.loads: dict[tuple[str, str], int] = {}
         self.load_durations: dict[str, Histogram] = {}
+        self.sleeps: dict[str, int] = {}
+        self.wakes: dict[str, int] = {}
         self._bus: Any = None
 
     def handle(self, event: Any) -> None:
@@ -137,6 +146,12 @@ class RequestMetrics:
                 if h is None:
                     h = self.durations[model] = Histogram(REQUEST_BUCKETS)
                 h.observe(e.duration_ms / 1000.0)
+        elif isinstance(event, ProcessStateChanged):
+            counter = (self.sleeps if event.new == "sleeping" else
+                       self.wakes if event.old == "sleeping" and event.new == "starting" else None)
+            if counter is not None:
+                with self._lock:
+                    counter[event.model] = counter.get(event.model, 0) + 1
         elif isinstance(event, SwapFinished):
             with self._lock:
                 key = (event.model, "success" if event.ok else "failure")
@@ -152,7 +167,7 @@ class RequestMetrics:
         it runs in the publisher's thread: a queue and a pump thread would cost a thread
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
-        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished))
+        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, ProcessStateChanged))
 
     def detach(self) -> None:
         if self._bus is not None:
@@ -182,6 +197,12 @@ class RequestMetrics:
                        "Model loads (swaps) by model and result",
                        [((("model", m), ("result", r)), n)
                         for (m, r), n in sorted(self.loads.items())])
+            out.family("llamaswap_model_sleeps_total", "counter",
+                       "Times a model was put to sleep instead of stopped",
+                       [((("model", m),), n) for m, n in sorted(self.sleeps.items())])
+            out.family("llamaswap_model_wakes_total", "counter",
+                       "Times a sleeping model was woken for a request",
+                       [((("model", m),), n) for m, n in sorted(self.wakes.items())])
             out.histogram("llamaswap_model_load_duration_seconds",
                           "Time from load start until the model was ready", LOAD_BUCKETS,
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
@@ -396,7 +417,7 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         for s in STATES:
             states.append(((("model", model_id), ("state", s)), 1 if s == state else 0))
         pid = getattr(p, "pid", None)
-        if pid and state in ("starting", "ready", "stopping"):
+        if pid and state in ("starting", "ready", "stopping", "sleeping"):
             info = read_process(pid, proc)
             if info is not None:
                 rss.append(((("model", model_id),), info["rss_bytes"]))
@@ -431,6 +452,8 @@ def render(app: Any, requests: RequestMetrics | None, system: SystemSampler | No
     write_proxy_process(out, proc)
     if app is not None:
         write_app_state(out, app, proc)
+        from llamaswap.ops.memory_api import write_metrics
+        write_metrics(out, app)
     if requests is not None:
         requests.write(out)
     return out.text()

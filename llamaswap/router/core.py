@@ -176,6 +176,7 @@ class _Swap:
     evict: frozenset[str]
     waiters: list
     gens: dict[str, int]  # generation of each evicted model when the swap marked it stopping
+    sleep: frozenset[str] = frozenset()  # of evict: put to sleep, not stopped
 
 
 @dataclass
@@ -609,14 +610,14 @@ class RouterCore:
         for m in evict:
             self._ttl_token.pop(m, None)
         self._set_state(model, STARTING)
-        self.active[model] = _Swap(swap_id, model, evict, [req], gens)
+        sleep = tuple(sorted(m for m in evict if m in self.sleepable and m not in plan.stop
+                             and m not in was_asleep))
+        self.active[model] = _Swap(swap_id, model, evict, [req], gens, frozenset(sleep))
         self._swap_ids[swap_id] = model
         if description is not None:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        sleep = tuple(sorted(m for m in evict if m in self.sleepable and m not in plan.stop
-                             and m not in was_asleep))
         self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), dict(plan.reasons),
                                        sleep))
 
@@ -691,6 +692,9 @@ class RouterCore:
             if (st in (READY, SLEEPING) and not self.in_flight.get(m) and m not in self.active
                     and not self._blocked(m) and m not in self.book.pending):
                 idle.append(m)
+        for swap in self.active.values():  # as the swap planned them: down before it loads
+            for m in swap.evict:
+                levels[m] = "asleep" if m in swap.sleep else "gone"
         over, lowered = self.planner.relieve(levels, idle, grown)
         if not over:
             return

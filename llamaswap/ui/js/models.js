@@ -70,8 +70,8 @@ function stateBadge(state) {
 function localRow(m) {
   const busy = pending.get(m.id);
   const state = m.state || "unknown";
-  const canLoad = !busy && (state === "stopped" || state === "unknown");
-  const canUnload = !busy && (state === "ready" || state === "starting");
+  const canLoad = !busy && (state === "stopped" || state === "unknown" || state === "sleeping");
+  const canUnload = !busy && (state === "ready" || state === "starting" || state === "sleeping");
   const err = errors.get(m.id);
   return h(
     "tr",
