@@ -13,6 +13,7 @@ import time
 from typing import Mapping
 
 from llamaswap.config.model import Config
+from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus
@@ -29,7 +30,7 @@ class App:
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
                  started_at: float, performance: PerformanceMonitor | None = None,
-                 memory: MemoryMonitor | None = None):
+                 key_slots: Slots | None = None, memory: MemoryMonitor | None = None):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -43,6 +44,8 @@ class App:
         # None when disabled at startup: a reload cannot turn it on (as upstream)
         self.performance = performance
         self.memory = memory  # measures the backends (ops/memory_monitor.py)
+        # requests in flight per API key (maxInFlight): kept across reloads, like inflight
+        self.key_slots = key_slots if key_slots is not None else Slots()
         self._shutdown_lock = threading.Lock()
         self._shut = False
 
@@ -107,7 +110,8 @@ class App:
                    processes=processes, router=self.router,
                    peers=PeerDirectory(config, self.loggers.log), activity=activity,
                    captures=captures, inflight=self.inflight, started_at=self.started_at,
-                   performance=self.performance, memory=self.memory)
+                   performance=self.performance, key_slots=self.key_slots,
+                   memory=self.memory)
 
     def shutdown(self, grace: float | None = None) -> None:
         """Answer every waiting request and stop every backend (each with its own unload

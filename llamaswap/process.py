@@ -8,6 +8,14 @@ checks the transition table, publishes ``ProcessStateChanged`` and logs the chan
     starting --failed start--> stopped          starting --stop--> stopping --> stopped
     ready --sleep--> sleeping --start (wake)--> starting     sleeping --stop/exit--> stopping
     stopped --shutdown--> shutdown (terminal)
+    stopped --back_off--> backoff --start--> starting      backoff --stop/cancel--> stopped
+
+``backoff`` is a stopped backend whose restart policy has a restart scheduled (the router
+decides when); a start (the restart, or a request) goes ahead at once. While ready, a
+backend with ``healthCheckInterval`` is probed by a :class:`procutil.HealthWatch`; when it
+fails ``healthCheckFailures`` times in a row the health listeners are told (the router then
+orders the stop). ``failure`` records the last crash, clean exit, failed health watch or
+failed start.
 
 A model with ``sleep``/``wake`` actions can sleep instead of stopping (vLLM's sleep mode,
 SGLang's memory release): the backend keeps running with its memory released. A sleep that
@@ -24,6 +32,7 @@ import enum
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from llamaswap import procutil
@@ -32,7 +41,7 @@ from llamaswap.config.errors import ConfigError
 from llamaswap.config.memory import parse_action
 from llamaswap.config.gocompat import go_duration
 from llamaswap.config.model import ModelConfig
-from llamaswap.ops.events import EventBus, ProcessStateChanged
+from llamaswap.ops.events import EventBus, HealthCheckFailed, ProcessStateChanged
 from llamaswap.ops.logs import LogMonitor, ProxyLogger
 
 PROBE_FIRST_INTERVAL = 0.01  # seconds between the first two health probes
@@ -46,6 +55,7 @@ PROBE_MAX_INTERVAL = 0.25
 PROBE_TIMEOUT = 1.0  # each probe's own connect+response timeout
 ERROR_TAIL_LINES = 10
 OUTPUT_DRAIN_TIMEOUT = 1.0  # wait for a dead child's last output before quoting it
+HEALTH_WATCH_TIMEOUT = 5.0  # a watch probe's timeout (never more than the interval)
 
 
 class ProcessState(str, enum.Enum):
@@ -54,18 +64,30 @@ class ProcessState(str, enum.Enum):
     READY = "ready"
     STOPPING = "stopping"
     SHUTDOWN = "shutdown"
+    BACKOFF = "backoff"
     SLEEPING = "sleeping"
 
 
 S = ProcessState
 TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
-    S.STOPPED: frozenset({S.STARTING, S.SHUTDOWN}),
+    S.STOPPED: frozenset({S.STARTING, S.SHUTDOWN, S.BACKOFF}),
     S.STARTING: frozenset({S.READY, S.STOPPING, S.STOPPED}),
     S.READY: frozenset({S.STOPPING, S.SLEEPING}),
     S.SLEEPING: frozenset({S.STARTING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.SHUTDOWN: frozenset(),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
 }
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a backend last went down on its own. ``reason``: "crash" (exited with an error
+    or a signal while ready), "exit" (exited with code 0 while ready), "health" (its health
+    watch failed) or "start-failed"; ``detail`` says more; ``at`` is time.time()."""
+    reason: str
+    detail: str
+    at: float
 
 
 class IllegalTransition(RuntimeError):
@@ -134,8 +156,15 @@ class Process:
         self._stop_hooks: tuple[Callable[[], None], ...] = ()
         self._start_hooks: tuple[Callable[[str], None], ...] = ()
         self._exit_listeners: tuple[Callable[[str, int | None], None], ...] = ()
+        self._health_listeners: tuple[Callable[[str, str], None], ...] = ()
+        self._watch: procutil.HealthWatch | None = None
         self.pid: int | None = None
         self.ready_at: float | None = None
+        self.failure: Failure | None = None  # the last time it went down on its own
+        self.restarts = 0  # restarts the restart policy began
+        self.restart_at: float | None = None  # time.time() of the pending restart (backoff)
+        self.restart_delay: float | None = None  # its backoff, in seconds
+        self._run_started = 0.0  # time.time() of the latest start
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -147,6 +176,44 @@ class Process:
 
     def add_exit_listener(self, fn: Callable[[str, int | None], None]) -> None:
         self._exit_listeners = self._exit_listeners + (fn,)
+
+    def add_health_listener(self, fn: Callable[[str, str], None]) -> None:
+        """``fn(model_id, detail)`` when the health watch declares the ready backend dead
+        (called from the watch thread; the backend keeps running until someone stops it)."""
+        self._health_listeners = self._health_listeners + (fn,)
+
+    def back_off(self, reason: str, delay: float) -> bool:
+        """A restart is due in `delay` seconds: stopped -> backoff. False (and nothing
+        changes) unless the backend is stopped."""
+        with self._lock:
+            if self._state is not S.STOPPED or self._closing:
+                return False
+            self.restart_at = time.time() + delay
+            self.restart_delay = delay
+            self._set_state(S.BACKOFF)
+        self._proxy_log.info(f"<{self.model_id}> restarting in {delay:g}s ({reason})")
+        return True
+
+    def cancel_backoff(self) -> None:
+        """The pending restart was dropped: backoff -> stopped."""
+        with self._lock:
+            if self._state is S.BACKOFF:
+                self.restart_at = None
+                self._set_state(S.STOPPED)
+
+    def count_restart(self) -> None:
+        with self._lock:
+            self.restarts += 1
+
+    def run_failure(self) -> Failure | None:
+        """The failure that ended the backend's latest run (a crash, a clean exit, a failed
+        health watch), for the error of a request it cut; None while it runs, or after a
+        stop that was no failure."""
+        failure = self.failure
+        if (failure is None or failure.reason == "start-failed" or failure.at < self._run_started
+                or self._state in (S.READY, S.STARTING)):
+            return None
+        return failure
 
     def wait_exit(self, pid: int | None, timeout: float) -> bool:
         """True once the backend ``pid`` is no longer this model's ready process (it exited,
@@ -191,6 +258,8 @@ class Process:
                 attempt = _Attempt()
                 self._attempt = attempt
                 self.ready_at = None
+                self.restart_at = None
+                self._run_started = time.time()
                 self._set_state(S.STARTING)
                 self._lock.release()
                 try:
@@ -228,6 +297,10 @@ class Process:
         with self._lock:
             while True:
                 if self._state in (S.STOPPED, S.SHUTDOWN):
+                    return
+                if self._state is S.BACKOFF:  # nothing runs: only the restart is called off
+                    self.restart_at = None
+                    self._set_state(S.STOPPED)
                     return
                 if self._state is S.STOPPING:
                     self._changed.wait()
@@ -417,6 +490,7 @@ class Process:
         with self._lock:
             if error is not None and not attempt.aborted:
                 self._proxy_log.error(str(error))
+                self.failure = Failure("start-failed", str(error).split("\n")[0], time.time())
             attempt.finish(error)
             if self._attempt is attempt and self._state is S.STARTING:
                 self._child = None
@@ -444,6 +518,9 @@ class Process:
                              f"({_describe_exit(code)})"
                              + (f"; last output:\n{tail}" if tail else ""))
         with self._lock:
+            self.failure = Failure("exit" if code == 0 else "crash",
+                                   f"the backend exited on its own ({_describe_exit(code)})",
+                                   time.time())
             if self._child is child:
                 self._child = None
                 self.pid = None
@@ -483,6 +560,43 @@ class Process:
             self._spawner = procutil.default_spawner()
         return self._spawner
 
+    # -- the health watch while ready ------------------------------------------------------
+    def _watch_health(self) -> None:
+        """Caller holds the lock, the backend has just become ready."""
+        cfg = self.config
+        if cfg.health_check_interval <= 0 or cfg.check_endpoint.strip().lower() == "none":
+            return
+        url = procutil.health_url(cfg.proxy, cfg.check_endpoint)
+        limit = cfg.health_check_failures
+        watch: procutil.HealthWatch
+
+        def failed(count: int, detail: str) -> None:
+            self._proxy_log.warn(f"<{self.model_id}> health check failed ({count}/{limit}) on "
+                                 f"{url}: {detail}")
+            if self._events is not None:
+                self._events.publish(HealthCheckFailed(self.model_id, count, detail))
+
+        def dead(detail: str) -> None:
+            with self._lock:
+                if self._watch is not watch or self._state is not S.READY:
+                    return
+                self.failure = Failure("health", f"its health check failed {limit} times in a "
+                                                 f"row (last: {detail}) and llama-swap stopped it",
+                                       time.time())
+            self._proxy_log.warn(f"<{self.model_id}> unhealthy: {limit} health checks failed in "
+                                 f"a row on {url} (last: {detail}); stopping it")
+            for listener in self._health_listeners:
+                try:
+                    listener(self.model_id, detail)
+                except Exception as exc:  # a listener's bug must not kill the watch
+                    self._proxy_log.error(f"<{self.model_id}> health listener failed: {exc!r}")
+
+        interval = cfg.health_check_interval
+        watch = procutil.HealthWatch(url, interval, limit, min(HEALTH_WATCH_TIMEOUT, interval),
+                                     on_failure=failed, on_dead=dead,
+                                     name=f"health:{self.model_id}")
+        self._watch = watch.start()
+
     # -- state -----------------------------------------------------------------------------
     def _set_state(self, new: ProcessState) -> None:
         """Caller holds the lock. Publishing never blocks, so it happens under the lock and
@@ -492,6 +606,11 @@ class Process:
             return
         check_transition(old, new)
         self._state = new
+        if old is S.READY and self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        elif new is S.READY:
+            self._watch_health()
         self._changed.notify_all()
         self._proxy_log.debug(f"<{self.model_id}> swapState() State transitioned from "
                               f"{old.value} to {new.value}")

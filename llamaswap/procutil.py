@@ -551,6 +551,12 @@ def port_in_use(url: str, timeout: float = 0.2) -> bool:
 def probe(url: str, timeout: float, method: str = "GET") -> int | None:
     """One request (a GET unless `method`); the status code, or None when nothing answered
     in time."""
+    return probe_detail(url, timeout, method)[0]
+
+
+def probe_detail(url: str, timeout: float, method: str = "GET") -> tuple[int | None, str]:
+    """One request (a GET unless `method`) on its own connection (never a pooled one):
+    (status, "") or (None, what went wrong, e.g. "timed out after 1s")."""
     parts = urlsplit(url)
     conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
                 else http.client.HTTPConnection)
@@ -559,14 +565,69 @@ def probe(url: str, timeout: float, method: str = "GET") -> int | None:
         path += "?" + parts.query
     try:
         conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    except (ValueError, http.client.HTTPException):
-        return None
+    except (ValueError, http.client.HTTPException) as exc:
+        return None, str(exc) or type(exc).__name__
     try:
         conn.request(method, path, headers={"Connection": "close"})
         resp = conn.getresponse()
         resp.read(65536)
-        return resp.status
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
+        return resp.status, ""
+    except TimeoutError:
+        return None, f"timed out after {timeout:g}s"
+    except ConnectionRefusedError:
+        return None, "connection refused"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return None, str(exc) or type(exc).__name__
     finally:
         conn.close()
+
+
+class HealthWatch:
+    """Probes a ready backend's health endpoint every `interval` seconds on a thread of its
+    own, each probe on a fresh connection with its own `timeout`.
+
+    ``on_failure(count, detail)`` is called for every failed probe (``count`` consecutive
+    ones); after `failures` in a row ``on_dead(detail)`` is called once and the watch ends.
+    Probes run at a fixed rate (a slow probe does not push the next one back), so a backend
+    that stops answering is reported within ``interval * failures + timeout``. ``stop()``
+    never blocks; a probe in progress finishes in the background and is not reported.
+    """
+
+    def __init__(self, url: str, interval: float, failures: int, timeout: float, *,
+                 on_failure: Callable[[int, str], None], on_dead: Callable[[str], None],
+                 name: str = "health-watch"):
+        self.url = url
+        self.interval = interval
+        self.failures = failures
+        self.timeout = timeout
+        self._on_failure = on_failure
+        self._on_dead = on_dead
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "HealthWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        stopped = self._stopped
+        due = time.monotonic() + self.interval
+        count = 0
+        while not stopped.wait(max(0.0, due - time.monotonic())):
+            due += self.interval
+            status, detail = probe_detail(self.url, self.timeout)
+            if stopped.is_set():
+                return
+            if status == 200:
+                count = 0
+                continue
+            count += 1
+            detail = detail or f"HTTP {status}"
+            self._on_failure(count, detail)
+            if count >= self.failures:
+                self._on_dead(detail)
+                return
+            due = max(due, time.monotonic())  # fell behind: no burst of probes

@@ -13,6 +13,11 @@ for are never published for claims and gain no request in flight (but the waiter
 swap already under way), and it waits only while something it must wait for remains
 (requests in flight on a model it evicts, a swap that collides with it, a stop of its
 own model). So it waits at most maxWait + those requests + its own load.
+
+Models have random restart policies; backends crash (with an error or cleanly) and fail
+their health watch. A restart is scheduled only for the failed model in the step of its
+failure (a crash, a failed start, the end of a stop ordered for a failed health watch:
+never after an unload, a TTL or a reload), and a restart evicts nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ import os
 import random
 import time
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
-from llamaswap.router.core import (READY, ArmTimer, Log, RouterCore, RouterError, ShutdownAll,
-                                   StartSwap, StopModels)
+from matrix_oracle import random_dsl
+
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
+from llamaswap.router.core import (READY, ArmTimer, BackOff, CancelRestart, Log, Restart,
+                                   RouterCore, RouterError, ShutdownAll, StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
 
 INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "8000"))
@@ -73,6 +81,10 @@ class EvictOthers:
         return {m for m in running if m != target}
 
 
+def random_restart(rng: random.Random, models: list[str]) -> dict[str, str]:
+    return {m: rng.choice(["never", "never", "on-failure", "always"]) for m in models}
+
+
 def random_planner(rng: random.Random, models: list[str]):
     kind = rng.choice(["groups", "matrix", "custom"])
     if kind == "custom":
@@ -86,12 +98,12 @@ def random_planner(rng: random.Random, models: list[str]):
                                               persistent=rng.random() < 0.3,
                                               members=tuple(ms))
                              for gid, ms in groups.items()})
-    sets = []
+    sets: list[tuple[str, str]] = []
     for i in range(rng.randint(1, 4)):
-        members = tuple(sorted(rng.sample(models, rng.randint(1, len(models)))))
-        sets.append(ExpandedSet(f"s{i}", " & ".join(members), members))
+        sets.append((f"s{i}", random_dsl(rng, models, [name for name, _ in sets])))
     costs = {m: rng.randint(1, 5) for m in models if rng.random() < 0.4}
-    return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
+    return MatrixPlanner(MatrixConfig(compiled_sets=compile_sets(sets, lambda name: name),
+                                      model_evict_costs=costs))
 
 
 def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:
@@ -109,8 +121,12 @@ class World:
         self.max_wait = rng.choice([0, 0, 0.5, 1, 3])
         self.now = 0.0
         self.priority = random_priority(rng, self.models)
+        self.restart = random_restart(rng, self.models)
         self.core = RouterCore(self.models, random_planner(rng, self.models), ttl=self.ttl,
-                               priority=self.priority, max_wait=self.max_wait)
+                               priority=self.priority, max_wait=self.max_wait,
+                               restart=self.restart)
+        self.may_back_off: set[str] = set()  # models that failed in the current step
+        self.restarting: str | None = None  # a Restart effect's model, until its StartSwap
         self.requests: list[SimRequest] = []
         self.ready = {m: False for m in self.models}  # the real processes
         self.swaps: dict[int, StartSwap] = {}  # running swap workers
@@ -267,6 +283,10 @@ class World:
     def apply(self, effects: list) -> None:
         for eff in effects:
             if isinstance(eff, StartSwap):
+                if self.restarting is not None:
+                    if (eff.model, eff.evict) != (self.restarting, ()) or self.ready[eff.model]:
+                        raise Violation(f"restart of {self.restarting} began {eff}")
+                    self.restarting = None
                 for m in eff.evict:
                     if self.outstanding(m):
                         raise Violation(f"swap to {eff.model} stops {m} with requests in flight")
@@ -282,6 +302,17 @@ class World:
             elif isinstance(eff, ArmTimer):
                 self.timers.append(eff)
             elif isinstance(eff, Log):
+                pass
+            elif isinstance(eff, BackOff):
+                if eff.model not in self.may_back_off:
+                    raise Violation(f"restart of {eff.model} scheduled ({eff.reason}) without "
+                                    f"a failure of it")
+                if not 1 <= eff.delay <= 300:
+                    raise Violation(f"backoff {eff.delay}")
+                self.timers.append(ArmTimer(eff.model, eff.deadline, eff.token, "restart"))
+            elif isinstance(eff, Restart):
+                self.restarting = eff.model
+            elif isinstance(eff, CancelRestart):
                 pass
             else:
                 raise Violation(f"unknown effect {eff!r}")
@@ -314,13 +345,17 @@ class World:
         # A cancelled swap's worker may still start its target; the stop that cancelled
         # it stops it again afterwards (StopModels.after_swaps).
         self.ready[sw.model] = ok
+        self.may_back_off = set() if ok else {sw.model}
         self.apply(self.core.swap_done(swap_id, None if ok else "exit code 1", self.now))
+        self.may_back_off = set()
 
     def finish_stop(self, token: int) -> None:
         st = self.stops.pop(token)
         for m in st.models:
             self.ready[m] = False
+        self.may_back_off = set(st.models) if st.reason == "health" else set()
         self.apply(self.core.stops_done(token, self.now))
+        self.may_back_off = set()
 
     def stop_can_finish(self, st: StopModels) -> bool:
         return all(s in self.finished_swaps for s in st.after_swaps)
@@ -341,7 +376,14 @@ class World:
 
     def crash(self, model: str) -> None:
         self.ready[model] = False
-        self.apply(self.core.process_exited(model, self.now))
+        self.may_back_off = {model}
+        code = self.rng.choice([1, 0, -9, None])  # None: noticed before its exit report
+        self.apply(self.core.process_exited(model, self.now, code))
+        self.may_back_off = set()
+
+    def unhealthy(self, model: str) -> None:
+        """Its health watch declares a ready backend dead (it still runs)."""
+        self.apply(self.core.health_failed(model, self.now))
 
     def unload(self) -> None:
         models = None if self.rng.random() < 0.3 else self.rng.sample(
@@ -353,13 +395,14 @@ class World:
         stop = self.rng.sample(self.models, self.rng.randint(0, len(self.models)))
         self.ttl = {m: self.rng.choice([0, 2, 5]) for m in self.models}
         self.priority = random_priority(self.rng, self.models)
+        self.restart = random_restart(self.rng, self.models)
         if self.rng.random() < 0.3:
             if not self.max_wait:
                 self.queued_time = {}  # the bound counts from the reload that sets it
             self.max_wait = self.rng.choice([0, 0.5, 1, 3])
         self.apply(self.core.reconfigure(self.models, self.new_planner(),
                                          ttl=self.ttl, stop=stop, now=self.now, priority=self.priority,
-                                         max_wait=self.max_wait))
+                                         max_wait=self.max_wait, restart=self.restart))
         # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
         self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
 
@@ -403,7 +446,7 @@ class World:
             choices.append(("timer", 6))
         if any(self.ready[m] and self.core.state.get(m) == READY and m not in self.core.active
                for m in self.models):
-            choices.append(("crash", 2))
+            choices += [("crash", 2), ("unhealthy", 1)]
         if self.published:
             choices.append(("claim", 20))
         choices += [("unload", 2), ("reconfigure", 1)] + self.extra_choices()
@@ -420,9 +463,10 @@ class World:
             self.give_up(rng.choice(waiting))
         elif kind == "timer":
             self.fire_timer()
-        elif kind == "crash":
-            self.crash(rng.choice([m for m in self.models if self.ready[m]
-                                   and self.core.state.get(m) == READY and m not in self.core.active]))
+        elif kind in ("crash", "unhealthy"):
+            model = rng.choice([m for m in self.models if self.ready[m]
+                                and self.core.state.get(m) == READY and m not in self.core.active])
+            (self.crash if kind == "crash" else self.unhealthy)(model)
         elif kind == "unload":
             self.unload()
         elif kind == "claim":

@@ -9,9 +9,10 @@ server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
 ``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
-"stop_listening": true}`` (the last: after answering, close the listening socket and keep
-running, a server that refuses connections without exiting), ``"grow_gpu": bytes`` (the
-GPU memory it pretends to use grows by that much).
+"stop_listening": true, "hang": true, "grow_gpu": bytes}`` (``stop_listening``: after
+answering, close the listening socket and keep running, a server that refuses connections
+without exiting; ``hang``: wedge the server from that request on, as ``--hang-after``;
+``grow_gpu``: the GPU memory it pretends to use grows by that much).
 
 Memory (``demo/memory.py``): ``--gpu-memory`` (and ``--gpu-memory-asleep``) is what it pretends
 to hold on ``--gpu`` for the fake ``nvidia-smi`` (``--cuda``: really allocated), ``--ram`` is
@@ -37,7 +38,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from llamaswap.demo.memory import PretendMemory
 from llamaswap.sizes import parse_size
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -123,13 +123,14 @@ class DemoServer(ThreadingHTTPServer):
     # the default backlog of 5 resets bursts of concurrent clients (benchmarks, stress tests)
     request_queue_size = 128
 
-    def __init__(self, opts: Options, memory: PretendMemory | None = None):
+    def __init__(self, opts: Options, memory=None):
         self.opts = opts
         self.ready_at = time.monotonic() + opts.load_delay
         self.served = 0
         self.lock = threading.Lock()
         self.hung = threading.Event()
         self.memory = memory
+        self.asleep = False
         super().__init__((opts.host, opts.port), DemoHandler)
 
     def count_request(self) -> int:
@@ -225,8 +226,7 @@ class DemoHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/is_sleeping":
-            memory = self.server.memory
-            self.send_json({"is_sleeping": bool(memory is not None and memory.asleep)})
+            self.send_json({"is_sleeping": self.server.asleep})
             return
         if path == "/health":
             healthy = not self.server.opts.never_healthy and time.monotonic() >= self.server.ready_at
@@ -270,6 +270,10 @@ class DemoHandler(BaseHTTPRequestHandler):
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
         if knobs.get("grow_gpu") and self.server.memory is not None:
             self.server.memory.grow(int(knobs["grow_gpu"]))
+        if knobs.get("hang"):
+            log(f"demo backend {self.server.opts.model_id}: hanging")
+            self.server.hung.set()
+            threading.Event().wait()
         if knobs.get("stop_listening"):
             self.server.socket.shutdown(socket.SHUT_RDWR)  # new connections are refused now
             threading.Thread(target=self.server.shutdown, daemon=True).start()
@@ -308,11 +312,13 @@ class DemoHandler(BaseHTTPRequestHandler):
         memory = server.memory
         if sleep:
             time.sleep(opts.sleep_delay)
+            server.asleep = True
             if memory is not None:
                 memory.sleep()
         else:
             server.ready_at = time.monotonic() + opts.wake_delay  # /health: 503 meanwhile
             time.sleep(opts.wake_delay)
+            server.asleep = False
             if memory is not None:
                 memory.wake()
         log(f"demo backend {opts.model_id}: {'asleep' if sleep else 'awake'}")
@@ -536,16 +542,22 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.buffer.write(block[:left])
             left -= len(block)
         sys.stdout.buffer.flush()
-    try:
-        memory = PretendMemory(gpu=opts.gpu, awake=opts.gpu_memory, asleep=opts.gpu_memory_asleep,
-                               ram=opts.ram, state_dir=opts.fake_gpu_dir, cuda=opts.cuda)
-    except (OSError, RuntimeError) as exc:  # no libcuda, a CUDA error
-        sys.stderr.write(f"demo backend {opts.model_id}: cannot allocate memory: {exc}\n")
-        return 4
+    memory = None
+    if opts.gpu_memory or opts.gpu_memory_asleep or opts.ram or opts.cuda:
+        # imported only when asked for: a lean backend exits fast on SIGTERM
+        from llamaswap.demo.memory import PretendMemory
+        try:
+            memory = PretendMemory(gpu=opts.gpu, awake=opts.gpu_memory,
+                                   asleep=opts.gpu_memory_asleep, ram=opts.ram,
+                                   state_dir=opts.fake_gpu_dir, cuda=opts.cuda)
+        except (OSError, RuntimeError) as exc:  # no libcuda, a CUDA error
+            sys.stderr.write(f"demo backend {opts.model_id}: cannot allocate memory: {exc}\n")
+            return 4
     try:
         server = DemoServer(opts, memory)
     except OSError as exc:
-        memory.close()
+        if memory is not None:
+            memory.close()
         sys.stderr.write(f"demo backend {opts.model_id}: cannot listen on "
                          f"{opts.host}:{opts.port}: {exc}\n")
         return 2
@@ -560,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
-        memory.close()
+        if memory is not None:
+            memory.close()
     return 0
 
 

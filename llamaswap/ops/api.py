@@ -17,6 +17,7 @@ from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
 from llamaswap.ops import gojson, memory_api, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
 
 if TYPE_CHECKING:
@@ -75,11 +76,12 @@ def running(ctx: RequestContext) -> None:
         if state in ("stopped", "shutdown"):
             continue
         m = app.config.models.get(mid) or p.config
-        item = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
-                "ttl": m.ttl, "name": m.name, "description": m.description}
+        record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
+                  "ttl": m.ttl, "name": m.name, "description": m.description}
+        record.update(restart_fields(p))
         if mid in memory:
-            item["memory"] = memory[mid]  # bytes per managed device, as measured
-        out.append(item)
+            record["memory"] = memory[mid]  # bytes per managed device, as measured
+        out.append(record)
     _json_line(ctx, {"running": out})
 
 

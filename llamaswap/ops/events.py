@@ -68,6 +68,34 @@ class ModelStopping:
     for_model: str = ""
 
 
+@dataclass(frozen=True)
+class HealthCheckFailed:
+    """A ready backend's health probe failed; ``count`` failures in a row so far."""
+
+    model: str
+    count: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelRestarting:
+    """The restart policy is starting ``model`` again after a failure: ``reason`` is
+    "crash", "exit", "health" or "start-failed"; ``attempt`` counts failures in a row."""
+
+    model: str
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class QueueWaited:
+    """A request left the router's queue (granted, loading, failed or given up) after
+    waiting ``seconds`` in it."""
+
+    model: str
+    seconds: float
+
+
 class EventBus(Broadcaster[Any]):
     """publish() never blocks; each subscriber gets a bounded queue (default 25000 as upstream)."""
 

@@ -18,14 +18,16 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from llamaswap.ops.events import ActivityRecorded, ProcessStateChanged, SwapFinished
+from llamaswap.ops.events import (ActivityRecorded, HealthCheckFailed, ModelRestarting,
+                                  ProcessStateChanged, QueueWaited, SwapFinished)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-STATES = ("stopped", "starting", "ready", "stopping", "sleeping", "shutdown")
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff", "sleeping")
 
 
 def escape_label(value: str) -> str:
@@ -113,12 +115,19 @@ class Histogram:
                 return
 
 
+def _observe(table: dict[str, Histogram], model: str, buckets: Sequence[float], value: float) -> None:
+    h = table.get(model)
+    if h is None:
+        h = table[model] = Histogram(buckets)
+    h.observe(value)
+
+
 class RequestMetrics:
     """Counters and histograms fed by events. Thread-safe; ``handle`` never blocks."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, status, key name)
         self.input_tokens: dict[str, int] = {}
         self.output_tokens: dict[str, int] = {}
         self.cached_tokens: dict[str, int] = {}
@@ -127,6 +136,9 @@ class RequestMetrics:
         self.load_durations: dict[str, Histogram] = {}
         self.sleeps: dict[str, int] = {}
         self.wakes: dict[str, int] = {}
+        self.restarts: dict[tuple[str, str], int] = {}
+        self.health_failures: dict[str, int] = {}
+        self.queue_waits: dict[str, Histogram] = {}
         self._bus: Any = None
 
     def handle(self, event: Any) -> None:
@@ -134,7 +146,7 @@ class RequestMetrics:
             e = event.entry
             model = e.model
             t = e.tokens
-            key = (model, str(e.resp_status_code))
+            key = (model, str(e.resp_status_code), e.key)
             with self._lock:  # runs in the request's thread: plain dict updates only
                 self.requests[key] = self.requests.get(key, 0) + 1
                 self.input_tokens[model] = self.input_tokens.get(model, 0) + max(0, t.input_tokens)
@@ -142,10 +154,7 @@ class RequestMetrics:
                                              + max(0, t.output_tokens))
                 self.cached_tokens[model] = (self.cached_tokens.get(model, 0)
                                              + max(0, t.cache_tokens))
-                h = self.durations.get(model)
-                if h is None:
-                    h = self.durations[model] = Histogram(REQUEST_BUCKETS)
-                h.observe(e.duration_ms / 1000.0)
+                _observe(self.durations, model, REQUEST_BUCKETS, e.duration_ms / 1000.0)
         elif isinstance(event, ProcessStateChanged):
             counter = (self.sleeps if event.new == "sleeping" else
                        self.wakes if event.old == "sleeping" and event.new == "starting" else None)
@@ -157,17 +166,25 @@ class RequestMetrics:
                 key = (event.model, "success" if event.ok else "failure")
                 self.loads[key] = self.loads.get(key, 0) + 1
                 if event.ok:
-                    h = self.load_durations.get(event.model)
-                    if h is None:
-                        h = self.load_durations[event.model] = Histogram(LOAD_BUCKETS)
-                    h.observe(event.seconds)
+                    _observe(self.load_durations, event.model, LOAD_BUCKETS, event.seconds)
+        elif isinstance(event, QueueWaited):
+            with self._lock:
+                _observe(self.queue_waits, event.model, QUEUE_BUCKETS, event.seconds)
+        elif isinstance(event, HealthCheckFailed):
+            with self._lock:
+                self.health_failures[event.model] = self.health_failures.get(event.model, 0) + 1
+        elif isinstance(event, ModelRestarting):
+            with self._lock:
+                key = (event.model, event.reason)
+                self.restarts[key] = self.restarts.get(key, 0) + 1
 
     def attach(self, bus: Any) -> None:
         """Follow ``bus`` until ``detach``. ``handle`` is a few dict updates under a lock, so
         it runs in the publisher's thread: a queue and a pump thread would cost a thread
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
-        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, ProcessStateChanged))
+        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, QueueWaited,
+                                       HealthCheckFailed, ModelRestarting, ProcessStateChanged))
 
     def detach(self) -> None:
         if self._bus is not None:
@@ -177,9 +194,10 @@ class RequestMetrics:
     def write(self, out: Exposition) -> None:
         with self._lock:
             out.family("llamaswap_requests_total", "counter",
-                       "Inference requests by model and HTTP status",
-                       [((("model", m), ("status", s)), n)
-                        for (m, s), n in sorted(self.requests.items())])
+                       "Inference requests by model, HTTP status and API key name "
+                       "(- for plain keys and open access)",
+                       [((("model", m), ("status", s), ("key", k)), n)
+                        for (m, s, k), n in sorted(self.requests.items())])
             out.family("llamaswap_input_tokens_total", "counter",
                        "Prompt (input) tokens processed, by model",
                        [((("model", m),), n) for m, n in sorted(self.input_tokens.items())])
@@ -206,6 +224,17 @@ class RequestMetrics:
             out.histogram("llamaswap_model_load_duration_seconds",
                           "Time from load start until the model was ready", LOAD_BUCKETS,
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
+            out.histogram("llamaswap_queue_wait_seconds",
+                          "Time requests waited in the router queue (bounded by maxWait)",
+                          QUEUE_BUCKETS,
+                          [((("model", m),), h) for m, h in sorted(self.queue_waits.items())])
+            out.family("llamaswap_model_restarts_total", "counter",
+                       "Restarts begun by the restart policy, by model and failure",
+                       [((("model", m), ("reason", r)), n)
+                        for (m, r), n in sorted(self.restarts.items())])
+            out.family("llamaswap_health_failures_total", "counter",
+                       "Failed health probes of ready backends, by model",
+                       [((("model", m),), n) for m, n in sorted(self.health_failures.items())])
 
 
 _registry: dict[int, tuple[Any, RequestMetrics]] = {}
@@ -433,6 +462,12 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         out.family("llamaswap_model_inflight_requests", "gauge",
                    "Requests in flight per model",
                    [((("model", m),), n) for m, n in sorted(per_model.items())])
+    slots, config = getattr(app, "key_slots", None), getattr(app, "config", None)
+    if slots is not None and config is not None:
+        out.family("llamaswap_key_inflight_requests", "gauge",
+                   "Requests in flight per API key that has a maxInFlight",
+                   [((("key", k.name),), slots.in_use(k.key))
+                    for k in getattr(config, "scoped_keys", ()) if k.max_in_flight])
     router = getattr(app, "router", None)
     if router is not None and hasattr(router, "queue_length"):
         out.family("llamaswap_queue_length", "gauge",

@@ -19,6 +19,7 @@ from typing import Any
 
 from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
                                   LogData, ProcessStateChanged)
 
@@ -73,6 +74,12 @@ def model_status(app: Any) -> list[dict]:
                "unlisted": m.unlisted, "peerID": ""}
         if m.aliases:
             rec["aliases"] = list(m.aliases)
+        rendered = m.capabilities.rendered()
+        for key in ("capabilities", "context_length"):
+            if key in rendered:
+                rec[key] = rendered[key]
+        if p is not None:
+            rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
         for model in cfg.peers[pid].models:

@@ -48,6 +48,23 @@ model can hold a queued request for another model forever):
   So a request waits at most max_wait + the longest request in flight on the models it
   evicts + its own load time.
 
+Restart policy (per model: never, on-failure, always; the backend's own failures only):
+  R1. a failure schedules a restart when the policy asks for it: the backend exited on its
+      own while ready ("crash", or "exit" for code 0: only ``always`` restarts that), its
+      health watch failed ("health": the core orders the stop, the restart follows it), or
+      a start failed ("start-failed"). Unload, TTL, a reload's retire, an eviction and
+      shutdown are not failures and never restart anything.
+  R2. backoff: 1 s, doubling with each failure in a row, at most 5 min; a model that had
+      been ready for 10 min before it failed starts again from 1 s.
+  R3. when the backoff has passed, the model starts again if it is still stopped and
+      nothing is in its way: it evicts nothing, collides with no swap, is not being
+      stopped, and no queued request would have to evict it. Otherwise the restart is
+      dropped: a restart never displaces anything; the next request starts the model.
+  R4. a request for a model in backoff does not wait for it: the decision tree starts the
+      model at once, and the pending restart finds it running and does nothing.
+  R5. unload, a reload that changes or removes the model (or sets its policy to never) and
+      shutdown call a pending restart off.
+
 Memory (with a ``memory:`` section; ``router/memory.py``): a measurement of a resident
 model raises its learned need (``NeedLearned`` for the store) and, when the models on a
 device now count more than its budget allows, idle others are put to sleep or stopped,
@@ -68,6 +85,9 @@ STARTING = "starting"
 READY = "ready"
 STOPPING = "stopping"
 SLEEPING = "sleeping"
+RESTART_FIRST_DELAY = 1.0  # seconds (R2)
+RESTART_MAX_DELAY = 300.0
+RESTART_RESET_AFTER = 600.0  # seconds ready after which the backoff starts again from 1 s
 
 
 class RouterError(Exception):
@@ -162,6 +182,33 @@ class NeedLearned:
 
 
 @dataclass(frozen=True)
+class BackOff:
+    """Rule R1: restart `model` in `delay` seconds: mark its process as waiting for the
+    restart and call timer_expired("restart", model, token) at `deadline`. `attempt` counts
+    its failures in a row."""
+    model: str
+    reason: str
+    delay: float
+    deadline: float
+    token: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class CancelRestart:
+    """A pending restart of `model` was called off (R3, R5): its process stops waiting."""
+    model: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Rule R3: the restart policy starts `model` again now (the StartSwap follows)."""
+    model: str
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Log:
     level: str  # "debug" | "info" | "warn"
     message: str
@@ -191,6 +238,7 @@ class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
                  ready: AbstractSet[str] = frozenset(), now: float = 0.0,
                  priority: Mapping[str, int] | None = None, max_wait: float = 0.0,
+                 restart: Mapping[str, str] | None = None,
                  sleepable: AbstractSet[str] = frozenset(), book=None):
         self.planner = planner
         self._priority: dict[str, int] = dict(priority or {})
@@ -218,6 +266,12 @@ class RouterCore:
         self._since: dict = {}  # queued request -> when it joined the queue (max_wait only)
         self.starved = None  # the request the fairness rules serve next, while it is queued
         self._wait_due: float | None = None  # deadline of the armed maxwait timer
+        self._restart: dict[str, str] = dict(restart or {})  # model -> policy (R1)
+        self._ready_since: dict[str, float] = {m: now for m in ready}
+        self._delay: dict[str, float] = {}  # model -> its next backoff (R2)
+        self._attempts: dict[str, int] = {}  # model -> failures in a row
+        self._restart_due: dict[str, tuple[int, str, int]] = {}  # model -> (token, reason, attempt)
+        self._health_stops: dict[int, float] = {}  # stop order token -> seconds it had been ready
         self._effects: list = []
         for m in self.models:
             if self.state[m] == READY:
@@ -348,6 +402,7 @@ class RouterCore:
             self._set_state(model, READY)
             if self.book is not None and self.planner_needs_measuring(model):
                 self.book.pending.add(model)
+            self._ready_since[model] = now
             for req in swap.waiters:
                 self._grant(req, model, now)
             if not self.in_flight.get(model):
@@ -357,6 +412,7 @@ class RouterCore:
             failure = start_failed_error(model, error)
             for req in swap.waiters:
                 req.offer_error(failure)
+            self._restart_after(model, "start-failed", now, 0.0)
         self._drain(now)
         return self._take(now)
 
@@ -365,11 +421,19 @@ class RouterCore:
         order = self._orders.pop(token, None)
         if order is None:
             return self._take()
+        ran = self._health_stops.pop(token, None)
+        self._effects.append(Log("debug", f"router: stopped [{' '.join(order.models)}] "
+                                          f"({order.reason})"))
         for m in order.models:
             pending = self._orders_of.get(m, set())
             pending.discard(token)
             if self._gen.get(m) == order.gens.get(m):
-                self._put_down(m, m in asleep, now)
+                if m in asleep:
+                    self._put_down(m, True, now)
+                else:
+                    self._set_state(m, STOPPED)
+                    if ran is not None:
+                        self._restart_after(m, "health", now, ran)
             if not pending:
                 self._orders_of.pop(m, None)
                 if m in self.retiring:
@@ -390,17 +454,42 @@ class RouterCore:
         return self._take(now)
 
     def timer_expired(self, kind: str, model: str, token: int, now: float) -> list:
-        """An ArmTimer's deadline has passed."""
+        """A timer's deadline has passed (ArmTimer, or BackOff with kind "restart")."""
         if kind == "maxwait":
             self._wait_due = None
             return self._take(now)  # the fairness rules run on every command
+        if kind == "restart":
+            self._restart_now(model, token, now)
+            return self._take(now)
         return self.ttl_expired(model, token, now)
 
-    def process_exited(self, model: str, now: float) -> list:
-        """The backend exited on its own while ready or asleep."""
+    def process_exited(self, model: str, now: float, code: int | None = None) -> list:
+        """The backend exited on its own while ready or asleep (`code`: its exit status,
+        None when not known yet)."""
         if self.state.get(model) in (READY, SLEEPING) and model not in self.active:
             self._set_state(model, STOPPED)
             self._drain(now)
+            ran = now - self._ready_since.get(model, now)
+            reason = "exit" if code == 0 else "crash"
+            backoff = self._restart_after(model, reason, now, ran)
+            status = ("exit status unknown" if code is None else
+                      f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+            policy = self._restart.get(model, "never")
+            then = (f"restarting in {_seconds(backoff.delay)}s" if backoff is not None
+                    else f"not restarting it (restart: {policy})")
+            self._effects.append(Log("info" if policy != "never" else "debug",
+                                     f"router: model {model} exited on its own ({status}); {then}"))
+        return self._take(now)
+
+    def health_failed(self, model: str, now: float) -> list:
+        """The health watch of a ready model declared it dead: stop it (its requests in
+        flight end with an error), then R1 decides about a restart."""
+        if (self.state.get(model) == READY and model not in self.active
+                and not self._blocked(model) and not self.shutting_down):
+            self._effects.append(Log("warn", f"router: stopping model {model}: its health "
+                                             f"check failed"))
+            token = self._order_stop((model,), "health", None)
+            self._health_stops[token] = now - self._ready_since.get(model, now)
         return self._take(now)
 
     def unload(self, models: Iterable[str] | None, grace: float | None, now: float) -> tuple[int, list]:
@@ -410,6 +499,7 @@ class RouterCore:
         wanted = set(targets)
         after = []
         for m in targets:
+            self._restart_due.pop(m, None)  # R5
             swap = self.active.get(m)
             if swap is not None:
                 for req in swap.waiters:
@@ -432,6 +522,7 @@ class RouterCore:
 
     def shutdown(self, grace: float | None, now: float) -> tuple[int, list]:
         self.shutting_down = True
+        self._restart_due.clear()  # R5
         for swap in self.active.values():
             for req in swap.waiters:
                 req.offer_error(shutting_down_error(swap.model))
@@ -463,8 +554,8 @@ class RouterCore:
 
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
                     stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
-                    max_wait: float | None = None, sleepable: AbstractSet[str] | None = None
-                    ) -> list:
+                    max_wait: float | None = None, restart: Mapping[str, str] | None = None,
+                    sleepable: AbstractSet[str] | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
         grants, their in-flight requests finish, then their old process is stopped.
         `max_wait` None keeps the current bound."""
@@ -477,6 +568,12 @@ class RouterCore:
                 self._since = {}
         new_models = set(models)
         stop_set = {m for m in stop if m in self.models} | (self.models - new_models)
+        if restart is not None:
+            self._restart = dict(restart)
+        for m in sorted(self._restart_due):  # R5
+            if m in stop_set or self._restart.get(m, "never") == "never":
+                del self._restart_due[m]
+                self._effects.append(CancelRestart(m))
         requeue = []
         for m in sorted(stop_set):
             swap = self.active.get(m)
@@ -551,7 +648,7 @@ class RouterCore:
             return False
         if starved is not None and req is not starved and self._crowds(starved.model, model, evict):
             return False
-        self._start_swap(req, plan)
+        self._start_swap(model, plan, [req])
         return True
 
     def _crowds(self, starved: str, model: str, evict: frozenset[str]) -> bool:
@@ -597,8 +694,7 @@ class RouterCore:
                 return True
         return False
 
-    def _start_swap(self, req, plan: Plan) -> None:
-        model = req.model
+    def _start_swap(self, model: str, plan: Plan, waiters: list) -> None:
         evict = plan.evict
         swap_id = next(self._ids)
         description = None
@@ -612,14 +708,17 @@ class RouterCore:
         self._set_state(model, STARTING)
         sleep = tuple(sorted(m for m in evict if m in self.sleepable and m not in plan.stop
                              and m not in was_asleep))
-        self.active[model] = _Swap(swap_id, model, evict, [req], gens, frozenset(sleep))
+        self.active[model] = _Swap(swap_id, model, evict, waiters, gens, frozenset(sleep))
         self._swap_ids[swap_id] = model
         if description is not None:
             self._effects.append(Log(*description))
         self._effects.append(Log("debug", f"router: starting swap for model {model}, evicting "
                                           f"[{' '.join(sorted(evict))}]"))
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), dict(plan.reasons),
-                                       sleep))
+        if self.starved is not None and self.starved in waiters:
+            reasons = {m: "maxwait" for m in evict}  # F3: the bound forced these stops
+        else:
+            reasons = dict(plan.reasons)
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons, sleep))
 
     def _grant(self, req, model: str, now: float) -> None:
         req.set_position(0)
@@ -630,20 +729,23 @@ class RouterCore:
                 self.book.last_used[model] = now
 
     def _drain(self, now: float) -> None:
-        if not self.queue or self.shutting_down:
-            return
-        pending, self.queue = self.queue, []
-        remaining = []
-        for req in pending:
-            # Decisions made earlier in this pass (new swaps) shape the later ones.
-            if self._decide(req, now):
-                req.set_position(0)
-                if req is self.starved:
-                    self.starved = None  # served: its fence goes for the rest of the pass
-            else:
-                remaining.append(req)
-        self.queue = remaining + self.queue
-        self._publish_positions()
+        while self.queue and not self.shutting_down:
+            pending, self.queue = self.queue, []
+            remaining = []
+            for req in pending:
+                # Decisions made earlier in this pass (new swaps) shape the later ones.
+                if self._decide(req, now):
+                    req.set_position(0)
+                    if req is self.starved:
+                        self.starved = None  # served: its fence goes for the rest of the pass
+                else:
+                    remaining.append(req)
+            self.queue = remaining + self.queue
+            self._publish_positions()
+            # A starved request decided early in the pass may be startable after later
+            # decisions (a matrix solver picks another set): give it another pass at once.
+            if self.starved is None or len(remaining) == len(pending):
+                return
 
     def _enqueue(self, req) -> None:
         """Rule Q1: before the first queued request of strictly lower priority."""
@@ -753,6 +855,63 @@ class RouterCore:
             self.state[model] = STOPPED
         else:
             self.state.pop(model, None)
+
+    def _restart_after(self, model: str, reason: str, now: float, ran: float) -> BackOff | None:
+        """Rules R1 and R2 for a failure of `model`, which had been ready `ran` seconds."""
+        policy = self._restart.get(model, "never")
+        if policy == "never" or (reason == "exit" and policy != "always"):
+            return None
+        if self.shutting_down or model not in self.models or model in self.retiring:
+            return None
+        if ran >= RESTART_RESET_AFTER:
+            self._delay.pop(model, None)
+            self._attempts.pop(model, None)
+        delay = self._delay.get(model, RESTART_FIRST_DELAY)
+        self._delay[model] = min(delay * 2, RESTART_MAX_DELAY)
+        attempt = self._attempts[model] = self._attempts.get(model, 0) + 1
+        token = next(self._ids)
+        self._restart_due[model] = (token, reason, attempt)
+        backoff = BackOff(model, reason, delay, now + delay, token, attempt)
+        self._effects.append(backoff)
+        return backoff
+
+    def _restart_now(self, model: str, token: int, now: float) -> None:
+        """Rules R3 and R4: the backoff of `model` has passed."""
+        due = self._restart_due.get(model)
+        if due is None or due[0] != token or self.shutting_down:
+            return
+        del self._restart_due[model]
+        _token, reason, attempt = due
+        if self.state.get(model) != STOPPED or model in self.active:
+            return  # R4: a request has started it
+        hold = self._restart_hold(model)
+        if hold is not None:
+            self._effects.append(Log("info", f"router: not restarting model {model}: {hold}; "
+                                             f"the next request for it starts it"))
+            self._effects.append(CancelRestart(model))
+            return
+        self._effects.append(Log("info", f"router: restarting model {model} after a failure "
+                                         f"({reason}, attempt {attempt})"))
+        self._effects.append(Restart(model, reason, attempt))
+        self._start_swap(model, Plan(), [])
+
+    def _restart_hold(self, model: str) -> str | None:
+        """What stands in the way of restarting a stopped `model` (R3), or None."""
+        if self._blocked(model):
+            return "it is being stopped"
+        running = self.running()
+        plan = self._plan(model, running)
+        if plan.refuse is not None or plan.wait:
+            return plan.refuse or "it has to wait for memory"
+        evict = plan.evict
+        if evict:
+            return f"it would evict {' '.join(sorted(evict))}"
+        if self._collides(model, evict):
+            return "a swap in progress conflicts with it"
+        for req in self.queue:
+            if model in self.planner.eviction_for(req.model, running | {model}):
+                return f"a queued request for {req.model} would have to evict it"
+        return None
 
     def _fairness(self, now: float) -> None:
         """Rules F1-F3: starve the oldest queued request once it has waited max_wait, or

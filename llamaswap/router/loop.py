@@ -19,9 +19,11 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import EventBus, ModelStopping, QueueLengthChanged, SwapFinished
-from llamaswap.router.core import (ArmTimer, Log, NeedLearned, RouterCore, RouterError,
-                                   ShutdownAll, StartSwap, StopModels, shutting_down_error)
+from llamaswap.ops.events import (EventBus, ModelRestarting, ModelStopping, QueueLengthChanged,
+                                  QueueWaited, SwapFinished)
+from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, NeedLearned, Restart,
+                                   RouterCore, RouterError, ShutdownAll, StartSwap, StopModels,
+                                   shutting_down_error)
 from llamaswap.router.memory import MemoryBook
 from llamaswap.router.planners import planner_for
 
@@ -77,6 +79,7 @@ class Ticket:
         self.position = 0
         self._position_version = 0
         self._position_seen = 0
+        self._queued_at: float | None = None  # when it joined the router's queue
 
     @property
     def model(self) -> str:  # the core's name for it
@@ -160,11 +163,19 @@ class Ticket:
             return True
 
     def set_position(self, position: int) -> None:
+        waited = None
         with self._cond:
             if position != self.position:
+                if position and self._queued_at is None:
+                    self._queued_at = self._router._clock()
+                elif not position and self._queued_at is not None:
+                    waited = self._router._clock() - self._queued_at
+                    self._queued_at = None
                 self.position = position
                 self._position_version += 1
                 self._cond.notify_all()
+        if waited is not None:
+            self._router._queue_waited(self.model_id, waited)
 
 
 class Router:
@@ -189,7 +200,7 @@ class Router:
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
             now=clock(), priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait,
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(self._processes),
             sleepable=_sleepable(self._processes), book=self._book_for(config))
         self._startup_effects = self._core._take()
         self._timers: list = []
@@ -198,6 +209,7 @@ class Router:
         self._swap_finished: dict[int, threading.Event] = {}
         self._calls: dict[int, threading.Event] = {}
         self._listening: dict[int, object] = {}
+        self._noticed: set[int] = set()  # processes whose crash was noticed before its report
         self._lock = threading.Lock()
         self._shutting_down = False
         self._thread: threading.Thread | None = None
@@ -432,9 +444,16 @@ class Router:
             if event is not None:
                 event.set()
         elif kind == "exited":
+            _, model, process, code = command
+            if id(process) in self._noticed:
+                self._noticed.discard(id(process))  # _notice_crash told the core already
+            elif self._processes.get(model) is process and model not in self._retired:
+                self._stopped_itself(model, "exit" if code == 0 else "crash")
+                self._apply(core.process_exited(model, now, code))
+        elif kind == "unhealthy":
             _, model, process = command
             if self._processes.get(model) is process and model not in self._retired:
-                self._apply(core.process_exited(model, now))
+                self._apply(core.health_failed(model, now))
         elif kind == "unload":
             _, models, grace, done = command
             token, effects = core.unload(models, grace, now)
@@ -472,7 +491,15 @@ class Router:
         process = self._processes.get(model)
         if (process is not None and self._core.state.get(model) in ("ready", "sleeping")
                 and _state(process) in ("stopping", "stopped")):
+            self._noticed.add(id(process))
+            self._stopped_itself(model, "crash")
             self._apply(self._core.process_exited(model, now))
+
+    def _stopped_itself(self, model: str, reason: str) -> None:
+        """ModelStopping for a backend the router did not stop ("crash", "exit")."""
+        events = self._events
+        if self._core.state.get(model) == "ready" and events is not None:
+            events.publish(ModelStopping(model, reason))
 
     def _reconfigure(self, config: Config, processes: dict, stop: list, now: float) -> None:
         old = self._processes
@@ -490,7 +517,8 @@ class Router:
             processes, self._planner_for(config),
             ttl={m: p.config.ttl for m, p in processes.items()},
             stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait, sleepable=_sleepable(processes)))
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(processes),
+            sleepable=_sleepable(processes)))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
 
@@ -513,6 +541,22 @@ class Router:
                                               effect.model, effect.token))
             elif isinstance(effect, ShutdownAll):
                 self._start_shutdown(effect)
+            elif isinstance(effect, BackOff):
+                process = self._processes.get(effect.model)
+                if process is not None:
+                    process.back_off(effect.reason, effect.delay)
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), "restart",
+                                              effect.model, effect.token))
+            elif isinstance(effect, CancelRestart):
+                process = self._process_for_stop(effect.model)
+                if process is not None:
+                    process.cancel_backoff()
+            elif isinstance(effect, Restart):
+                process = self._processes.get(effect.model)
+                if process is not None:
+                    process.count_restart()
+                if self._events is not None:
+                    self._events.publish(ModelRestarting(effect.model, effect.reason, effect.attempt))
             elif isinstance(effect, Log):
                 getattr(self._log, effect.level)(effect.message)
             elif isinstance(effect, NeedLearned) and self._memory is not None:
@@ -525,6 +569,11 @@ class Router:
             if self._events is not None:
                 self._events.publish(QueueLengthChanged(length))
 
+    def _queue_waited(self, model: str, seconds: float) -> None:
+        events = self._events
+        if events is not None and events.wants(QueueWaited):
+            events.publish(QueueWaited(model, seconds))
+
     def _post(self, command: tuple) -> None:
         self._commands.put(command)
 
@@ -534,10 +583,14 @@ class Router:
                 continue
             self._listening[id(process)] = process  # keeps the id from being reused
 
-            def exited(model_id, _returncode, process=process) -> None:
-                self._post(("exited", model_id, process))
+            def exited(model_id, returncode, process=process) -> None:
+                self._post(("exited", model_id, process, returncode))
+
+            def unhealthy(model_id, _detail, process=process) -> None:
+                self._post(("unhealthy", model_id, process))
 
             process.add_exit_listener(exited)
+            process.add_health_listener(unhealthy)
 
     def _process_for_stop(self, model: str):
         return self._retired.get(model) or self._processes.get(model)
@@ -612,6 +665,11 @@ class Router:
                 self._post(("shutdown_done", effect.token))
 
         _spawn(work, "router-shutdown")
+
+
+def _restart(processes: Mapping[str, object]) -> dict[str, str]:
+    """The restart policy of each model that has one."""
+    return {m: p.config.restart for m, p in processes.items() if p.config.restart != "never"}
 
 
 def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
