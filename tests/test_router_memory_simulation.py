@@ -18,7 +18,7 @@ from test_router_simulation import World, random_planner, run_seeds
 from llamaswap.router.core import READY, SLEEPING, STOPPED, NeedLearned
 from llamaswap.router.memory import MemoryBook, MemoryPlanner, MemoryPolicy
 
-INTERLEAVINGS = int(os.environ.get("ROUTER_MEMORY_SIM_INTERLEAVINGS", "1500"))
+INTERLEAVINGS = int(os.environ.get("ROUTER_MEMORY_SIM_INTERLEAVINGS", "1000"))
 GiB = 1 << 30
 
 
@@ -85,13 +85,17 @@ class MemoryWorld(World):
         asleep = self._put_down(sw.evict, sw.sleep)
         self.asleep.discard(sw.model)  # a woken model is awake (or stopped when it failed)
         self.ready[sw.model] = ok
+        self.may_back_off = set() if ok else {sw.model}
         self.apply(self.core.swap_done(swap_id, None if ok else "exit code 1", self.now,
                                        asleep))
+        self.may_back_off = set()
 
     def finish_stop(self, token: int) -> None:
         st = self.stops.pop(token)
         asleep = self._put_down(st.models, st.sleep)
+        self.may_back_off = set(st.models) if st.reason == "health" else set()
         self.apply(self.core.stops_done(token, self.now, asleep))
+        self.may_back_off = set()
 
     def _put_down(self, models, sleep) -> frozenset[str]:
         asleep = set()
@@ -132,8 +136,7 @@ class MemoryWorld(World):
         elif kind == "crash_asleep":
             model = self.rng.choice([m for m in self.models if self.core.state.get(m) == SLEEPING
                                      and m in self.asleep])
-            self.asleep.discard(model)
-            self.apply(self.core.process_exited(model, self.now))
+            self.crash(model)
 
     def extra_step(self) -> bool:
         """Quiescence: a model waiting for its first measurement gets it."""
