@@ -165,3 +165,13 @@ def test_without_memory_a_group_eviction_sleeps_a_model_that_can():
     start = load(core, "a", 3, asleep=frozenset({"b"}))
     assert start.evict == ("b",) and start.sleep == ("b",)
     assert core.state == {"a": "ready", "b": SLEEPING}
+
+
+def test_a_reading_taken_awake_does_not_count_for_the_model_asleep():
+    # u (unknown) loads alone: a can stay asleep only if asleep it holds nothing; its
+    # awake reading (6 GiB) says nothing about that
+    core = make({"a": 6}, sleepable={"a"}, models=list("au"))
+    load(core, "a", 1)
+    core.measured("a", {"gpu0": 6 * GiB}, False, 2)
+    start = load(core, "u", 3, asleep=frozenset({"a"}))
+    assert start.evict == ("a",) and start.sleep == ("a",)

@@ -548,6 +548,7 @@ class RouterCore:
             self._effects.append(NeedLearned(model, key[1], asleep, learned))
         if self.state.get(model) == (SLEEPING if asleep else READY) and model not in self.active:
             book.usage[model] = {d: int(v) for d, v in usage.items()}
+            (book.usage_asleep.add if asleep else book.usage_asleep.discard)(model)
             self._relieve(model)
         self._drain(now)
         return self._take(now)
@@ -774,6 +775,7 @@ class RouterCore:
                 self.book.pending.discard(model)
                 if state != STOPPING:  # a reading belongs to the level it was taken at
                     self.book.usage.pop(model, None)
+                    self.book.usage_asleep.discard(model)
         return self._gen[model]
 
     def _put_down(self, model: str, asleep: bool, now: float) -> None:

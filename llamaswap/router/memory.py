@@ -63,8 +63,8 @@ class MemoryBook:
     """What the router has learned and seen; changed only on the router thread.
 
     ``learned``/``learned_asleep``: (model, command) -> device -> peak bytes (awake, asleep).
-    ``usage``: model -> device -> latest reading of the resident model (cleared when it
-    stops, sleeps or wakes). ``last_used``: model -> time of its last grant or finish.
+    ``usage``: model -> device -> latest reading of the resident model, and ``usage_asleep``
+    the models whose reading was taken asleep (a reading counts only at its own level). ``last_used``: model -> time of its last grant or finish.
     ``pending``: ready models whose first measurement has not come in yet; their need may
     still be unknown, so they are not evicted before they are measured.
     """
@@ -75,6 +75,7 @@ class MemoryBook:
         self.learned_asleep: dict[tuple[str, str], dict[str, int]] = {
             k: dict(v) for k, v in (learned_asleep or {}).items()}
         self.usage: dict[str, dict[str, int]] = {}
+        self.usage_asleep: set[str] = set()
         self.last_used: dict[str, float] = {}
         self.pending: set[str] = set()
 
@@ -130,7 +131,9 @@ class MemoryPlanner:
         if level == GONE:
             return 0
         need = self.need(model, device, asleep=level == ASLEEP)
-        seen = self.book.usage.get(model, {}).get(device)
+        seen = None
+        if (level == ASLEEP) == (model in self.book.usage_asleep):
+            seen = self.book.usage.get(model, {}).get(device)
         if need is None:
             return seen if level == ASLEEP else None
         return need if seen is None else max(need, seen)
