@@ -168,3 +168,38 @@ def test_api_memory_without_a_memory_section_is_404(tmp_path):
     with MemoryProxy(path) as proxy:
         status, _h, body = proxy.request("GET", "/api/memory")
         assert status == 404 and b"memory" in body
+
+
+def test_with_a_sqlite_store_learned_needs_live_in_its_file(tmp_path, fake_gpu):
+    import sqlite3
+    db = tmp_path / "activity.db"
+    path = write_config(tmp_path, {"u": gpu("3GiB")}, MEMORY, f"store:\n  path: {db}")
+    with MemoryProxy(path) as proxy:
+        assert proxy.chat("u")[0] == 200
+        proxy.measured("u")
+    rows = sqlite3.connect(db).execute(
+        "SELECT model_id, level, device, bytes FROM memory_needs").fetchall()
+    assert ("u", "awake", "gpu0", 3 * GiB) in rows
+    assert not (tmp_path / "config.memory.json").exists()
+    with MemoryProxy(path) as proxy:
+        entry = proxy.memory()["models"]["u"]
+        assert entry["source"]["gpu0"] == "measured" and entry["need"]["gpu0"] == 3 * GiB
+
+
+def test_a_reload_that_adds_a_memory_section_lets_models_share(tmp_path, fake_gpu):
+    from llamaswap.config import load_config
+    models = {m: gpu("3GiB") for m in "ab"}
+    path = write_config(tmp_path, models, "")
+    with MemoryProxy(path) as proxy:
+        assert proxy.chat("a")[0] == 200 and proxy.chat("b")[0] == 200
+        assert proxy.state("a") == "stopped"  # the implicit group: one at a time
+        text = open(path).read().replace("models:\n", MEMORY.strip() + "\nmodels:\n", 1)
+        with open(path, "w") as f:
+            f.write(text)
+        proxy.holder.app = proxy.app = proxy.app.reload(load_config(path))
+        assert proxy.chat("a")[0] == 200  # b is known to nobody yet: a loads alone
+        proxy.measured("a")
+        assert proxy.chat("b")[0] == 200
+        proxy.measured("b")
+        assert proxy.chat("a")[0] == 200
+        assert proxy.state("a") == "ready" and proxy.state("b") == "ready"
