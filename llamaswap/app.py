@@ -16,13 +16,15 @@ from llamaswap.config.model import Config
 from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
-from llamaswap.ops.events import EventBus
+from llamaswap.ops.events import EventBus, ProfileChanged
 from llamaswap.ops.inflight import InFlightCounter
 from llamaswap.ops.logs import Loggers, new_process_log
 from llamaswap.ops.memory_monitor import MemoryMonitor, state_path_for
 from llamaswap.ops.performance import PerformanceMonitor
 from llamaswap.process import Process
 from llamaswap.router import PeerDirectory, Router
+from llamaswap.router.profiles import ProfileSwitch
+from llamaswap.router.selectors import Selectors
 
 
 class App:
@@ -30,7 +32,8 @@ class App:
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
                  started_at: float, performance: PerformanceMonitor | None = None,
-                 key_slots: Slots | None = None, memory: MemoryMonitor | None = None):
+                 key_slots: Slots | None = None, active_profile: str = "",
+                 memory: MemoryMonitor | None = None):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -46,6 +49,9 @@ class App:
         self.memory = memory  # measures the backends (ops/memory_monitor.py)
         # requests in flight per API key (maxInFlight): kept across reloads, like inflight
         self.key_slots = key_slots if key_slots is not None else Slots()
+        # runtime profile and selector state: what the request path reads before routing
+        self.profiles = ProfileSwitch(config, active_profile, on_change=self._profile_changed)
+        self.selectors = Selectors(config)
         self._shutdown_lock = threading.Lock()
         self._shut = False
 
@@ -106,12 +112,21 @@ class App:
             activity.reconfigure(config.metrics_max_in_memory, captures)
         if self.performance is not None:
             self.performance.update(config.performance)
-        return App(config=config, loggers=self.loggers, events=self.events,
-                   processes=processes, router=self.router,
-                   peers=PeerDirectory(config, self.loggers.log), activity=activity,
-                   captures=captures, inflight=self.inflight, started_at=self.started_at,
-                   performance=self.performance, key_slots=self.key_slots,
-                   memory=self.memory)
+        # The active profile stays active while the new config still defines it (upstream
+        # resets it on every reload); spillover counts start afresh, as upstream.
+        app = App(config=config, loggers=self.loggers, events=self.events,
+                  processes=processes, router=self.router,
+                  peers=PeerDirectory(config, self.loggers.log), activity=activity,
+                  captures=captures, inflight=self.inflight, started_at=self.started_at,
+                  performance=self.performance, key_slots=self.key_slots,
+                  active_profile=self.profiles.active, memory=self.memory)
+        if self.profiles.active and not app.profiles.active:
+            app._profile_changed("")
+        return app
+
+    def _profile_changed(self, name: str) -> None:
+        self.loggers.log.info(f'active profile changed to "{name}"')
+        self.events.publish(ProfileChanged(name))
 
     def shutdown(self, grace: float | None = None) -> None:
         """Answer every waiting request and stop every backend (each with its own unload

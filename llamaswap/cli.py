@@ -11,17 +11,17 @@ import errno
 import ipaddress
 import os
 import signal
-import ssl
 import sys
 
 import llamaswap
-from llamaswap import goflags
+from llamaswap import goflags, lazy
 
 PROGRAM = "llama-swap"
 SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
 
 FLAGS = [
-    goflags.Flag("config", "path to config file (required)"),
+    goflags.Flag("config", "path to config file"),
+    goflags.Flag("config-dir", "directory of *.yml/*.yaml config files (additive to -config)"),
     goflags.Flag("listen", "listen address (default :8080 or :8443 for TLS)"),
     goflags.Flag("tls-cert-file", "TLS certificate file"),
     goflags.Flag("tls-key-file", "TLS key file"),
@@ -75,6 +75,7 @@ def network_warning(listen: str, api_keys_set: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lazy.defer("ssl")  # http.client imports it; only TLS (serving, https backends) needs it
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
         from llamaswap.demo.backend import main as backend_main
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     demo = bool(opts["demo"])
-    if not opts["config"] and not opts["models-dir"] and not demo:
-        _err("-config is required")
+    if not (opts["config"] or opts["config-dir"] or opts["models-dir"] or demo):
+        _err("at least one of -config or -config-dir must be provided")
         return 1
     cert, key = opts["tls-cert-file"], opts["tls-key-file"]
     if bool(cert) != bool(key):
@@ -110,20 +111,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def config_source(opts, demo: bool):
     """(load() -> Config, snapshot() of what else -watch-config watches, or None)."""
-    from llamaswap.config import load_config, load_config_text
+    from llamaswap.config import load_config_sources, load_config_text
     if demo:
         from llamaswap.demo.config import demo_config_text
-        for flag in ("config", "models-dir"):
+        for flag in ("config", "config-dir", "models-dir"):
             if opts[flag]:
                 _err(f"-demo: ignoring -{flag} {opts[flag]}, running on the built-in demo config")
         return (lambda: load_config_text(demo_config_text(), path="<demo>")), None
-    path = os.path.abspath(opts["config"]) if opts["config"] else None
+    path, directory = (os.path.abspath(opts[f]) if opts[f] else None for f in ("config", "config-dir"))
+    listing = None
+    if directory:
+        from llamaswap.ops.watcher import take_dir_snapshot
+        listing = lambda: take_dir_snapshot(directory)  # noqa: E731 (-config-dir's files)
     if not opts["models-dir"]:
-        return (lambda: load_config(path)), None
+        return (lambda: load_config_sources(path, directory)), listing
     from llamaswap.config import models_dir
     folder = models_dir.ModelsDir(opts["models-dir"], llama_server=opts["llama-server"],
                                   args=opts["models-dir-args"])
-    return (lambda: models_dir.load(path, folder)), folder.snapshot
+    snapshot = folder.snapshot if listing is None else (lambda: (folder.snapshot(), listing()))
+    return (lambda: models_dir.load(path, folder, directory)), snapshot
 
 
 def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
@@ -247,6 +253,7 @@ def _listen_error(listen: str, e: Exception, tls_files: tuple[str, ...]) -> str:
             return f"open {unreadable[0]}: {reason}"
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             return f"listen tcp {listen}: bind: {reason}"
+    import ssl
     if isinstance(e, ssl.SSLError):
         return f"tls: failed to load the certificate or key: {e}"
     return str(e)

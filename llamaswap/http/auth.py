@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
-import hmac
 import re
 
 from llamaswap.config.model import PLAIN_KEY_NAME, ApiKey, Config
@@ -52,6 +50,7 @@ class KeyTable:
     def identify(self, given: str) -> ApiKey | None:
         if not given:
             return None
+        import hmac  # here, not at startup: it maps OpenSSL, which only configs with keys need
         digest = _digest(given)
         found = None
         for known, entry in self._entries:
@@ -61,6 +60,7 @@ class KeyTable:
 
 
 def _digest(key: str) -> bytes:
+    import hashlib
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
@@ -127,6 +127,16 @@ def key_name(ctx) -> str:
     and for open access."""
     key = ctx.state.get("key")
     return key.name if key is not None else PLAIN_KEY_NAME
+
+
+def resolved_names(config, name: str) -> tuple[str, ...]:
+    """What a requested name resolves to, for the scope check: the local model id, or a peer
+    model's qualified name (``peer/model``) and the id the peer knows it by."""
+    real = config.real_model_name(name)
+    if real is not None:
+        return (real,)
+    route = config.peer_model(name)
+    return (route.fqn, route.model_id) if route is not None else ()
 
 
 def may_use(ctx, *names: str | None) -> bool:

@@ -173,6 +173,11 @@ class RequestContext:
             self._query = parse_qs(self.query_string, keep_blank_values=True)
         return self._query
 
+    def set_query(self, query_string: str) -> None:
+        """Replace the query (a profile pin or a selector rewrote ``?model=``)."""
+        self.query_string = query_string
+        self._query = None
+
     def query_value(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[0] if values else default

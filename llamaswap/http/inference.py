@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import threading
+from urllib.parse import parse_qsl, urlencode
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from llamaswap.http import auth, errors, extract, filters, listing
+from llamaswap.http import auth, errors, extract, filters, listing, virtual
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
@@ -90,18 +91,25 @@ def _model_handler(source: str, strip_v: bool = False):
         except ValueError as e:
             ctx.send_error(400, f"could not read request body: {e}")
             return
+        done = None
         try:
-            path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-            dispatch(ctx, ex, path)
+            go_on, done = virtual.rewrite(ctx, ex)
+            if go_on:
+                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+                dispatch(ctx, ex, path)
         finally:
             ex.close()
+            if done is not None:
+                done()
     return handle
 
 
 def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
-             pinned: str | None = None) -> None:
+             pinned: str | None = None, sent: str | None = None) -> None:
     """Route one extracted request to its local model or peer (behaviour.md 4.1).
-    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection."""
+    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection.
+    ``sent`` is the name the client sent when the caller resolved or rewrote it (the
+    /upstream path's alias, a profile pin, a selector): the API key's scope accepts it too."""
     app = ctx.app
     cfg = app.config
     requested = pinned or ex.model
@@ -110,14 +118,15 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
         ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
-    if pinned is None and not auth.may_use(ctx, requested, real):
-        return  # 403 (/upstream checks the name in its path itself)
+    resolved = (real,) if real is not None else auth.resolved_names(cfg, requested)
+    if not auth.may_use(ctx, sent, requested, *resolved):
+        return  # 403 before anything starts
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
     if real is None or real not in app.processes:
         peer = None
         peers = getattr(app, "peers", None)
         if real is None and peers is not None:
-            peer = peers.peer_for(requested)
+            peer = peers.route_for(requested)
         if peer is None:
             if real is not None:
                 ctx.send_error(404, f"no local server found for requested model: {requested}")
@@ -163,7 +172,8 @@ def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
         return body_bytes(ex.data or b"")
     length = _content_length(ctx)
     if ex.kind == "multipart":
-        replace = use_name.encode() if use_name and ex.value_span is not None else None
+        value = use_name or ex.model_value
+        replace = value.encode() if value is not None and ex.value_span is not None else None
         if replace is not None and length is not None:
             start, end = ex.value_span
             length += len(replace) - (end - start)
@@ -417,16 +427,24 @@ def _release_late_grant(ticket: Any) -> None:
         pass
 
 
-def serve_peer_path(ctx: RequestContext, requested: str, peer: Any, remainder: str) -> None:
+def serve_peer_path(ctx: RequestContext, requested: str, route: Any, remainder: str) -> None:
     """/upstream/<peer model>/<path>: the body passes untouched."""
     target = remainder + ("?" + ctx.query_string if ctx.query_string else "")
-    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, peer, target,
+    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, route, target,
                   False)
 
 
-def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer: Any,
+def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, route: Any,
                 target: str, rewrite: bool = True, key_done: Any = None) -> None:
+    """Forward to a peer (``route``: a PeerModel). A qualified name (``peer/model``) reaches
+    the peer as the model id it knows, in the JSON body, the form or the query."""
     app = ctx.app
+    peer = route.peer
+    if rewrite and ex.kind in ("query", "form") and route.model_id != requested:
+        if ex.kind == "query":
+            target = target.partition("?")[0] + "?" + _with_model(ctx.query_string, route.model_id)
+        else:
+            ex.data = _with_model(ex.data.decode("latin-1"), route.model_id).encode("latin-1")
     body = _forward_body(ctx, ex, requested, rewrite=rewrite)
     pool = pool_for_peer(peer)
     extra: list[tuple[str, str]] = []
@@ -445,6 +463,13 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
                       on_backend_done=key_done)
     if out.error and not out.client_gone:
         app.loggers.log.warn(f"peer proxy error: {out.error}")
+
+
+def _with_model(query: str, model: str) -> str:
+    """A query string or urlencoded form with ``model`` replaced (keys sorted, as Go's
+    url.Values.Encode writes them)."""
+    pairs = [(k, model if k == "model" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return urlencode(sorted(pairs, key=lambda kv: kv[0]))
 
 
 # ---- listing and health ---------------------------------------------------------------------

@@ -41,7 +41,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.waiting_since: float | None = time.monotonic()
         self.server.track(self, True)
         try:
-            if isinstance(sock, ssl.SSLSocket):
+            if self.server.ssl_context is not None:  # not ssl.SSLSocket: ssl loads lazily
                 sock.do_handshake()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
@@ -59,7 +59,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (OSError, ssl.SSLError, ClientGone):
+        except (OSError, ClientGone):  # ssl.SSLError is an OSError
             pass
 
     def handle_one_request(self) -> None:

@@ -52,6 +52,13 @@ class SwapFinished:
 
 
 @dataclass(frozen=True)
+class ProfileChanged:
+    """The active profile changed ("" when none is active)."""
+
+    active: str
+
+
+@dataclass(frozen=True)
 class QueueLengthChanged:
     length: int
 

@@ -3,9 +3,10 @@
 Each frame is exactly ``event:message\\ndata:<envelope>\\n\\n`` where the envelope is
 ``{"type":"<t>","data":"<JSON text>"}``; the types are ``logData``, ``modelStatus``,
 ``metrics`` and ``inflight`` (the reference revision's) and ``activity`` (today's upstream:
-``{"id":N}`` for each new activity row). On connect the client gets the proxy log history, the upstream
-log history, the model list, the whole activity ring and the in-flight total, in that order;
-then live updates. Every client reads from its own bounded queue (1024 messages, as upstream):
+``{"id":N}`` for each new activity row) and ``profileChanged`` (``{"active": <name>|null}``, followed
+by a ``modelStatus``). On connect the client gets the proxy log history, the upstream log
+history, the model list, the active profile, the whole activity ring and the in-flight total,
+in that order; then live updates. Every client reads from its own bounded queue (1024 messages, as upstream):
 a client that stops reading loses messages (with a warning in the proxy log), never slows a
 backend, a request, or another client. Unlike upstream, a config reload keeps the stream open
 and sends a fresh ``modelStatus``.
@@ -21,7 +22,7 @@ from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
-                                  LogData, ProcessStateChanged)
+                                  LogData, ProcessStateChanged, ProfileChanged)
 
 SEND_BUFFER = 1024
 POLL = 0.25  # how often an idle stream checks for a departed client or a closing server
@@ -82,8 +83,8 @@ def model_status(app: Any) -> list[dict]:
             rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
-        for model in cfg.peers[pid].models:
-            out.append({"id": model, "name": "", "description": "", "state": "",
+        for model in dict.fromkeys(cfg.peers[pid].models):
+            out.append({"id": f"{pid}/{model}", "name": "", "description": "", "state": "",
                         "unlisted": False, "peerID": pid})
     return out
 
@@ -112,6 +113,11 @@ def server_closing(ctx: Any) -> bool:
     return bool(getattr(getattr(ctx.handler, "server", None), "closing", False))
 
 
+def profile_frame(app: Any) -> bytes:
+    profiles = getattr(app, "profiles", None)
+    return frame("profileChanged", gojson.dumps({"active": (profiles.active if profiles else "") or None}))
+
+
 def event_frame(app: Any, event: Any) -> bytes | None:
     if isinstance(event, (ProcessStateChanged, ConfigChanged)):
         return model_status_frame(app)
@@ -122,6 +128,8 @@ def event_frame(app: Any, event: Any) -> bytes | None:
         # id; its UI pages /api/metrics/activity)
         return frame("metrics", "[" + event.entry.dumps() + "]") + \
             frame("activity", '{"id":%d}' % event.entry.id)
+    if isinstance(event, ProfileChanged):
+        return profile_frame(app) + model_status_frame(app)
     if isinstance(event, InFlightChanged):
         return frame("inflight", gojson.dumps({"total": event.total}))
     return None  # ModelPreloaded and the rest are not forwarded, as upstream
@@ -156,6 +164,7 @@ def handle_events(ctx: Any) -> None:
         ctx.write(log_frame("proxy", loggers.proxy.history())
                   + log_frame("upstream", loggers.upstream.history())
                   + model_status_frame(app)
+                  + profile_frame(app)
                   + frame("metrics", metrics_json(app))
                   + frame("inflight", gojson.dumps({"total": inflight_total(app)})))
         last_warn = [0.0]
