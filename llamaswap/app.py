@@ -17,7 +17,7 @@ from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus, ProfileChanged
-from llamaswap.ops.inflight import InFlightCounter
+from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.logs import Loggers, new_process_log
 from llamaswap.ops.memory_monitor import MemoryMonitor, state_path_for
 from llamaswap.ops.performance import PerformanceMonitor
@@ -30,7 +30,7 @@ from llamaswap.router.selectors import Selectors
 class App:
     def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
-                 activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
+                 activity: ActivityLog, captures: CaptureStore, inflight: InFlightTable,
                  started_at: float, performance: PerformanceMonitor | None = None,
                  key_slots: Slots | None = None, active_profile: str = "",
                  memory: MemoryMonitor | None = None):
@@ -77,7 +77,7 @@ class App:
                    activity=ActivityLog(config.metrics_max_in_memory, events=events,
                                         captures=captures, log=loggers.log,
                                         store_path=config.store_path),
-                   captures=captures, inflight=InFlightCounter(events), started_at=time.time(),
+                   captures=captures, inflight=InFlightTable(events), started_at=time.time(),
                    performance=performance, memory=memory)
 
     def reload(self, config: Config) -> "App":

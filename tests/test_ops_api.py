@@ -215,12 +215,14 @@ def test_events_initial_snapshot_and_live_updates(proxy):
                              "unlisted": False, "peerID": "", "aliases": ["one"]}
         assert "aliases" not in models[0]
         assert len(first[3][1]) == 1 and first[3][1][0]["id"] == 0
-        assert first[4][1] == {"total": 0}
+        assert first[4][1] == {"operation": "snapshot", "total": 0}  # upstream's + ours
 
         proxy.post("/v1/chat/completions", CHAT)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 1})
+        _, up = s.until(lambda t, d: t == "inflight" and d["total"] == 1)
+        assert up["operation"] == "upsert" and up["request"]["model"] == "m1"
         s.until(lambda t, d: t == "metrics" and len(d) == 1 and d[0]["id"] == 1)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 0})
+        _, gone = s.until(lambda t, d: t == "inflight" and d["total"] == 0)
+        assert gone == {"operation": "remove", "id": up["request"]["id"], "total": 0}
         proxy.request("POST", "/api/models/unload/m1")
         s.until(lambda t, d: t == "modelStatus"
                 and {m["id"]: m["state"] for m in d}["m1"] == "stopped")

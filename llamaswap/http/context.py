@@ -143,6 +143,7 @@ class RequestContext:
         self.started = False
         self.status = 0
         self.bytes_sent = 0
+        self.resp_headers: list[tuple[str, str]] = []  # as sent by send() or start()
         self.close_connection = False
         self._chunked = False
         self._finished = False
@@ -264,6 +265,7 @@ class RequestContext:
         head += b"\r\n"
         if self.method != "HEAD" and not no_body:
             head += body
+        self.resp_headers = hs
         self.started = True
         self.status = status
         self._finished = True
@@ -305,6 +307,7 @@ class RequestContext:
             self.close_connection = True
         head = self._head(status, hs)
         head += b"\r\n"
+        self.resp_headers = hs
         self.started = True
         self.status = status
         self._write_raw(bytes(head))

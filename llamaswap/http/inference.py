@@ -192,14 +192,19 @@ def _content_length(ctx: RequestContext) -> int | None:
         return None
 
 
-def _observer(ctx: RequestContext, model_id: str) -> Any:
+def _observer(ctx: RequestContext, model_id: str, path: str | None = None) -> Any:
+    """The activity meter; ``path``: the path recorded when it is not the request's own
+    (the inner path of /upstream/<model>/<path>)."""
     if ctx.method != "POST":
         return None  # upstream meters POST requests only
     activity = getattr(ctx.app, "activity", None)
     if activity is None:
         return None
     try:
-        return activity.observe(ctx, model_id)
+        meter = activity.observe(ctx, model_id)
+        if meter is not None and path is not None:
+            meter.set_path(path)
+        return meter
     except Exception:
         return None
 
@@ -217,19 +222,36 @@ def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def is_model_path(method: str, path: str) -> bool:
+    """A model-dispatched inference path (for /upstream/<model>/<path>: in-flight table and
+    activity, as upstream)."""
+    if method == "POST":
+        return path in _POST_PATHS
+    return method == "GET" and path in QUERY_PATHS
+
+
+_POST_PATHS = frozenset(JSON_PATHS + VERSIONLESS_PATHS + MULTIPART_PATHS)
+
+
 class _InFlight:
-    def __init__(self, app: Any, model: str):
-        self.counter = getattr(app, "inflight", None)
+    """The request in the in-flight table (``listed``: in the table, not only the count)."""
+
+    def __init__(self, app: Any, model: str, ctx: RequestContext, req_path: str,
+                 listed: bool = True):
+        self.table = getattr(app, "inflight", None)
         self.model = model
+        self.ctx = ctx if listed else None
+        self.req_path = req_path
+        self.entry = None
 
     def __enter__(self):
-        if self.counter is not None:
-            self.counter.enter(self.model)
+        if self.table is not None:
+            self.entry = self.table.enter(self.model, self.ctx, self.req_path)
         return self
 
     def __exit__(self, *exc):
-        if self.counter is not None:
-            self.counter.leave(self.model)
+        if self.table is not None:
+            self.table.leave(self.model, self.entry)
 
 
 def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
@@ -247,8 +269,12 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
     try:
         body = _forward_body(ctx, ex, requested, rewrite=not pinned)
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
-        with _InFlight(app, real):
-            observer = _observer(ctx, real) if not pinned else None
+        req_path = target.partition("?")[0]
+        # /upstream/<model>/<path> counts as a model request when <path> is one (upstream)
+        model_path = not pinned or is_model_path(ctx.method, req_path)
+        with _InFlight(app, real, ctx, req_path, listed=model_path):
+            observer = _observer(ctx, real, req_path if pinned else None) \
+                if model_path else None
             if observer is not None:
                 headers = _metered_headers(headers)
             dropped = 0
@@ -454,8 +480,11 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, rout
         extra = [("Authorization", f"Bearer {peer.api_key}"), ("x-api-key", peer.api_key)]
     headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=pool.host_header,
                               extra=extra, drop=drop)
-    with _InFlight(app, requested):
-        observer = _observer(ctx, requested)
+    req_path = target.partition("?")[0]
+    model_path = rewrite or is_model_path(ctx.method, req_path)
+    with _InFlight(app, requested, ctx, req_path, listed=model_path):
+        observer = _observer(ctx, requested, None if rewrite else req_path) \
+            if model_path else None
         if observer is not None:
             headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,

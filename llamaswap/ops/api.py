@@ -45,6 +45,7 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/metrics/activity", api_activity)
     table.add("GET", "/api/metrics/stats", api_activity_stats)
     table.add("GET", "/api/captures/{id}", api_capture)
+    table.add("POST", "/api/inflight/{id}/cancel", api_cancel_inflight)
     table.add("GET", "/api/performance", api_performance, log=False)
     table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
@@ -223,6 +224,16 @@ def api_performance(ctx: RequestContext) -> None:
             ctx.send_error(400, performance.BAD_AFTER)
             return
     ctx.send(200, performance.performance_json(monitor, after), "application/json")
+
+
+def api_cancel_inflight(ctx: RequestContext) -> None:
+    """End a request in flight at once: its client connection closes, its backend
+    connection is cut, the router hears it gave up (ops/inflight.py)."""
+    table = getattr(current_app(ctx), "inflight", None)
+    if table is None or not table.cancel(ctx.params.get("id", "")):
+        ctx.send_error(404, "inflight request not found")
+        return
+    _json_line(ctx, {"msg": "ok"})
 
 
 def api_capture(ctx: RequestContext) -> None:
