@@ -24,8 +24,6 @@ stand in for sessions and group signals; there is no parent-death signal.
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import http.client
 import os
 import queue
@@ -35,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -49,16 +48,26 @@ TAIL_BYTES = 8192  # how much of a run's own output is kept for error messages
 KILL_WAIT = 10.0  # seconds to wait for an exit after SIGKILL before giving up loudly
 CMD_STOP_MIN_TIMEOUT = 30.0  # cmdStop gets max(grace, this) seconds before it is killed
 
-# Resolved once, in the parent: the forked child must not look anything up (see _pdeathsig).
-_prctl = None
-if IS_LINUX:
-    try:
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
-        _prctl.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        _prctl = None
+# Resolved once, in the parent before its first fork (ctypes is loaded only then): the forked
+# child must not look anything up (see _child_setup).
+_prctl: Callable[..., int] | None = None
+_prctl_resolved = False
+
+
+def _resolve_prctl() -> Callable[..., int] | None:
+    global _prctl, _prctl_resolved
+    if not _prctl_resolved and IS_LINUX:
+        try:
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                              ctypes.c_ulong]
+            prctl.restype = ctypes.c_int
+            _prctl = prctl
+        except (OSError, AttributeError):
+            _prctl = None
+    _prctl_resolved = True
+    return _prctl
 
 
 def build_env(extra: Sequence[str], base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -104,7 +113,7 @@ def popen_child(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen
                                    | 0x08000000)  # CREATE_NO_WINDOW
     else:
         kwargs["start_new_session"] = True
-        if _prctl is not None:
+        if _resolve_prctl() is not None:
             kwargs["preexec_fn"] = _child_setup(os.getpid())
     return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
@@ -135,6 +144,7 @@ class Spawner:
         """Run `fn` on the spawner thread and return its result (or raise its exception)."""
         if threading.current_thread() is self._thread:
             return fn()
+        import concurrent.futures  # at the first start of a backend, not at the proxy's
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((fn, future))
         return future.result()
@@ -183,27 +193,41 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
 
 
-def group_members(pgid: int) -> set[int] | None:
-    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
-    if not IS_LINUX:
-        return None
-    found = set()
+@dataclass(frozen=True)
+class ProcEntry:
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def process_table(proc: str = "/proc") -> dict[int, ProcEntry]:
+    """pid -> (ppid, process group, session) of every live (non-zombie) process; empty
+    where /proc cannot be read."""
+    table: dict[int, ProcEntry] = {}
     try:
-        entries = os.listdir("/proc")
+        entries = os.listdir(proc)
     except OSError:
-        return None
+        return table
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry)] = ProcEntry(int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def group_members(pgid: int) -> set[int] | None:
+    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
+    if not IS_LINUX or not os.path.isdir("/proc"):
+        return None
+    return {pid for pid, e in process_table().items() if e.pgid == pgid}
 
 
 def _group_empty(pgid: int) -> bool:
@@ -484,16 +508,19 @@ class Child:
 
 def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float,
                      spawner: Spawner, log: LogMonitor,
-                     report: Callable[[str, str], None]) -> int | None:
-    """Run cmdStop synchronously with the backend's environment; its output goes to `log`."""
+                     report: Callable[[str, str], None], label: str = "cmdStop") -> int | None:
+    """Run cmdStop (or another of the model's commands: `label`) synchronously with the
+    backend's environment; its output goes to `log`. Its exit code; None if it could not
+    start."""
     try:
         popen = spawner.spawn(argv, env)
     except OSError as exc:
-        report("error", f"cmdStop '{' '.join(argv)}' could not start: {exc}; sending SIGTERM")
+        report("error", f"{label} '{' '.join(argv)}' could not start: {exc}"
+                        + ("; sending SIGTERM" if label == "cmdStop" else ""))
         return None
-    child = Child(popen, env, log, name="cmdstop")
+    child = Child(popen, env, log, name=label.lower())
     if not child.exited.wait(timeout):
-        report("warn", f"cmdStop '{' '.join(argv)}' still running after {timeout:g}s, "
+        report("warn", f"{label} '{' '.join(argv)}' still running after {timeout:g}s, "
                        f"killing it")
         signal_group(child.pgid, SIGKILL)
         child.exited.wait(KILL_WAIT)
@@ -502,7 +529,7 @@ def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float
     child.join_output(1.0)
     code = child.reap()
     if code:
-        report("warn", f"cmdStop '{' '.join(argv)}' exited with code {code}")
+        report("warn", f"{label} '{' '.join(argv)}' exited with code {code}")
     return code
 
 
@@ -530,8 +557,15 @@ def port_in_use(url: str, timeout: float = 0.2) -> bool:
         return False
 
 
-def probe(url: str, timeout: float) -> int | None:
-    """One GET; the status code, or None when nothing answered in time."""
+def probe(url: str, timeout: float, method: str = "GET") -> int | None:
+    """One request (a GET unless `method`); the status code, or None when nothing answered
+    in time."""
+    return probe_detail(url, timeout, method)[0]
+
+
+def probe_detail(url: str, timeout: float, method: str = "GET") -> tuple[int | None, str]:
+    """One request (a GET unless `method`) on its own connection (never a pooled one):
+    (status, "") or (None, what went wrong, e.g. "timed out after 1s")."""
     parts = urlsplit(url)
     conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
                 else http.client.HTTPConnection)
@@ -540,14 +574,69 @@ def probe(url: str, timeout: float) -> int | None:
         path += "?" + parts.query
     try:
         conn = conn_cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    except (ValueError, http.client.HTTPException):
-        return None
+    except (ValueError, http.client.HTTPException) as exc:
+        return None, str(exc) or type(exc).__name__
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request(method, path, headers={"Connection": "close"})
         resp = conn.getresponse()
         resp.read(65536)
-        return resp.status
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
+        return resp.status, ""
+    except TimeoutError:
+        return None, f"timed out after {timeout:g}s"
+    except ConnectionRefusedError:
+        return None, "connection refused"
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return None, str(exc) or type(exc).__name__
     finally:
         conn.close()
+
+
+class HealthWatch:
+    """Probes a ready backend's health endpoint every `interval` seconds on a thread of its
+    own, each probe on a fresh connection with its own `timeout`.
+
+    ``on_failure(count, detail)`` is called for every failed probe (``count`` consecutive
+    ones); after `failures` in a row ``on_dead(detail)`` is called once and the watch ends.
+    Probes run at a fixed rate (a slow probe does not push the next one back), so a backend
+    that stops answering is reported within ``interval * failures + timeout``. ``stop()``
+    never blocks; a probe in progress finishes in the background and is not reported.
+    """
+
+    def __init__(self, url: str, interval: float, failures: int, timeout: float, *,
+                 on_failure: Callable[[int, str], None], on_dead: Callable[[str], None],
+                 name: str = "health-watch"):
+        self.url = url
+        self.interval = interval
+        self.failures = failures
+        self.timeout = timeout
+        self._on_failure = on_failure
+        self._on_dead = on_dead
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> "HealthWatch":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        stopped = self._stopped
+        due = time.monotonic() + self.interval
+        count = 0
+        while not stopped.wait(max(0.0, due - time.monotonic())):
+            due += self.interval
+            status, detail = probe_detail(self.url, self.timeout)
+            if stopped.is_set():
+                return
+            if status == 200:
+                count = 0
+                continue
+            count += 1
+            detail = detail or f"HTTP {status}"
+            self._on_failure(count, detail)
+            if count >= self.failures:
+                self._on_dead(detail)
+                return
+            due = max(due, time.monotonic())  # fell behind: no burst of probes

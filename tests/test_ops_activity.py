@@ -299,7 +299,9 @@ def test_ring_ids_events_and_exact_json():
     assert [e.entry.id for e in events] == [0, 1, 2]
     data = json.loads(log.dumps())
     assert list(data[0]) == ["id", "timestamp", "model", "req_path", "resp_content_type",
-                             "resp_status_code", "tokens", "duration_ms", "has_capture"]
+                             "resp_status_code", "tokens", "duration_ms", "has_capture",
+                             "key"]  # upstream's fields, then the API key's name (ours)
+    assert data[0]["key"] == "-"
     assert data[0]["tokens"] == {"cache_tokens": -1, "input_tokens": 11, "output_tokens": 22,
                                  "prompt_per_second": -1, "tokens_per_second": -1}
     assert data[0]["duration_ms"] == 250 and data[0]["has_capture"] is False
@@ -401,11 +403,16 @@ def test_capture_masks_and_null_fields():
     assert base64.b64decode(cap["req_body"]) == b'{"input":"hi"}' and cap["resp_body"] is None
 
 
-def test_capture_only_for_200_with_body_and_when_enabled():
+def test_capture_for_200_with_body_and_for_failures_without_their_body():
     clock = Clock()
     store = CaptureStore(1)
     log = ActivityLog(10, captures=store, clock=clock)
-    assert not meter_run(log, clock, status=400).has_capture
+    failed = meter_run(log, clock, status=400, body=b'{"error":{"message":"bad things"}}',
+                       req_body=b'{"model":"m1"}')
+    assert failed.has_capture and failed.error_msg == "bad things"
+    cap = json.loads(store.get_json(failed.id))  # upstream: the request, no response body
+    assert base64.b64decode(cap["req_body"]) == b'{"model":"m1"}' and cap["resp_body"] is None
+    assert cap["resp_headers"] == {"Content-Type": "application/json"}
     assert not meter_run(log, clock, body=b"").has_capture
     off = ActivityLog(10, captures=CaptureStore(0), clock=clock)
     assert not meter_run(off, clock).has_capture
@@ -506,3 +513,83 @@ def test_captures_kept_unencoded_cost_about_what_they_count():
         tracemalloc.stop()
     assert len(store) == 500
     assert grown <= 1.2 * store.size, (grown, store.size)
+
+
+# ---- richer records: drafted tokens, vLLM metrics, error messages --------------------------------
+
+def test_llama_cpp_draft_counts_need_both_fields():
+    body = b'{"usage":{"prompt_tokens":3},"timings":{"prompt_n":4,"predicted_n":9,' \
+           b'"draft_n":12,"draft_n_accepted":7}}'
+    tokens, _, _ = parse(body)
+    assert (tokens.draft_tokens, tokens.draft_acc_tokens, tokens.input_tokens) == (12, 7, 4)
+    tokens, _, _ = parse(b'{"timings":{"prompt_n":4,"draft_n":12}}')
+    assert (tokens.draft_tokens, tokens.draft_acc_tokens) == (-1, -1)  # not reported
+    tokens, _, _ = parse(b'{"object":"list"}')
+    assert (tokens.draft_tokens, tokens.draft_acc_tokens) == (0, 0)  # no numbers at all
+
+
+def test_vllm_metrics_give_rates_and_speculative_counts():
+    body = b'{"usage":{"prompt_tokens":110,"completion_tokens":20,' \
+           b'"prompt_tokens_details":{"cached_tokens":10}},' \
+           b'"metrics":{"time_to_first_token_ms":250,"mean_itl_ms":20,' \
+           b'"speculative_decoding":{"num_draft_tokens":30,"num_accepted_draft_tokens":18}}}'
+    tokens, _, _ = parse(body)
+    assert tokens.prompt_per_second == 400.0  # (110 - 10 cached) / 0.25 s
+    assert tokens.tokens_per_second == 50.0 and tokens.cache_tokens == 10
+    assert (tokens.draft_tokens, tokens.draft_acc_tokens) == (30, 18)
+    tokens, _, _ = parse(b'{"metrics":{"time_to_first_token_ms":0,"mean_itl_ms":-1,'
+                         b'"speculative_decoding":{"num_draft_tokens":5}}}')
+    assert (tokens.prompt_per_second, tokens.tokens_per_second) == (-1, -1)
+    assert tokens.draft_tokens == -1
+
+
+def test_vllm_metrics_in_a_stream_last_one_wins():
+    body = (b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'
+            b'data: {"usage":{"prompt_tokens":8,"completion_tokens":4},'
+            b'"metrics":{"mean_itl_ms":10}}\n\n'
+            b'data: {"metrics":{"mean_itl_ms":25,"speculative_decoding":'
+            b'{"num_draft_tokens":6,"num_accepted_draft_tokens":2}}}\n\ndata: [DONE]\n\n')
+    tokens, _, warning = parse(body, ctype="text/event-stream")
+    assert warning is None and tokens.tokens_per_second == 40.0
+    assert (tokens.input_tokens, tokens.output_tokens) == (8, 4)
+    assert (tokens.draft_tokens, tokens.draft_acc_tokens) == (6, 2)
+
+
+def test_error_messages_of_failed_responses():
+    clock = Clock()
+    log = ActivityLog(10, log=FakeLog(), clock=clock)
+    cases = [
+        (b'{"error":{"message":"  context too long  ","code":400}}', 400, "context too long"),
+        (b'{"error":"plain error"}', 500, "plain error"),
+        (b'{"message":"from message"}', 500, "from message"),
+        (b'{"detail":"from detail"}', 422, "from detail"),
+        (b'{"error":{"message":""},"detail":"second choice"}', 400, "second choice"),
+        (b'not json at all', 503, "503 Service Unavailable"),
+        (b'', 404, "404 Not Found"),
+        (b'{"error":"' + b"x" * 600 + b'"}', 400, "x" * 500 + "..."),
+    ]
+    for body, status, message in cases:
+        e = meter_run(log, clock, status=status, body=body)
+        assert (e.resp_status_code, e.error_msg) == (status, message)
+        assert e.tokens.input_tokens == 0
+    gz = gzip.compress(b'{"error":{"message":"zipped"}}')
+    e = meter_run(log, clock, status=500, body=gz,
+                  headers=(("Content-Type", "application/json"), ("Content-Encoding", "gzip")))
+    assert e.error_msg == "zipped"
+    e = meter_run(log, clock, status=500, body=b"\x1f\x8b broken",
+                  headers=(("Content-Encoding", "gzip"),))
+    assert e.error_msg.startswith("response decode failed: ")
+    e = meter_run(log, clock, status=200, body=b"\x1f\x8b broken",
+                  headers=(("Content-Encoding", "gzip"),))
+    assert e.error_msg.startswith("response decompression failed: ")
+    row = e.to_row()
+    assert row["error_msg"] == e.error_msg and "metadata" not in row
+    assert "error_msg" not in meter_run(log, clock).to_row()
+
+
+def test_an_error_answered_by_the_proxy_keeps_its_message():
+    clock = Clock()
+    log = ActivityLog(10, log=FakeLog(), clock=clock)
+    m = log.meter("m1", "/v1/chat/completions", "POST", [])
+    e = m.on_end("model m1 failed to start: exit status 1")
+    assert (e.resp_status_code, e.error_msg) == (502, "model m1 failed to start: exit status 1")

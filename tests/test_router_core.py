@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
 from llamaswap.router.core import (READY, STOPPED, ArmTimer, Log, RouterCore, ShutdownAll,
                                    StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
@@ -393,12 +394,33 @@ def test_exclusive_ready_model_still_evicts_late_neighbours():
 
 
 def test_matrix_incompatible_models_queue_and_coexisting_ones_load_in_parallel():
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    core = make("abc", MatrixPlanner(MatrixConfig(expanded_sets=sets)))
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets)))
     eff = core.request(Req("a"), 0) + core.request(Req("b"), 0)
     assert swaps(eff) == [("a", ()), ("b", ())]
     rc = Req("c")
     assert core.request(rc, 0) == [] and core.queue == [rc]
+
+
+def test_swaps_name_the_reason_of_each_eviction():
+    def loaded(core, *models):
+        for m in models:
+            load(core, m)
+            core.request_done(m, 0)
+        return core
+
+    core = loaded(make("ab", GroupPlanner({"g": GroupConfig("g", members=("a", "b"))})), "a")
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert start.evict == ("a",) and dict(start.reasons) == {"a": "group"}
+
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = loaded(make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets))), "a", "b")
+    (start,) = of(core.request(Req("c"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "matrix", "b": "matrix"}
+
+    core = loaded(make("ab", Stub({"b": "a"})), "a")  # a custom planner without a reason word
+    (start,) = of(core.request(Req("b"), 0), StartSwap)
+    assert dict(start.reasons) == {"a": "swap"}
 
 
 # ---- priorities (routing.scheduler.settings.fifo.priority) --------------------------------

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers import demo_backend_argv, free_port, is_alive, wait_until
-from llamaswap.config.model import (DEFAULT_GROUP_ID, Config, ExpandedSet, GroupConfig,
-                                    MatrixConfig, ModelConfig)
-from llamaswap.ops.events import (EventBus, ProcessStateChanged, QueueLengthChanged,
-                                  SwapFinished)
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import DEFAULT_GROUP_ID, Config, GroupConfig, MatrixConfig, ModelConfig
+from llamaswap.ops.events import (EventBus, ModelStopping, ProcessStateChanged,
+                                  QueueLengthChanged, SwapFinished)
 from llamaswap.ops.logs import build_loggers, new_process_log
 from llamaswap.process import Process
 from llamaswap.router import Router, RouterError
@@ -44,14 +44,16 @@ class Rig:
         self.router: Router | None = None
         self.processes: dict[str, Process] = {}
 
-    def build(self, models: list[ModelConfig], groups=None, matrix=None, **fields) -> Router:
+    def build(self, models: list[ModelConfig], groups=None, matrix=None, clock=time.monotonic,
+              **fields) -> Router:
         cfg_models = {m.id: m for m in sorted(models, key=lambda m: m.id)}
         if matrix is None and groups is None:
             groups = [GroupConfig(DEFAULT_GROUP_ID, members=tuple(cfg_models))]
         config = Config(models=cfg_models, matrix=matrix,
                         groups={g.id: g for g in groups or ()}, **fields)
         self.processes = {mid: self.process(m) for mid, m in cfg_models.items()}
-        self.router = Router(config, self.processes, log=self.loggers.log, events=self.events)
+        self.router = Router(config, self.processes, log=self.loggers.log, events=self.events,
+                             clock=clock)
         self.router.start()
         return self.router
 
@@ -158,6 +160,22 @@ def test_collation_abcabc_starts_each_backend_once(rig):
     assert lengths and lengths[-1] == 0
 
 
+def test_every_stop_is_published_with_its_reason(rig):
+    router = rig.build([model("a"), model("b"), model("c", ttl=1)], groups=[
+        GroupConfig("g", members=("a", "b")), GroupConfig("t", swap=True, exclusive=False,
+                                                          members=("c",))])
+    serve(router, "a")
+    serve(router, "b")  # evicts a for the group
+    serve(router, "c")
+    assert wait_until(lambda: rig.state("c") == "stopped", timeout=15)  # its TTL
+    router.unload(["b"])
+    serve(router, "a")
+    router.shutdown(1)
+    stops = [(e.model, e.reason, e.for_model) for e in rig.pump() if isinstance(e, ModelStopping)]
+    assert stops == [("a", "group", "b"), ("c", "ttl", ""), ("b", "unload", ""),
+                     ("a", "shutdown", "")]
+
+
 def test_concurrent_requests_for_one_model_share_one_start(rig):
     router = rig.build([model("a", "--load-delay", "0.3")])
     tickets = [router.request("a") for _ in range(8)]
@@ -181,8 +199,8 @@ def test_groups_persistent_and_exclusive_rules_with_real_processes(rig):
 
 
 def test_matrix_coexisting_models_share_the_machine_and_others_evict_them(rig):
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    router = rig.build([model("a"), model("b"), model("c")], matrix=MatrixConfig(expanded_sets=sets))
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    router = rig.build([model("a"), model("b"), model("c")], matrix=MatrixConfig(compiled_sets=sets))
     assert serve_all(router, [router.request("a"), router.request("b")]) == ["a", "b"]
     assert rig.state("a") == "ready" and rig.state("b") == "ready"
     serve(router, "c")
@@ -205,8 +223,8 @@ def test_unload_while_requests_wait(rig):
 
 
 def test_unload_all_returns_when_every_model_is_down(rig):
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")),)
-    router = rig.build([model("a"), model("b")], matrix=MatrixConfig(expanded_sets=sets))
+    sets = compile_sets([("ab", "a & b")], lambda name: name)
+    router = rig.build([model("a"), model("b")], matrix=MatrixConfig(compiled_sets=sets))
     serve_all(router, [router.request("a"), router.request("b")])
     pids = [rig.processes[m].pid for m in "ab"]
     router.unload()

@@ -13,6 +13,7 @@ from test_router_core import Req, load, make, of
 from test_router_e2e import model, rig, serve  # noqa: F401 - rig is a fixture
 
 from llamaswap.config.model import FifoConfig, GroupConfig, RoutingConfig, SchedulerConfig
+from llamaswap.ops.events import ModelStopping
 from llamaswap.router.core import ArmTimer, Log, StartSwap
 from llamaswap.router.planners import GroupPlanner
 
@@ -32,13 +33,13 @@ def busy(core, model, now):
     return req
 
 
-def slow_chat(grant, seconds: float) -> dict:
-    """A chat completion that keeps the backend busy for `seconds`."""
+def slow_chat(grant, seconds: float, hang: bool = False) -> dict:
+    """A chat completion that keeps the backend busy for `seconds` (or wedges it)."""
     url = urlsplit(grant.process.config.proxy)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     try:
         body = json.dumps({"model": grant.model_id, "messages": [{"role": "user", "content": "hi"}],
-                           "demo": {"sleep": seconds}})
+                           "demo": {"sleep": seconds, "hang": hang}})
         conn.request("POST", "/v1/chat/completions", body=body,
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -87,7 +88,7 @@ def test_starved_request_fences_the_busy_model_then_swaps_when_it_drains():
     assert [r.model for r in core.queue] == ["b", "a"] and late.position == 2
     assert of(core.request_done("a", 4.0), StartSwap) == []  # one still in flight
     (swap,) = of(core.request_done("a", 5.0), StartSwap)
-    assert (swap.model, swap.evict) == ("b", ("a",))
+    assert (swap.model, swap.evict, dict(swap.reasons)) == ("b", ("a",), {"a": "maxwait"})
     assert core.starved is None
     del first, second
     core.swap_done(swap.swap_id, None, 6.0)
@@ -237,3 +238,4 @@ def test_max_wait_serves_a_request_while_another_model_is_kept_busy(rig):
             t.join(30)
     assert not failures, failures[:3]
     assert rig.starts("b") == 1 and rig.starts("a") == 2
+    assert ModelStopping("a", "maxwait", "b") in rig.pump()

@@ -154,6 +154,7 @@ class RequestContext:
         self.started = False
         self.status = 0
         self.bytes_sent = 0
+        self.resp_headers: list[tuple[str, str]] = []  # as sent by send() or start()
         self.close_connection = False
         self._chunked = False
         self._finished = False
@@ -183,6 +184,11 @@ class RequestContext:
         if self._query is None:
             self._query = parse_qs(self.query_string, keep_blank_values=True)
         return self._query
+
+    def set_query(self, query_string: str) -> None:
+        """Replace the query (a profile pin or a selector rewrote ``?model=``)."""
+        self.query_string = query_string
+        self._query = None
 
     def query_value(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
@@ -270,6 +276,7 @@ class RequestContext:
         head += b"\r\n"
         if self.method != "HEAD" and not no_body:
             head += body
+        self.resp_headers = hs
         self.started = True
         self.status = status
         self._finished = True
@@ -311,6 +318,7 @@ class RequestContext:
             self.close_connection = True
         head = self._head(status, hs)
         head += b"\r\n"
+        self.resp_headers = hs
         self.started = True
         self.status = status
         self._write_raw(bytes(head))

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
+from urllib.parse import parse_qsl, urlencode
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from llamaswap.config.model import thaw
-from llamaswap.http import errors, extract, filters
+from llamaswap.http import auth, errors, extract, filters, listing, virtual
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
 from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
-from llamaswap.ops import gojson
+from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import filter_accept_encoding
 
 if TYPE_CHECKING:
@@ -63,40 +62,18 @@ CRASH_CONFIRM_WAIT = 3.0
 
 # ---- concurrency limit (per App, so a reload resets it as upstream) -------------------------
 
-class _Limits:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: dict[str, int] = {}
-
-    def try_acquire(self, model: str, limit: int) -> bool:
-        with self._lock:
-            n = self._used.get(model, 0)
-            if n >= limit:
-                return False
-            self._used[model] = n + 1
-            return True
-
-    def release(self, model: str) -> None:
-        with self._lock:
-            n = self._used.get(model, 0) - 1
-            if n > 0:
-                self._used[model] = n
-            else:
-                self._used.pop(model, None)
-
-
-_limits_by_app: "weakref.WeakKeyDictionary[Any, _Limits]" = weakref.WeakKeyDictionary()
+_limits_by_app: "weakref.WeakKeyDictionary[Any, Slots]" = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 
-def limits_for(app: Any) -> _Limits:
+def limits_for(app: Any) -> Slots:
     lim = _limits_by_app.get(app)  # created once per App: the lock is for that moment only
     if lim is not None:
         return lim
     with _limits_lock:
         lim = _limits_by_app.get(app)
         if lim is None:
-            lim = _limits_by_app[app] = _Limits()
+            lim = _limits_by_app[app] = Slots()
         return lim
 
 
@@ -117,18 +94,25 @@ def _model_handler(source: str, strip_v: bool = False):
                 ctx.close_connection = True
             ctx.send_error(400, f"could not read request body: {e}")
             return
+        done = None
         try:
-            path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-            dispatch(ctx, ex, path)
+            go_on, done = virtual.rewrite(ctx, ex)
+            if go_on:
+                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+                dispatch(ctx, ex, path)
         finally:
             ex.close()
+            if done is not None:
+                done()
     return handle
 
 
 def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
-             pinned: str | None = None) -> None:
+             pinned: str | None = None, sent: str | None = None) -> None:
     """Route one extracted request to its local model or peer (behaviour.md 4.1).
-    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection."""
+    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection.
+    ``sent`` is the name the client sent when the caller resolved or rewrote it (the
+    /upstream path's alias, a profile pin, a selector): the API key's scope accepts it too."""
     app = ctx.app
     cfg = app.config
     requested = pinned or ex.model
@@ -137,12 +121,15 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
         ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
+    resolved = (real,) if real is not None else auth.resolved_names(cfg, requested)
+    if not auth.may_use(ctx, sent, requested, *resolved):
+        return  # 403 before anything starts
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
     if real is None or real not in app.processes:
         peer = None
         peers = getattr(app, "peers", None)
         if real is None and peers is not None:
-            peer = peers.peer_for(requested)
+            peer = peers.route_for(requested)
         if peer is None:
             if real is not None:
                 ctx.send_error(404, f"no local server found for requested model: {requested}")
@@ -150,9 +137,31 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
                 ctx.send_error(404, f"no router for requested model: {requested} "
                                     "(not a configured model, alias or peer model)")
             return
-        _serve_peer(ctx, ex, requested, peer, target)
+        with_key_slot(ctx, _serve_peer, ctx, ex, requested, peer, target, True)
         return
-    _serve_local(ctx, ex, requested, real, target, pinned is not None)
+    with_key_slot(ctx, _serve_local, ctx, ex, requested, real, target, pinned is not None)
+
+
+def with_key_slot(ctx: RequestContext, serve: Any, *args: Any) -> None:
+    """Run ``serve(*args, key_done)`` within the request's key's ``maxInFlight`` (429 before
+    any byte when the key is at its limit). ``key_done`` (None without a limit) gives the
+    slot back; ``serve`` calls it once the backend's answer is read, before the client's
+    last byte, so a client's next request finds it free. It is given back however the
+    request ends: finished, client gone, backend failed, cancelled."""
+    key = ctx.state.get("key")
+    if key is None or not key.max_in_flight:
+        serve(*args, None)
+        return
+    slots = ctx.app.key_slots
+    if not slots.try_acquire(key.key, key.max_in_flight):
+        ctx.send_error(429, f"Too many requests: API key {key.name} is at its maxInFlight limit "
+                            f"of {key.max_in_flight}", headers=[("Retry-After", "1")])
+        return
+    key_done = _Once(lambda: slots.release(key.key))
+    try:
+        serve(*args, key_done)
+    finally:
+        key_done()
 
 
 def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
@@ -166,7 +175,8 @@ def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
         return body_bytes(ex.data or b"")
     length = _content_length(ctx)
     if ex.kind == "multipart":
-        replace = use_name.encode() if use_name and ex.value_span is not None else None
+        value = use_name or ex.model_value
+        replace = value.encode() if value is not None and ex.value_span is not None else None
         if replace is not None and length is not None:
             start, end = ex.value_span
             length += len(replace) - (end - start)
@@ -185,14 +195,19 @@ def _content_length(ctx: RequestContext) -> int | None:
         return None
 
 
-def _observer(ctx: RequestContext, model_id: str) -> Any:
+def _observer(ctx: RequestContext, model_id: str, path: str | None = None) -> Any:
+    """The activity meter; ``path``: the path recorded when it is not the request's own
+    (the inner path of /upstream/<model>/<path>)."""
     if ctx.method != "POST":
         return None  # upstream meters POST requests only
     activity = getattr(ctx.app, "activity", None)
     if activity is None:
         return None
     try:
-        return activity.observe(ctx, model_id)
+        meter = activity.observe(ctx, model_id)
+        if meter is not None and path is not None:
+            meter.set_path(path)
+        return meter
     except Exception:
         return None
 
@@ -210,23 +225,40 @@ def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def is_model_path(method: str, path: str) -> bool:
+    """A model-dispatched inference path (for /upstream/<model>/<path>: in-flight table and
+    activity, as upstream)."""
+    if method == "POST":
+        return path in _POST_PATHS
+    return method == "GET" and path in QUERY_PATHS
+
+
+_POST_PATHS = frozenset(JSON_PATHS + VERSIONLESS_PATHS + MULTIPART_PATHS)
+
+
 class _InFlight:
-    def __init__(self, app: Any, model: str):
-        self.counter = getattr(app, "inflight", None)
+    """The request in the in-flight table (``listed``: in the table, not only the count)."""
+
+    def __init__(self, app: Any, model: str, ctx: RequestContext, req_path: str,
+                 listed: bool = True):
+        self.table = getattr(app, "inflight", None)
         self.model = model
+        self.ctx = ctx if listed else None
+        self.req_path = req_path
+        self.entry = None
 
     def __enter__(self):
-        if self.counter is not None:
-            self.counter.enter(self.model)
+        if self.table is not None:
+            self.entry = self.table.enter(self.model, self.ctx, self.req_path)
         return self
 
     def __exit__(self, *exc):
-        if self.counter is not None:
-            self.counter.leave(self.model)
+        if self.table is not None:
+            self.table.leave(self.model, self.entry)
 
 
 def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
-                 target: str, pinned: bool) -> None:
+                 target: str, pinned: bool, key_done: Any = None) -> None:
     app = ctx.app
     mcfg = app.config.models[real]
     limits = limits_for(app)
@@ -240,8 +272,12 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
     try:
         body = _forward_body(ctx, ex, requested, rewrite=not pinned)
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
-        with _InFlight(app, real):
-            observer = _observer(ctx, real) if not pinned else None
+        req_path = target.partition("?")[0]
+        # /upstream/<model>/<path> counts as a model request when <path> is one (upstream)
+        model_path = not pinned or is_model_path(ctx.method, req_path)
+        with _InFlight(app, real, ctx, req_path, listed=model_path):
+            observer = _observer(ctx, real, req_path if pinned else None) \
+                if model_path else None
             if observer is not None:
                 headers = _metered_headers(headers)
             dropped = 0
@@ -258,6 +294,9 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                             observer.on_end("client disconnected before the model was ready")
                         return
                 grant_done = _Once(ticket.done)
+                # request metadata (activity row, in-flight entry): the scheduler's priority
+                ctx.state.setdefault("metadata", {})["fifo_priority"] = str(
+                    app.config.routing.scheduler.fifo.priority_of(real))
                 try:
                     proc = grant.process
                     if _state(proc) != "ready":
@@ -269,8 +308,9 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                         return
                     pid = proc.pid
                     out = forward(ctx, pool_for_process(proc), target, headers, body,
-                                  observer=observer, label=real,
-                                  on_backend_done=_Once(grant_done, release_slot),
+                                  observer=observer, label=_BackendLabel(real, proc),
+                                  on_backend_done=_Once(grant_done, release_slot,
+                                                        key_done or _nothing),
                                   retry_unreachable=True)
                 finally:
                     grant_done()
@@ -278,7 +318,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     return
                 dropped += out.unreachable == "dropped"
                 if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
-                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)):  # or alive, yet refusing
+                        or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)  # or alive, yet refusing
+                        or _stopped_unhealthy(proc)):
                     _reply_error(ctx, 502, out.error or "", observer)
                     return
                 app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
@@ -296,6 +337,36 @@ def _claim(router: Any, model_id: str) -> Any:
         claim.done()
         return None
     return claim
+
+
+def _nothing() -> None:
+    pass
+
+
+def _stopped_unhealthy(process: Any) -> bool:
+    """The backend was stopped because its health watch failed: the requests it held end
+    with that error and are not sent again (one of them may be what wedged it)."""
+    failure = process.run_failure()
+    return failure is not None and failure.reason == "health"
+
+
+class _BackendLabel:
+    """The model id in forwarding errors. When the backend went down while the request was
+    in flight (its health watch failed and llama-swap stopped it, or it crashed), the error
+    says why: it is formatted only when an error is written."""
+
+    __slots__ = ("model_id", "process")
+
+    def __init__(self, model_id: str, process: Any):
+        self.model_id = model_id
+        self.process = process
+
+    def __str__(self) -> str:
+        failure = self.process.run_failure()
+        return f"{self.model_id} went down: {failure.detail}" if failure else self.model_id
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 class _Once:
@@ -389,15 +460,24 @@ def _release_late_grant(ticket: Any) -> None:
         pass
 
 
-def serve_peer_path(ctx: RequestContext, requested: str, peer: Any, remainder: str) -> None:
+def serve_peer_path(ctx: RequestContext, requested: str, route: Any, remainder: str) -> None:
     """/upstream/<peer model>/<path>: the body passes untouched."""
     target = remainder + ("?" + ctx.query_string if ctx.query_string else "")
-    _serve_peer(ctx, extract.Extracted(kind="none"), requested, peer, target, rewrite=False)
+    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, route, target,
+                  False)
 
 
-def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer: Any,
-                target: str, rewrite: bool = True) -> None:
+def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, route: Any,
+                target: str, rewrite: bool = True, key_done: Any = None) -> None:
+    """Forward to a peer (``route``: a PeerModel). A qualified name (``peer/model``) reaches
+    the peer as the model id it knows, in the JSON body, the form or the query."""
     app = ctx.app
+    peer = route.peer
+    if rewrite and ex.kind in ("query", "form") and route.model_id != requested:
+        if ex.kind == "query":
+            target = target.partition("?")[0] + "?" + _with_model(ctx.query_string, route.model_id)
+        else:
+            ex.data = _with_model(ex.data.decode("latin-1"), route.model_id).encode("latin-1")
     body = _forward_body(ctx, ex, requested, rewrite=rewrite)
     pool = pool_for_peer(peer)
     extra: list[tuple[str, str]] = []
@@ -407,62 +487,31 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
         extra = [("Authorization", f"Bearer {peer.api_key}"), ("x-api-key", peer.api_key)]
     headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=pool.host_header,
                               extra=extra, drop=drop)
-    with _InFlight(app, requested):
-        observer = _observer(ctx, requested)
+    req_path = target.partition("?")[0]
+    model_path = rewrite or is_model_path(ctx.method, req_path)
+    with _InFlight(app, requested, ctx, req_path, listed=model_path):
+        observer = _observer(ctx, requested, None if rewrite else req_path) \
+            if model_path else None
         if observer is not None:
             headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
-                      label=f"peer {peer.id}", error_prefix="peer proxy error: ")
+                      label=f"peer {peer.id}", error_prefix="peer proxy error: ",
+                      on_backend_done=key_done)
     if out.error and not out.client_gone:
         app.loggers.log.warn(f"peer proxy error: {out.error}")
+
+
+def _with_model(query: str, model: str) -> str:
+    """A query string or urlencoded form with ``model`` replaced (keys sorted, as Go's
+    url.Values.Encode writes them)."""
+    pairs = [(k, model if k == "model" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return urlencode(sorted(pairs, key=lambda kv: kv[0]))
 
 
 # ---- listing and health ---------------------------------------------------------------------
 
 def handle_health(ctx: RequestContext) -> None:
     ctx.send(200, b"OK", "text/plain; charset=utf-8")
-
-
-def model_records(app: Any) -> list[dict]:
-    cfg = app.config
-    created = int(time.time())
-    records = []
-
-    def record(model_id: str, m: Any) -> dict:
-        rec: dict[str, Any] = {"id": model_id, "object": "model", "created": created,
-                               "owned_by": "llama-swap"}
-        name, desc = m.name.strip(), m.description.strip()
-        if name:
-            rec["name"] = name
-        if desc:
-            rec["description"] = desc
-        if m.metadata:
-            rec["meta"] = {"llamaswap": thaw(m.metadata)}
-        return rec
-
-    for mid, m in cfg.models.items():
-        if m.unlisted:
-            continue
-        records.append(record(mid, m))
-        if cfg.include_aliases_in_list:
-            for alias in m.aliases:
-                records.append(record(alias, m))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append({"id": pm, "object": "model", "created": created,
-                            "owned_by": "llama-swap", "name": f"{pid}: {pm}",
-                            "meta": {"llamaswap": {"peerID": pid}}})
-    records.sort(key=lambda r: r["id"])
-    return records
-
-
-def handle_models(ctx: RequestContext) -> None:
-    body = gojson.dumps({"data": model_records(ctx.app), "object": "list"}) + "\n"
-    headers = []
-    origin = ctx.headers.get("Origin")
-    if origin:
-        headers.append(("Access-Control-Allow-Origin", origin))
-    ctx.send(200, body, "application/json", headers)
 
 
 def register(table: RouteTable) -> None:
@@ -474,7 +523,7 @@ def register(table: RouteTable) -> None:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:
         table.add("GET", p, _model_handler("query"))
-    table.add("GET", "/v1/models", handle_models)
-    table.add("GET", "/models", handle_models)
+    table.add("GET", "/v1/models", listing.handle_models)
+    table.add("GET", "/models", listing.handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)

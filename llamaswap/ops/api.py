@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, memory_api, performance, prometheus, sse, ui
+from llamaswap.ops.activity import QueryError, parse_query
+from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
 
 if TYPE_CHECKING:
@@ -40,9 +42,15 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/logs/stream/{id...}", logs_stream)
     table.add("GET", "/api/events", sse.handle_events)
     table.add("GET", "/api/metrics", api_metrics)
+    table.add("GET", "/api/metrics/activity", api_activity)
+    table.add("GET", "/api/metrics/stats", api_activity_stats)
     table.add("GET", "/api/captures/{id}", api_capture)
+    table.add("POST", "/api/inflight/{id}/cancel", api_cancel_inflight)
     table.add("GET", "/api/performance", api_performance, log=False)
+    table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
+    from llamaswap.ops import profiles_api
+    profiles_api.register(table)
     ui.register(table)
 
 
@@ -64,14 +72,19 @@ def root_redirect(ctx: RequestContext) -> None:
 def running(ctx: RequestContext) -> None:
     app = ctx.app
     out = []
+    memory = memory_api.running_memory(app)
     for mid in sorted(app.processes):
         p = app.processes[mid]
         state = getattr(p.state, "value", p.state)
         if state in ("stopped", "shutdown"):
             continue
         m = app.config.models.get(mid) or p.config
-        out.append({"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
-                    "ttl": m.ttl, "name": m.name, "description": m.description})
+        record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
+                  "ttl": m.ttl, "name": m.name, "description": m.description}
+        record.update(restart_fields(p))
+        if mid in memory:
+            record["memory"] = memory[mid]  # bytes per managed device, as measured
+        out.append(record)
     _json_line(ctx, {"running": out})
 
 
@@ -164,7 +177,35 @@ def logs_stream(ctx: RequestContext) -> None:
 # ---- activity, captures, metrics --------------------------------------------------------------
 
 def api_metrics(ctx: RequestContext) -> None:
+    """The reference revision's route (differences.md point 12): the newest
+    metricsMaxInMemory entries, oldest first, in its shape."""
     ctx.send(200, sse.metrics_json(ctx.app), "application/json")
+
+
+def api_activity(ctx: RequestContext) -> None:
+    """A page of the activity store, with upstream's filters, sort and 400 messages."""
+    try:
+        query = parse_query(ctx.query)
+    except QueryError as e:
+        ctx.send_error(400, str(e))
+        return
+    try:
+        page = ctx.app.activity.page(query)
+    except Exception as e:
+        ctx.app.loggers.log.warn(f"activity store: {e}")
+        ctx.send_error(500, "failed to get activity")
+        return
+    _json_line(ctx, page)
+
+
+def api_activity_stats(ctx: RequestContext) -> None:
+    try:
+        stats = ctx.app.activity.stats((ctx.query_value("model") or "").strip())
+    except Exception as e:
+        ctx.app.loggers.log.warn(f"activity store: {e}")
+        ctx.send_error(500, "failed to get activity stats")
+        return
+    _json_line(ctx, stats)
 
 
 _GO_ATOI = re.compile(r"[+-]?[0-9]+")
@@ -183,6 +224,16 @@ def api_performance(ctx: RequestContext) -> None:
             ctx.send_error(400, performance.BAD_AFTER)
             return
     ctx.send(200, performance.performance_json(monitor, after), "application/json")
+
+
+def api_cancel_inflight(ctx: RequestContext) -> None:
+    """End a request in flight at once: its client connection closes, its backend
+    connection is cut, the router hears it gave up (ops/inflight.py)."""
+    table = getattr(current_app(ctx), "inflight", None)
+    if table is None or not table.cancel(ctx.params.get("id", "")):
+        ctx.send_error(404, "inflight request not found")
+        return
+    _json_line(ctx, {"msg": "ok"})
 
 
 def api_capture(ctx: RequestContext) -> None:

@@ -34,6 +34,9 @@ class ActivityRecorded:
 @dataclass(frozen=True)
 class InFlightChanged:
     total: int
+    # today's upstream's table update: {"operation": "upsert", "request": {...}} or
+    # {"operation": "remove", "id": "..."} (ops/inflight.py); None for a bare count change
+    update: Any = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,55 @@ class SwapFinished:
 
 
 @dataclass(frozen=True)
+class ProfileChanged:
+    """The active profile changed ("" when none is active)."""
+
+    active: str
+
+
+@dataclass(frozen=True)
 class QueueLengthChanged:
     length: int
+
+
+@dataclass(frozen=True)
+class ModelStopping:
+    """The router began stopping (or putting to sleep) ``model``. ``reason`` is one word:
+    "group", "matrix", "memory" (a planner evicted it to start ``for_model``), "unload",
+    "ttl", "retire", "shutdown", or a teammate's ("crash", "health", "maxwait", ...).
+    ``for_model`` is the model being started, "" when the stop serves no start."""
+
+    model: str
+    reason: str
+    for_model: str = ""
+
+
+@dataclass(frozen=True)
+class HealthCheckFailed:
+    """A ready backend's health probe failed; ``count`` failures in a row so far."""
+
+    model: str
+    count: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class ModelRestarting:
+    """The restart policy is starting ``model`` again after a failure: ``reason`` is
+    "crash", "exit", "health" or "start-failed"; ``attempt`` counts failures in a row."""
+
+    model: str
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class QueueWaited:
+    """A request left the router's queue (granted, loading, failed or given up) after
+    waiting ``seconds`` in it."""
+
+    model: str
+    seconds: float
 
 
 class EventBus(Broadcaster[Any]):

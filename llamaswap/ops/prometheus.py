@@ -18,14 +18,16 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from llamaswap.ops.events import ActivityRecorded, SwapFinished
+from llamaswap.ops.events import (ActivityRecorded, HealthCheckFailed, ModelRestarting,
+                                  ProcessStateChanged, QueueWaited, SwapFinished)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
 
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
-STATES = ("stopped", "starting", "ready", "stopping", "shutdown")
+QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff", "sleeping")
 
 
 def escape_label(value: str) -> str:
@@ -56,16 +58,23 @@ class Exposition:
     """Writes metric families: each name once, HELP and TYPE first, then its samples."""
 
     def __init__(self) -> None:
-        self._out: list[str] = []
+        self._out: list = []  # text, or a family's list of lines (so later samples can join it)
+        self._families: dict[str, list[str]] = {}
 
     def family(self, name: str, kind: str, help_text: str,
                samples: Iterable[tuple[Sequence[tuple[str, str]], float]]) -> None:
+        """A family's samples; a name written again adds its samples to the first block
+        (``llamaswap_memory_used_bytes`` is upstream's system gauge and, with a device
+        label, memory-aware swapping's)."""
         samples = list(samples)
         if not samples:
             return
-        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        lines = self._families.get(name)
+        if lines is None:
+            lines = self._families[name] = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
+            self._out.append(lines)
         for labels, value in samples:
-            self._out.append(f"{name}{_labels(labels)} {format_value(value)}\n")
+            lines.append(f"{name}{_labels(labels)} {format_value(value)}\n")
 
     def histogram(self, name: str, help_text: str, buckets: Sequence[float],
                   series: Iterable[tuple[Sequence[tuple[str, str]], "Histogram"]]) -> None:
@@ -85,7 +94,7 @@ class Exposition:
             self._out.append(f"{name}_count{_labels(labels)} {h.count}\n")
 
     def text(self) -> str:
-        return "".join(self._out)
+        return "".join(part if isinstance(part, str) else "".join(part) for part in self._out)
 
 
 class Histogram:
@@ -106,18 +115,30 @@ class Histogram:
                 return
 
 
+def _observe(table: dict[str, Histogram], model: str, buckets: Sequence[float], value: float) -> None:
+    h = table.get(model)
+    if h is None:
+        h = table[model] = Histogram(buckets)
+    h.observe(value)
+
+
 class RequestMetrics:
     """Counters and histograms fed by events. Thread-safe; ``handle`` never blocks."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, status, key name)
         self.input_tokens: dict[str, int] = {}
         self.output_tokens: dict[str, int] = {}
         self.cached_tokens: dict[str, int] = {}
         self.durations: dict[str, Histogram] = {}
         self.loads: dict[tuple[str, str], int] = {}
         self.load_durations: dict[str, Histogram] = {}
+        self.sleeps: dict[str, int] = {}
+        self.wakes: dict[str, int] = {}
+        self.restarts: dict[tuple[str, str], int] = {}
+        self.health_failures: dict[str, int] = {}
+        self.queue_waits: dict[str, Histogram] = {}
         self._bus: Any = None
 
     def handle(self, event: Any) -> None:
@@ -125,7 +146,7 @@ class RequestMetrics:
             e = event.entry
             model = e.model
             t = e.tokens
-            key = (model, str(e.resp_status_code))
+            key = (model, str(e.resp_status_code), e.key)
             with self._lock:  # runs in the request's thread: plain dict updates only
                 self.requests[key] = self.requests.get(key, 0) + 1
                 self.input_tokens[model] = self.input_tokens.get(model, 0) + max(0, t.input_tokens)
@@ -133,26 +154,37 @@ class RequestMetrics:
                                              + max(0, t.output_tokens))
                 self.cached_tokens[model] = (self.cached_tokens.get(model, 0)
                                              + max(0, t.cache_tokens))
-                h = self.durations.get(model)
-                if h is None:
-                    h = self.durations[model] = Histogram(REQUEST_BUCKETS)
-                h.observe(e.duration_ms / 1000.0)
+                _observe(self.durations, model, REQUEST_BUCKETS, e.duration_ms / 1000.0)
+        elif isinstance(event, ProcessStateChanged):
+            counter = (self.sleeps if event.new == "sleeping" else
+                       self.wakes if event.old == "sleeping" and event.new == "starting" else None)
+            if counter is not None:
+                with self._lock:
+                    counter[event.model] = counter.get(event.model, 0) + 1
         elif isinstance(event, SwapFinished):
             with self._lock:
                 key = (event.model, "success" if event.ok else "failure")
                 self.loads[key] = self.loads.get(key, 0) + 1
                 if event.ok:
-                    h = self.load_durations.get(event.model)
-                    if h is None:
-                        h = self.load_durations[event.model] = Histogram(LOAD_BUCKETS)
-                    h.observe(event.seconds)
+                    _observe(self.load_durations, event.model, LOAD_BUCKETS, event.seconds)
+        elif isinstance(event, QueueWaited):
+            with self._lock:
+                _observe(self.queue_waits, event.model, QUEUE_BUCKETS, event.seconds)
+        elif isinstance(event, HealthCheckFailed):
+            with self._lock:
+                self.health_failures[event.model] = self.health_failures.get(event.model, 0) + 1
+        elif isinstance(event, ModelRestarting):
+            with self._lock:
+                key = (event.model, event.reason)
+                self.restarts[key] = self.restarts.get(key, 0) + 1
 
     def attach(self, bus: Any) -> None:
         """Follow ``bus`` until ``detach``. ``handle`` is a few dict updates under a lock, so
         it runs in the publisher's thread: a queue and a pump thread would cost a thread
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
-        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished))
+        bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, QueueWaited,
+                                       HealthCheckFailed, ModelRestarting, ProcessStateChanged))
 
     def detach(self) -> None:
         if self._bus is not None:
@@ -162,9 +194,10 @@ class RequestMetrics:
     def write(self, out: Exposition) -> None:
         with self._lock:
             out.family("llamaswap_requests_total", "counter",
-                       "Inference requests by model and HTTP status",
-                       [((("model", m), ("status", s)), n)
-                        for (m, s), n in sorted(self.requests.items())])
+                       "Inference requests by model, HTTP status and API key name "
+                       "(- for plain keys and open access)",
+                       [((("model", m), ("status", s), ("key", k)), n)
+                        for (m, s, k), n in sorted(self.requests.items())])
             out.family("llamaswap_input_tokens_total", "counter",
                        "Prompt (input) tokens processed, by model",
                        [((("model", m),), n) for m, n in sorted(self.input_tokens.items())])
@@ -182,9 +215,26 @@ class RequestMetrics:
                        "Model loads (swaps) by model and result",
                        [((("model", m), ("result", r)), n)
                         for (m, r), n in sorted(self.loads.items())])
+            out.family("llamaswap_model_sleeps_total", "counter",
+                       "Times a model was put to sleep instead of stopped",
+                       [((("model", m),), n) for m, n in sorted(self.sleeps.items())])
+            out.family("llamaswap_model_wakes_total", "counter",
+                       "Times a sleeping model was woken for a request",
+                       [((("model", m),), n) for m, n in sorted(self.wakes.items())])
             out.histogram("llamaswap_model_load_duration_seconds",
                           "Time from load start until the model was ready", LOAD_BUCKETS,
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
+            out.histogram("llamaswap_queue_wait_seconds",
+                          "Time requests waited in the router queue (bounded by maxWait)",
+                          QUEUE_BUCKETS,
+                          [((("model", m),), h) for m, h in sorted(self.queue_waits.items())])
+            out.family("llamaswap_model_restarts_total", "counter",
+                       "Restarts begun by the restart policy, by model and failure",
+                       [((("model", m), ("reason", r)), n)
+                        for (m, r), n in sorted(self.restarts.items())])
+            out.family("llamaswap_health_failures_total", "counter",
+                       "Failed health probes of ready backends, by model",
+                       [((("model", m),), n) for m, n in sorted(self.health_failures.items())])
 
 
 _registry: dict[int, tuple[Any, RequestMetrics]] = {}
@@ -396,7 +446,7 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         for s in STATES:
             states.append(((("model", model_id), ("state", s)), 1 if s == state else 0))
         pid = getattr(p, "pid", None)
-        if pid and state in ("starting", "ready", "stopping"):
+        if pid and state in ("starting", "ready", "stopping", "sleeping"):
             info = read_process(pid, proc)
             if info is not None:
                 rss.append(((("model", model_id),), info["rss_bytes"]))
@@ -412,6 +462,12 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         out.family("llamaswap_model_inflight_requests", "gauge",
                    "Requests in flight per model",
                    [((("model", m),), n) for m, n in sorted(per_model.items())])
+    slots, config = getattr(app, "key_slots", None), getattr(app, "config", None)
+    if slots is not None and config is not None:
+        out.family("llamaswap_key_inflight_requests", "gauge",
+                   "Requests in flight per API key that has a maxInFlight",
+                   [((("key", k.name),), slots.in_use(k.key))
+                    for k in getattr(config, "scoped_keys", ()) if k.max_in_flight])
     router = getattr(app, "router", None)
     if router is not None and hasattr(router, "queue_length"):
         out.family("llamaswap_queue_length", "gauge",
@@ -431,6 +487,8 @@ def render(app: Any, requests: RequestMetrics | None, system: SystemSampler | No
     write_proxy_process(out, proc)
     if app is not None:
         write_app_state(out, app, proc)
+        from llamaswap.ops.memory_api import write_metrics
+        write_metrics(out, app)
     if requests is not None:
         requests.write(out)
     return out.text()

@@ -19,9 +19,12 @@ import time
 from typing import Callable, Mapping, Sequence
 
 from llamaswap.config.model import Config
-from llamaswap.ops.events import EventBus, QueueLengthChanged, SwapFinished
-from llamaswap.router.core import (ArmTimer, Log, RouterCore, RouterError, ShutdownAll, StartSwap,
-                                   StopModels, shutting_down_error)
+from llamaswap.ops.events import (EventBus, ModelRestarting, ModelStopping, QueueLengthChanged,
+                                  QueueWaited, SwapFinished)
+from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, NeedLearned, Restart,
+                                   RouterCore, RouterError, ShutdownAll, StartSwap, StopModels,
+                                   shutting_down_error)
+from llamaswap.router.memory import MemoryBook
 from llamaswap.router.planners import planner_for
 
 _WAITING, _GRANTED, _FAILED, _ABANDONED, _DONE = "waiting", "granted", "failed", "abandoned", "done"
@@ -76,6 +79,7 @@ class Ticket:
         self.position = 0
         self._position_version = 0
         self._position_seen = 0
+        self._queued_at: float | None = None  # when it joined the router's queue
 
     @property
     def model(self) -> str:  # the core's name for it
@@ -159,29 +163,45 @@ class Ticket:
             return True
 
     def set_position(self, position: int) -> None:
+        waited = None
         with self._cond:
             if position != self.position:
+                if position and self._queued_at is None:
+                    self._queued_at = self._router._clock()
+                elif not position and self._queued_at is not None:
+                    waited = self._router._clock() - self._queued_at
+                    self._queued_at = None
                 self.position = position
                 self._position_version += 1
                 self._cond.notify_all()
+        if waited is not None:
+            self._router._queue_waited(self.model_id, waited)
 
 
 class Router:
     def __init__(self, config: Config, processes: Mapping[str, object], *, log,
-                 events: EventBus | None = None, clock: Callable[[], float] = time.monotonic):
+                 events: EventBus | None = None, clock: Callable[[], float] = time.monotonic,
+                 memory=None):
+        """`memory`: the edge that measures (ops.memory_monitor.MemoryMonitor): it gives the
+        budgets (``budgets_for(config)``, no I/O), what was learned before
+        (``initial_learned()``) and takes what is learned now (``learned(...)``, never
+        blocks); None: no memory management."""
         self.config = config
         self._processes = dict(processes)
         self._log = log
         self._events = events
         self._clock = clock
+        self._memory = memory
+        self._book = MemoryBook(*memory.initial_learned()) if memory is not None else None
         # SimpleQueue: put and get are single C calls (queue.Queue runs a Python Condition)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._core = RouterCore(
-            self._processes, planner_for(config),
+            self._processes, self._planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
             now=clock(), priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait)
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(self._processes),
+            sleepable=_sleepable(self._processes), book=self._book_for(config))
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -189,6 +209,7 @@ class Router:
         self._swap_finished: dict[int, threading.Event] = {}
         self._calls: dict[int, threading.Event] = {}
         self._listening: dict[int, object] = {}
+        self._noticed: set[int] = set()  # processes whose crash was noticed before its report
         self._lock = threading.Lock()
         self._shutting_down = False
         self._thread: threading.Thread | None = None
@@ -279,6 +300,20 @@ class Router:
                 return
             self._commands.put(("reconfigure", config, dict(processes), list(stop), done))
         done.wait()
+
+    def measured(self, model_id: str, usage: Mapping[str, int], asleep: bool) -> None:
+        """A reading of what a resident model uses (bytes per managed device), from the
+        memory monitor's thread."""
+        self._commands.put(("measured", model_id, dict(usage), asleep))
+
+    def inspect(self, fn: Callable[[RouterCore], object], timeout: float = 5.0) -> object:
+        """``fn(core)`` run on the router thread (a consistent read of routing state for
+        /api/memory and /metrics); None when the router does not answer in time."""
+        box: list = []
+        done = threading.Event()
+        self._commands.put(("inspect", fn, box, done))
+        done.wait(timeout)
+        return box[0] if box else None
 
     def queue_length(self) -> int:
         return self._core.queue_length()
@@ -395,23 +430,30 @@ class Router:
         elif kind == "give_up":
             self._apply(core.give_up(command[1], now))
         elif kind == "swap_done":
-            _, swap_id, model, error, seconds = command
+            _, swap_id, model, error, seconds, asleep = command
             self._swap_finished.pop(swap_id, None)
             if self._events is not None:
                 self._events.publish(SwapFinished(model, seconds, error is None))
-            self._apply(core.swap_done(swap_id, error, now))
+            self._apply(core.swap_done(swap_id, error, now, asleep))
         elif kind == "stops_done":
-            token = command[1]
-            self._apply(core.stops_done(token, now))
+            token, asleep = command[1], command[2]
+            self._apply(core.stops_done(token, now, asleep))
             for model in [m for m in self._retired if m not in core.retiring]:
                 del self._retired[model]
             event = self._calls.pop(token, None)
             if event is not None:
                 event.set()
         elif kind == "exited":
+            _, model, process, code = command
+            if id(process) in self._noticed:
+                self._noticed.discard(id(process))  # _notice_crash told the core already
+            elif self._processes.get(model) is process and model not in self._retired:
+                self._stopped_itself(model, "exit" if code == 0 else "crash")
+                self._apply(core.process_exited(model, now, code))
+        elif kind == "unhealthy":
             _, model, process = command
             if self._processes.get(model) is process and model not in self._retired:
-                self._apply(core.process_exited(model, now))
+                self._apply(core.health_failed(model, now))
         elif kind == "unload":
             _, models, grace, done = command
             token, effects = core.unload(models, grace, now)
@@ -426,6 +468,15 @@ class Router:
             token, effects = core.shutdown(grace, now)
             self._calls[token] = done
             self._apply(effects)
+        elif kind == "measured":
+            _, model, usage, asleep = command
+            self._apply(core.measured(model, usage, asleep, now))
+        elif kind == "inspect":
+            _, fn, box, done = command
+            try:
+                box.append(fn(core))
+            finally:
+                done.set()
         elif kind == "shutdown_done":
             event = self._calls.pop(command[1], None)
             if event is not None:
@@ -438,9 +489,17 @@ class Router:
         the cleanup); never fast-path a request to it. Every stop the core orders marks
         the model stopping first, so a ready model whose process is not ready crashed."""
         process = self._processes.get(model)
-        if (process is not None and self._core.state.get(model) == "ready"
+        if (process is not None and self._core.state.get(model) in ("ready", "sleeping")
                 and _state(process) in ("stopping", "stopped")):
+            self._noticed.add(id(process))
+            self._stopped_itself(model, "crash")
             self._apply(self._core.process_exited(model, now))
+
+    def _stopped_itself(self, model: str, reason: str) -> None:
+        """ModelStopping for a backend the router did not stop ("crash", "exit")."""
+        events = self._events
+        if self._core.state.get(model) == "ready" and events is not None:
+            events.publish(ModelStopping(model, reason))
 
     def _reconfigure(self, config: Config, processes: dict, stop: list, now: float) -> None:
         old = self._processes
@@ -453,16 +512,27 @@ class Router:
         self._ttls = _ttls(processes)
         self._all_models = frozenset(processes)
         self._listen(processes)
+        self._core.book = self._book_for(config)
         self._apply(self._core.reconfigure(
-            processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
+            processes, self._planner_for(config),
+            ttl={m: p.config.ttl for m, p in processes.items()},
             stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait))
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(processes),
+            sleepable=_sleepable(processes)))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
         # forget the processes of earlier configs (one per changed model per reload, kept
         # forever before: the soak benchmark's slow RSS rise)
         live = {id(p) for p in processes.values()} | {id(p) for p in self._retired.values()}
         self._listening = {k: p for k, p in self._listening.items() if k in live}
+
+    def _planner_for(self, config: Config):
+        if self._memory is None or config.memory is None:
+            return planner_for(config)
+        return planner_for(config, (self._memory.budgets_for(config), self._book))
+
+    def _book_for(self, config: Config) -> MemoryBook | None:
+        return self._book if config.memory is not None else None
 
     def _apply(self, effects: list) -> None:
         for effect in effects:
@@ -475,8 +545,26 @@ class Router:
                                               effect.model, effect.token))
             elif isinstance(effect, ShutdownAll):
                 self._start_shutdown(effect)
+            elif isinstance(effect, BackOff):
+                process = self._processes.get(effect.model)
+                if process is not None:
+                    process.back_off(effect.reason, effect.delay)
+                heapq.heappush(self._timers, (effect.deadline, next(self._seq), "restart",
+                                              effect.model, effect.token))
+            elif isinstance(effect, CancelRestart):
+                process = self._process_for_stop(effect.model)
+                if process is not None:
+                    process.cancel_backoff()
+            elif isinstance(effect, Restart):
+                process = self._processes.get(effect.model)
+                if process is not None:
+                    process.count_restart()
+                if self._events is not None:
+                    self._events.publish(ModelRestarting(effect.model, effect.reason, effect.attempt))
             elif isinstance(effect, Log):
                 getattr(self._log, effect.level)(effect.message)
+            elif isinstance(effect, NeedLearned) and self._memory is not None:
+                self._memory.learned(effect.model, effect.command, effect.asleep, effect.need)
 
     def _publish_queue_length(self) -> None:
         length = self._core.queue_length()
@@ -484,6 +572,11 @@ class Router:
             self._last_queue_length = length
             if self._events is not None:
                 self._events.publish(QueueLengthChanged(length))
+
+    def _queue_waited(self, model: str, seconds: float) -> None:
+        events = self._events
+        if events is not None and events.wants(QueueWaited):
+            events.publish(QueueWaited(model, seconds))
 
     def _post(self, command: tuple) -> None:
         self._commands.put(command)
@@ -494,17 +587,33 @@ class Router:
                 continue
             self._listening[id(process)] = process  # keeps the id from being reused
 
-            def exited(model_id, _returncode, process=process) -> None:
-                self._post(("exited", model_id, process))
+            def exited(model_id, returncode, process=process) -> None:
+                self._post(("exited", model_id, process, returncode))
+
+            def unhealthy(model_id, _detail, process=process) -> None:
+                self._post(("unhealthy", model_id, process))
 
             process.add_exit_listener(exited)
+            process.add_health_listener(unhealthy)
 
     def _process_for_stop(self, model: str):
         return self._retired.get(model) or self._processes.get(model)
 
     # ---- workers ------------------------------------------------------------------------
 
+    def _stopping(self, models, reason_of, for_model: str = "") -> None:
+        """Publish ModelStopping for each model that is running (a stop of a stopped model
+        is only bookkeeping)."""
+        events = self._events
+        if events is None or not events.wants(ModelStopping):
+            return
+        for model in models:
+            process = self._process_for_stop(model)
+            if process is not None and _state(process) not in ("stopped", "shutdown"):
+                events.publish(ModelStopping(model, reason_of(model), for_model))
+
     def _start_swap(self, effect: StartSwap) -> None:
+        self._stopping(effect.evict, lambda m: effect.reasons.get(m, "swap"), effect.model)
         target = self._processes[effect.model]
         evict = [p for p in (self._process_for_stop(m) for m in effect.evict) if p is not None]
         finished = threading.Event()
@@ -513,36 +622,41 @@ class Router:
         def work() -> None:
             started = time.monotonic()
             error = None
+            asleep: set = set()
             try:
-                _stop_all(evict, None, self._log)
+                asleep = _stop_all(evict, None, self._log, sleep=effect.sleep)
                 target.start()
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
             finally:
                 self._post(("swap_done", effect.swap_id, effect.model, error,
-                            time.monotonic() - started))
+                            time.monotonic() - started, frozenset(asleep)))
                 finished.set()
 
         _spawn(work, f"swap-{effect.model}")
 
     def _start_stop(self, effect: StopModels) -> None:
+        self._stopping(effect.models, lambda _m: effect.reason)
         processes = [p for p in (self._process_for_stop(m) for m in effect.models) if p is not None]
         waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
 
         def work() -> None:
+            asleep: set = set()
             try:
-                _stop_all(processes, effect.grace, self._log)
+                asleep = _stop_all(processes, effect.grace, self._log, sleep=effect.sleep)
                 if waits:
                     # A cancelled swap may still have been about to start one of these.
                     for event in waits:
                         event.wait()
                     _stop_all(processes, effect.grace, self._log)
+                    asleep = set()
             finally:
-                self._post(("stops_done", effect.token))
+                self._post(("stops_done", effect.token, frozenset(asleep)))
 
         _spawn(work, f"stop-{effect.reason}")
 
     def _start_shutdown(self, effect: ShutdownAll) -> None:
+        self._stopping(sorted(set(self._processes) | set(self._retired)), lambda _m: "shutdown")
         processes = list(self._processes.values()) + list(self._retired.values())
         waits = list(self._swap_finished.values())
 
@@ -555,6 +669,11 @@ class Router:
                 self._post(("shutdown_done", effect.token))
 
         _spawn(work, "router-shutdown")
+
+
+def _restart(processes: Mapping[str, object]) -> dict[str, str]:
+    """The restart policy of each model that has one."""
+    return {m: p.config.restart for m, p in processes.items() if p.config.restart != "never"}
 
 
 def _ttls(processes: Mapping[str, object]) -> dict[str, float]:
@@ -571,13 +690,25 @@ def _spawn(fn, name: str) -> None:
     threading.Thread(target=fn, name=name, daemon=True).start()
 
 
-def _stop_all(processes: list, grace: float | None, log, terminal: bool = False) -> None:
-    """Stop every process in parallel (each with its own unload_timeout unless `grace`)."""
+def _sleepable(processes: Mapping[str, object]) -> frozenset[str]:
+    return frozenset(m for m, p in processes.items() if getattr(p.config, "sleep", ""))
+
+
+def _stop_all(processes: list, grace: float | None, log, terminal: bool = False,
+              sleep: Sequence[str] = ()) -> set:
+    """Stop every process in parallel (each with its own unload_timeout unless `grace`);
+    those named in `sleep` are put to sleep instead (a failed sleep stops them). The ids
+    of the processes that went to sleep."""
+    asleep = set()
+
     def stop(process) -> None:
         wait = process.config.unload_timeout if grace is None else grace
         try:
             if terminal:
                 process.shutdown(wait)
+            elif process.model_id in sleep:
+                if process.sleep():
+                    asleep.add(process.model_id)
             else:
                 process.stop(wait)
         except Exception as exc:
@@ -585,10 +716,11 @@ def _stop_all(processes: list, grace: float | None, log, terminal: bool = False)
 
     if len(processes) == 1:
         stop(processes[0])
-        return
+        return asleep
     threads = [threading.Thread(target=stop, args=(p,), name=f"stop-{p.model_id}", daemon=True)
                for p in processes]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return asleep

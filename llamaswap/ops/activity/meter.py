@@ -4,10 +4,14 @@ record (and its capture) to the ActivityLog."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from llamaswap.config.model import PLAIN_KEY_NAME
+from llamaswap.http.auth import key_name
 from llamaswap.ops import captures as cap
-from llamaswap.ops.activity.parse import ResponseParser
+from llamaswap.http.context import reason
+from llamaswap.ops.activity.parse import ErrorBody, ResponseParser
 from llamaswap.ops.activity.record import NO_TOKENS, ActivityEntry, local_now
 
 if TYPE_CHECKING:
@@ -24,6 +28,17 @@ def filter_accept_encoding(value: str) -> str:
         if enc in ("gzip", "deflate"):
             kept.append(part.strip())
     return ", ".join(kept)
+
+
+def status_text(status: int) -> str:
+    """Go's http.StatusText."""
+    text = reason(status)
+    if not text:
+        try:
+            text = HTTPStatus(status).phrase
+        except ValueError:
+            text = ""
+    return text
 
 
 class RequestMeter:
@@ -43,6 +58,7 @@ class RequestMeter:
         self.content_type = ""
         self.resp_headers: list[tuple[str, str]] = []
         self._parser: ResponseParser | None = None
+        self._error_body: ErrorBody | None = None  # non-200: why it failed
         self._ended = False
         captures = log.captures
         self._capture_on = captures is not None and captures.enabled
@@ -81,6 +97,8 @@ class RequestMeter:
         if status == 200:
             keep = self._log.captures.max_bytes if self._capture_on else 0
             self._parser = ResponseParser(self.path, self.content_type, encoding or "", keep)
+        elif status != 101:
+            self._error_body = ErrorBody(encoding or "")
 
     def on_chunk(self, data: bytes) -> None:
         if self._parser is not None:
@@ -88,6 +106,8 @@ class RequestMeter:
                 self._parser.feed(data)
             except Exception as e:  # a parser bug must never break the response
                 self._parser.error = f"parser error: {e}"
+        elif self._error_body is not None:
+            self._error_body.feed(data)
 
     def on_end(self, error: str | None = None) -> ActivityEntry | None:
         """Record the entry. ``error`` (the upstream failed or the client left) is logged;
@@ -98,19 +118,23 @@ class RequestMeter:
         if error:
             self._log.debug(f"metrics: request for {self.model_id} ended early: {error}")
         try:
-            return self._finish()
+            return self._finish(error)
         except Exception as e:  # never break the request because of metrics
             self._log.warn(f"metrics: failed to record activity: {e}")
             return None
 
-    def _finish(self) -> ActivityEntry:
+    def _finish(self, error: str | None) -> ActivityEntry:
         wall_ms = int((self._clock() - self._start) * 1000)
         status = self.status or getattr(self.ctx, "status", 0) or 502
-        tokens, duration, warning = NO_TOKENS, wall_ms, None
+        tokens, duration, error_msg = NO_TOKENS, wall_ms, ""
         body_seen = self._parser is not None and self._parser.raw_bytes > 0
         if status != 200:
             self._log.warn(f"non-200 response, recording partial metrics: status={status}, "
                            f"path={self.path}")
+            if self._error_body is not None:  # the backend's answer
+                error_msg = self._error_body.message(status, status_text(status))
+            else:  # answered by the proxy (its own message), or no answer at all
+                error_msg = error or f"{status} {status_text(status)}"
         elif not body_seen:
             self._log.warn("metrics: empty body, recording minimal metrics")
         else:
@@ -118,16 +142,29 @@ class RequestMeter:
             tokens, duration, warning = self._parser.finish(wall_ms)
             if warning:
                 self._log.warn(f"{warning}, path={self.path}, recording minimal metrics")
+            if self._parser.decompress_error is not None:
+                error_msg = f"response decompression failed: {self._parser.decompress_error}"
         capture = None
-        if self._capture_on and status == 200 and body_seen:
-            capture = self._build_capture()
+        if self._capture_on and (status != 200 or body_seen):
+            capture = self._build_capture(with_body=status == 200)
+        metadata = None
+        key = PLAIN_KEY_NAME
+        if self.ctx is not None:
+            metadata = self.ctx.state.get("metadata") or None
+            if metadata is not None:
+                metadata = dict(metadata)
+            key = key_name(self.ctx)
         return self._log.record((local_now(), self.model_id, self.path, self.content_type,
-                                 status, tokens, duration), False, capture)
+                                 status, tokens, duration), False, capture,
+                                error_msg, metadata, key)
 
-    def _build_capture(self) -> dict | None:
-        assert self._parser is not None
+    def _build_capture(self, with_body: bool) -> dict | None:
+        """The capture of a 200 response, or of a failed one without its response body (its
+        error is in the record's error_msg, as upstream)."""
         f = self._fields
-        body = self._parser.body
+        if not with_body:
+            f &= ~cap.RESP_BODY
+        body = self._parser.body if self._parser is not None else None
         if f & cap.RESP_BODY and body is None:
             return None  # too large for the cache anyway
         if f & cap.REQ_BODY and self._req_body is None:

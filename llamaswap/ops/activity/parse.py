@@ -82,11 +82,14 @@ def usage_tokens(usage: Any) -> tuple[int, int, int, bool]:
     return inp, out, cached, ok
 
 
-def build_tokens(inp: int, out: int, cached: int, timings: Any,
-                 wall_ms: int) -> tuple[TokenMetrics, int]:
-    """Token metrics and duration; llama.cpp timings override usage when present."""
+def build_tokens(inp: int, out: int, cached: int, timings: Any, wall_ms: int,
+                 metrics: Any = _MISSING) -> tuple[TokenMetrics, int]:
+    """Token metrics and duration: llama.cpp ``timings`` override usage when present; vLLM's
+    ``metrics`` (time to first token, mean inter-token latency, speculative decoding
+    counters) give the rates and draft counts it reports."""
     duration = wall_ms
     pps = tps = -1.0
+    draft = draft_acc = -1
     if timings is not _MISSING:
         inp = _int(_get(timings, "prompt_n"))
         out = _int(_get(timings, "predicted_n"))
@@ -97,7 +100,23 @@ def build_tokens(inp: int, out: int, cached: int, timings: Any,
         cache_n = _get(timings, "cache_n")
         if cache_n is not _MISSING:
             cached = _int(cache_n)
-    return TokenMetrics(cached, inp, out, pps, tps), duration
+        draft_n, accepted = _get(timings, "draft_n"), _get(timings, "draft_n_accepted")
+        if draft_n is not _MISSING and accepted is not _MISSING:
+            draft, draft_acc = _int(draft_n), _int(accepted)
+    if metrics is not _MISSING:
+        # both counters or neither, so an acceptance rate never comes from half an object
+        spec = _get(metrics, "speculative_decoding")
+        drafted = _get(spec, "num_draft_tokens")
+        accepted = _get(spec, "num_accepted_draft_tokens")
+        if drafted is not _MISSING and accepted is not _MISSING:
+            draft, draft_acc = _int(drafted), _int(accepted)
+        ttft = _num(_get(metrics, "time_to_first_token_ms"))
+        if ttft > 0:
+            pps = (inp - max(cached, 0)) / (ttft / 1000)
+        itl = _num(_get(metrics, "mean_itl_ms"))
+        if itl > 0:
+            tps = 1000 / itl
+    return TokenMetrics(cached, inp, out, pps, tps, draft, draft_acc), duration
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +124,7 @@ def build_tokens(inp: int, out: int, cached: int, timings: Any,
 
 
 class _SseTokens:
-    """Scans `data:` lines of an event stream for usage and timings."""
+    """Scans `data:` lines of an event stream for usage, timings and (vLLM) metrics."""
 
     _USAGE_PATHS = (("usage",), ("response", "usage"), ("message", "usage"))
     _LINE_LIMIT = 1024 * 1024  # longer lines go through the streaming tap instead
@@ -117,6 +136,7 @@ class _SseTokens:
         self.inp = self.out = 0
         self.cached = -1
         self.timings: Any = _MISSING
+        self.metrics: Any = _MISSING
         self.has_any = False
 
     def feed(self, data: bytes) -> None:
@@ -146,7 +166,7 @@ class _SseTokens:
             if payload is None:
                 self._skip_line = True
             else:
-                self._tap = JsonValueTap(self._USAGE_PATHS + (("timings",),))
+                self._tap = JsonValueTap(self._USAGE_PATHS + (("timings",), ("metrics",)))
                 self._tap.feed(payload)
 
     @staticmethod
@@ -171,8 +191,9 @@ class _SseTokens:
             payload = self._data_payload(bytes(self._line))
             if payload is not None:
                 payload = payload.strip()
-                # only lines that mention usage or timings can change the numbers
-                if payload and (b"usage" in payload or b"timings" in payload):
+                # only lines that mention usage, timings or metrics can change the numbers
+                if payload and (b"usage" in payload or b"timings" in payload
+                                or b"metrics" in payload):
                     try:
                         self._consider(deepjson.loads(payload))
                     except ValueError:
@@ -198,6 +219,10 @@ class _SseTokens:
         t = _get(doc, "timings")
         if t is not _MISSING:
             self.timings = t
+            self.has_any = True
+        m = _get(doc, "metrics")
+        if m is not _MISSING:
+            self.metrics = m
             self.has_any = True
 
 
@@ -252,10 +277,12 @@ class ResponseParser:
         enc = content_encoding.strip().lower()
         self._inflater = _Inflater(enc) if enc in ("gzip", "deflate") else None
         self.error: str | None = None
+        self.decompress_error: str | None = None  # the inflater's complaint, if any
         self.raw_bytes = 0
         self._sse = _SseTokens() if self.is_sse else None
         self._tap = None if self.is_sse else JsonValueTap(
-            (("usage",), ("timings",), (ANY, "timings")), reset_on_element=(ANY, "timings"))
+            (("usage",), ("timings",), ("metrics",), (ANY, "timings")),
+            reset_on_element=(ANY, "timings"))
         # captures need the (decoded) body: kept only while it fits the capture cache
         self._keep_limit = keep_body_limit
         self.body: bytearray | None = bytearray() if keep_body_limit > 0 else None
@@ -276,7 +303,11 @@ class ResponseParser:
             for out in self._inflater.feed(chunk):
                 self._consume(out)
         except zlib.error as e:
-            self.error = f"decompression failed: {e}"
+            self._decompress_failed(e)
+
+    def _decompress_failed(self, e: Exception) -> None:
+        self.decompress_error = str(e)
+        self.error = f"decompression failed: {e}"
 
     def _consume(self, data: bytes) -> None:
         body = self.body
@@ -309,8 +340,8 @@ class ResponseParser:
             view.release()
             self._chunk_ends = []
 
-    def _parse_whole(self) -> tuple[bool, Any, Any] | None:
-        """(valid, usage, timings) from the kept body, exactly as the tap would report them,
+    def _parse_whole(self) -> tuple[bool, Any, Any, Any] | None:
+        """(valid, usage, timings, metrics) from the kept body, exactly as the tap would report them,
         or None where only the tap's own rules give the right answer."""
         body = self.body
         assert body is not None
@@ -321,12 +352,13 @@ class ResponseParser:
         except (ValueError, RecursionError):
             return None  # the tap decides what counts as broken
         if isinstance(doc, dict):
-            return True, doc.get("usage", _MISSING), doc.get("timings", _MISSING)
+            return (True, doc.get("usage", _MISSING), doc.get("timings", _MISSING),
+                    doc.get("metrics", _MISSING))
         if isinstance(doc, list):
             timings = _MISSING
             if self.path.startswith("/infill") and doc and isinstance(doc[-1], dict):
                 timings = doc[-1].get("timings", _MISSING)  # the last element's, as upstream
-            return True, _MISSING, timings
+            return True, _MISSING, timings, _MISSING
         return None  # a bare scalar: the tap's rules (a top-level string is not valid)
 
     def finish(self, wall_ms: int) -> tuple[TokenMetrics, int, str | None]:
@@ -335,7 +367,7 @@ class ResponseParser:
             try:
                 self._inflater.finish()
             except zlib.error as e:
-                self.error = f"decompression failed: {e}"
+                self._decompress_failed(e)
         if self.error is not None:
             return TokenMetrics(), wall_ms, f"metrics: {self.error}"
         if self._sse is not None:
@@ -344,7 +376,8 @@ class ResponseParser:
             if not s.has_any:
                 return TokenMetrics(), wall_ms, \
                     "error processing streaming response: no valid JSON data found in stream"
-            tokens, duration = build_tokens(s.inp, s.out, s.cached, s.timings, wall_ms)
+            tokens, duration = build_tokens(s.inp, s.out, s.cached, s.timings, wall_ms,
+                                            s.metrics)
             return tokens, duration, None
         whole = None
         if self._deferred:
@@ -352,20 +385,77 @@ class ResponseParser:
             if whole is None:
                 self._stop_deferring()
         if whole is not None:
-            valid, usage, timings = whole
+            valid, usage, timings, metrics = whole
         else:
             tap = self._tap
             assert tap is not None
             valid = tap.valid
             usage = tap.values.get((b"usage",), _MISSING)
             timings = tap.values.get((b"timings",), _MISSING)
+            metrics = tap.values.get((b"metrics",), _MISSING)
             if self.path.startswith("/infill") and tap.top_kind == "a":
                 # /infill answers with an array: the timings of its last element count
                 timings = tap.values.get((ANY, b"timings"), _MISSING)
         if not valid:
             return TokenMetrics(), wall_ms, "metrics: invalid JSON in response body"
-        if usage is _MISSING and timings is _MISSING:
+        if usage is _MISSING and timings is _MISSING and metrics is _MISSING:
             return TokenMetrics(), wall_ms, None
         inp, out, cached, _ok = usage_tokens(usage)
-        tokens, duration = build_tokens(inp, out, cached, timings, wall_ms)
+        tokens, duration = build_tokens(inp, out, cached, timings, wall_ms, metrics)
         return tokens, duration, None
+
+
+# ---------------------------------------------------------------------------------------------
+# non-200 responses: why it failed
+
+ERROR_BODY_LIMIT = 64 * 1024  # error bodies are small; a longer one is not read for a message
+ERROR_MSG_MAX = 500
+_ERROR_PATHS = (("error", "message"), ("error",), ("message",), ("detail",))
+
+
+class ErrorBody:
+    """Keeps the (inflated) start of a non-200 response body to say why it failed."""
+
+    def __init__(self, content_encoding: str = ""):
+        enc = content_encoding.strip().lower()
+        self._inflater = _Inflater(enc) if enc in ("gzip", "deflate") else None
+        self.body = bytearray()
+        self.decode_error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.decode_error is not None or len(self.body) > ERROR_BODY_LIMIT:
+            return
+        if self._inflater is None:
+            self.body += chunk[:ERROR_BODY_LIMIT + 1]
+            return
+        try:
+            for out in self._inflater.feed(chunk):
+                self.body += out
+                if len(self.body) > ERROR_BODY_LIMIT:
+                    return
+        except zlib.error as e:
+            self.decode_error = str(e)
+
+    def message(self, status: int, reason: str) -> str:
+        """The first non-empty string at error.message, error, message or detail, cut at 500
+        characters; else ``"<status> <reason>"`` (upstream's rules)."""
+        if self.decode_error is not None:
+            return f"response decode failed: {self.decode_error}"
+        msg = error_message(bytes(self.body))
+        if msg:
+            return msg[:ERROR_MSG_MAX] + "..." if len(msg) > ERROR_MSG_MAX else msg
+        return f"{status} {reason}" if reason else f"HTTP {status}"
+
+
+def error_message(body: bytes) -> str:
+    if not body or len(body) > ERROR_BODY_LIMIT:
+        return ""
+    try:
+        doc = deepjson.loads(body, first_key_wins=True)  # gjson's reading, as upstream
+    except ValueError:
+        return ""
+    for path in _ERROR_PATHS:
+        v = _get(doc, *path)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return ""
