@@ -222,6 +222,35 @@ def test_model_concurrency_limit_refusal_gives_the_key_slot_back():
         assert wait_until(lambda: slots(p, LIMITED) == 0)
 
 
+def test_peer_models_are_scoped_by_the_name_sent():
+    from httpkit import PeerConfig, freeze
+    remote = Proxy(config(model("remote-m"), model("other-m")))
+    try:
+        peer = PeerConfig(id="p1", proxy=f"http://127.0.0.1:{remote.port}",
+                          models=("remote-m", "other-m"))
+        key = ApiKey(TEAM_A, "team-a", ("remote-*", "local"), admin=False)
+        with Proxy(keyed_config(model("local"), scoped=(key,), peers=freeze({"p1": peer}))) as p:
+            assert chat(p, TEAM_A, "remote-m")[0] == 200
+            status, _, err = chat(p, TEAM_A, "other-m")
+            assert status == 403 and err["error"]["message"] == "API key team-a may not use model other-m"
+            assert p.request("GET", "/upstream/other-m/x", headers=bearer(TEAM_A))[0] == 403
+            assert p.request("GET", "/upstream/remote-m/upstream/remote-m/x",
+                             headers=bearer(TEAM_A))[0] == 200
+            assert chat(p, TEAM_A, "p1/remote-m")[0] == 200  # the id the peer knows matches
+            assert chat(p, TEAM_A, "p1/other-m")[0] == 403
+            _, _, body = p.request("GET", "/v1/models", headers=bearer(TEAM_A))
+            assert [r["id"] for r in json.loads(body)["data"]] == ["local", "p1/remote-m"]
+        by_peer = ApiKey(TEAM_A, "team-a", ("p1/*",), admin=False)
+        with Proxy(keyed_config(model("local"), scoped=(by_peer,), peers=freeze({"p1": peer}))) as p:
+            assert chat(p, TEAM_A, "remote-m")[0] == 200  # resolves to p1/remote-m
+            assert chat(p, TEAM_A, "local")[0] == 403
+            _, _, body = p.request("GET", "/v1/models", headers=bearer(TEAM_A))
+            assert [r["id"] for r in json.loads(body)["data"]] == ["p1/other-m", "p1/remote-m"]
+        assert remote.app.processes["other-m"].pid is None
+    finally:
+        remote.close()
+
+
 # ---- operations routes -----------------------------------------------------------------------
 
 def concrete(pattern: str) -> str:

@@ -129,6 +129,16 @@ def key_name(ctx) -> str:
     return key.name if key is not None else PLAIN_KEY_NAME
 
 
+def resolved_names(config, name: str) -> tuple[str, ...]:
+    """What a requested name resolves to, for the scope check: the local model id, or a peer
+    model's qualified name (``peer/model``) and the id the peer knows it by."""
+    real = config.real_model_name(name)
+    if real is not None:
+        return (real,)
+    route = config.peer_model(name)
+    return (route.fqn, route.model_id) if route is not None else ()
+
+
 def may_use(ctx, *names: str | None) -> bool:
     """Scope check before anything starts: True when the request's key may use a model by
     any of ``names`` (the name sent, an alias, the model id it resolves to); otherwise the
