@@ -34,9 +34,10 @@ NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.acc
                                       None)
 
 
-def demo_model(model_id: str, command: str | None = None) -> str:
+def demo_model(model_id: str, command: str | None = None, answers_as: str = "") -> str:
+    """A model served by the demo backend, which names ``answers_as`` (default: the id)."""
     cmd = command or f"{sys.executable} -m llamaswap.demo.backend"
-    return (f"  {model_id}:\n    cmd: {cmd} --port ${{PORT}} --model-id {model_id}\n"
+    return (f"  {model_id}:\n    cmd: {cmd} --port ${{PORT}} --model-id {answers_as or model_id}\n"
             "    proxy: http://127.0.0.1:${PORT}\n")
 
 
@@ -417,13 +418,16 @@ def yaml_blocks(markdown: str) -> list[str]:
 
 
 def test_multi_host_configs_in_the_recipe_load():
-    box, front_cfg = yaml_blocks((DEPLOY / "multi-host.md").read_text())
-    env = {"LLAMA_SWAP_KEY": "sk-b", "FRONT_KEY": "sk-front", "GPU_B_KEY": "sk-b"}
+    box, front_cfg, spread = yaml_blocks((DEPLOY / "multi-host.md").read_text())
+    env = {"LLAMA_SWAP_KEY": "sk-b", "FRONT_KEY": "sk-front", "GPU_B_KEY": "sk-b",
+           "GPU_C_KEY": "sk-c"}
     b = load_config_text(box, path="gpu-b.yaml", environ=env)
     a = load_config_text(front_cfg, path="front.yaml", environ=env)
     assert sorted(b.models) == ["qwen-32b", "whisper"] and b.api_keys == ("sk-b",)
     peer = a.peers["gpu-b"]
     assert peer.api_key == "sk-b" and sorted(peer.models) == sorted(b.models)
+    selector = load_config_text(spread, path="spread.yaml", environ=env).selectors["qwen"]
+    assert selector.strategy == "spillover" and selector.spillover == 4
 
 
 def test_two_proxies_as_peers(tmp_path):
@@ -477,3 +481,42 @@ def test_two_proxies_as_peers(tmp_path):
         if box.returncode is None:
             stopped(box)
         stopped(front_proxy)
+
+
+def test_a_spillover_selector_spreads_one_model_over_two_boxes(tmp_path):
+    """A second request for the selector while the first still streams from one box goes to
+    the other box (spillover 1), each box with its own key."""
+    boxes = {}
+    for name in ("gpu-b", "gpu-c"):
+        cfg = write_config(tmp_path / f"{name}.yaml",
+                           demo_model("qwen-32b", answers_as=f"qwen-on-{name}"),
+                           extra=f'apiKeys: ["sk-{name}"]\n')
+        boxes[name] = start([sys.executable, "-m", "llamaswap", "-config", str(cfg), "-listen",
+                             f"127.0.0.1:{free_port()}"], cwd=ROOT)
+    peers = "".join(f"  {name}:\n    proxy: http://127.0.0.1:{port}\n    apiKey: sk-{name}\n"
+                    "    models: [qwen-32b]\n" for name, (_, port) in boxes.items())
+    front_cfg = tmp_path / "front.yaml"
+    front_cfg.write_text(f"peers:\n{peers}selectors:\n  qwen:\n    strategy: spillover\n"
+                         "    targets: [gpu-b/qwen-32b, gpu-c/qwen-32b]\n"
+                         "    settings: {spillover: 1}\n")
+    front_proxy, front_port = start([sys.executable, "-m", "llamaswap", "-config",
+                                     str(front_cfg), "-listen", f"127.0.0.1:{free_port()}"],
+                                    cwd=ROOT)
+    conn = http.client.HTTPConnection("127.0.0.1", front_port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions",
+                     body=json.dumps({**chat("qwen", chunks=3, chunk_delay=60), "stream": True}),
+                     headers={"Content-Type": "application/json"})
+        first = conn.getresponse()
+        assert first.status == 200
+        line = first.fp.readline()
+        while not line.startswith(b"data: "):
+            line = first.fp.readline()
+        assert b"qwen-on-gpu-b" in line  # the first box, still streaming
+        second = post_json(f"http://127.0.0.1:{front_port}/v1/chat/completions", chat("qwen"))
+        assert second["model"] == "qwen-on-gpu-c"
+    finally:
+        conn.close()
+        stopped(front_proxy)
+        for proxy, _ in boxes.values():
+            stopped(proxy)
