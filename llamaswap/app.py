@@ -12,8 +12,10 @@ import threading
 import time
 from typing import Mapping
 
+import llamaswap
 from llamaswap.config.model import Config
 from llamaswap.http.slots import Slots
+from llamaswap.ops import hardware
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus, ProfileChanged
@@ -55,6 +57,7 @@ class App:
     @classmethod
     def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
         events = events if events is not None else EventBus()
+        hardware.start(llamaswap.__version__, loggers.log)  # in its own thread
         processes = _processes(config, loggers, events, keep={})
         router = Router(config, processes, log=loggers.log, events=events)
         router.start()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, hardware, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
@@ -37,6 +37,7 @@ def register(table: RouteTable) -> None:
     table.add("POST", "/api/models/unload", unload_all_json)
     table.add("POST", "/api/models/unload/{model...}", unload_one)
     table.add("GET", "/api/version", version)
+    table.add("GET", "/api/hardware", api_hardware)
     table.add("GET", "/logs", logs)
     table.add("GET", "/logs/stream", logs_stream)
     table.add("GET", "/logs/stream/{id...}", logs_stream)
@@ -111,6 +112,15 @@ def unload_one(ctx: RequestContext) -> None:
 def version(ctx: RequestContext) -> None:
     _json_line(ctx, {"build_date": llamaswap.BUILD_DATE, "commit": llamaswap.COMMIT,
                      "version": llamaswap.__version__})
+
+
+def api_hardware(ctx: RequestContext) -> None:
+    """The host as detected at startup (ops/hardware.py); 503 when detection failed."""
+    snapshot = hardware.start(llamaswap.__version__, ctx.app.loggers.log).result()
+    if snapshot is None:
+        ctx.send_error(503, hardware.UNAVAILABLE)
+        return
+    _json_line(ctx, snapshot)
 
 
 # ---- logs ------------------------------------------------------------------------------------
