@@ -167,9 +167,9 @@ def logs_stream(ctx: RequestContext) -> None:
             ctx.write(history)
 
         def render(data: bytes, dropped: int) -> bytes:
-            if dropped:
-                return (f"\n--- {dropped} log chunk(s) dropped: this reader fell behind ---\n"
-                        .encode() + data)
+            if dropped:  # upstream's marker, before the next delivered chunk
+                lost = sub.take_dropped_bytes()
+                return f"\n\u2014 {lost} bytes dropped \u2014\n".encode() + data
             return data
 
         sse.pump(ctx, sub, render)
