@@ -157,13 +157,14 @@ class SqliteStore:
         self._pending: list[ActivityEntry] = []
         self._closed = False
         self.path = path or None
-        try:
-            self._db = _connect(self.path, busy_timeout)
-        except StoreUnavailable as e:
-            if self.path is None:
-                raise
-            self._db = self._memory_instead(str(e), None)
-        self._next_id = self._first_free_id()
+        self._db: sqlite3.Connection | None = None  # memory: opened with the first row
+        self._next_id = 0
+        if self.path is not None:
+            try:
+                self._db = _connect(self.path, busy_timeout)
+            except StoreUnavailable as e:
+                self._db = self._memory_instead(str(e), None)
+            self._next_id = self._first_free_id()
 
     @property
     def in_memory(self) -> bool:
@@ -201,8 +202,14 @@ class SqliteStore:
             self._fall_back(e)
             self._write(batch)
 
+    def _conn(self) -> sqlite3.Connection:
+        """The connection (with _db_lock held); a memory database is made on first use."""
+        if self._db is None:
+            self._db = _connect(None, self._busy_timeout)
+        return self._db
+
     def _write(self, batch: list[ActivityEntry]) -> None:
-        db = self._db
+        db = self._conn()
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, [_row(e) for e in batch])
@@ -223,12 +230,12 @@ class SqliteStore:
         with self._db_lock:
             self._flush_locked()
             try:
-                return fn(self._db)
+                return fn(self._conn())
             except (sqlite3.Error, OSError) as e:
                 if self.path is None:
                     raise
                 self._fall_back(e)
-                return fn(self._db)
+                return fn(self._conn())
 
     def recent(self, n: int) -> list[ActivityEntry]:
         rows = self._read(lambda db: db.execute(
@@ -280,7 +287,8 @@ class SqliteStore:
             self._flush_locked()
             self._closed = True
             try:
-                self._db.close()
+                if self._db is not None:
+                    self._db.close()
             except sqlite3.Error:
                 pass
 
