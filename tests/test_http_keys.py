@@ -45,7 +45,7 @@ def keyed_config(*models, scoped=SCOPED, **kw):
 @pytest.fixture
 def proxy():
     p = Proxy(keyed_config(model("m1", aliases=("gpt",)), model("m2", send_loading_state=True),
-                           model("n3")))
+                           model("n3", send_loading_state=True)))
     try:
         yield p
     finally:
@@ -150,8 +150,8 @@ def test_max_in_flight_counts_streams_across_models_and_aborts_give_slots_back(p
     a = Stream(proxy, LIMITED, "m1")
     b = Stream(proxy, LIMITED, "m2")
     assert (a.status, b.status) == (200, 200) and slots(proxy, LIMITED) == 2
-    for mid in ("m1", "n3"):  # n3: not loaded, and stays so
-        status, headers, err = chat(proxy, LIMITED, mid)
+    for mid in ("m1", "n3"):  # n3: not loaded (a loading stream would start at once), stays so
+        status, headers, err = chat(proxy, LIMITED, mid, stream=True)
         assert status == 429 and headers["retry-after"] == "1"
         assert err["error"]["message"] == "Too many requests: API key limited is at its " \
                                           "maxInFlight limit of 2"
@@ -405,8 +405,9 @@ def test_reload_adds_removes_and_narrows_keys_while_requests_run(tmp_path):
             return out
     p = P()
     try:
-        old = Stream(p, "sk-old-1", "m1", chunks=300, delay=0.01)
-        keep = Stream(p, "sk-keep-2", "m1", chunks=300, delay=0.01)
+        # 8 s streams: still in flight after the reload, whatever the machine's load
+        old = Stream(p, "sk-old-1", "m1", chunks=800, delay=0.01)
+        keep = Stream(p, "sk-keep-2", "m1", chunks=800, delay=0.01)
         assert (old.status, keep.status) == (200, 200)
         assert chat(p, "sk-old-1", "m2")[0] == 429  # at its limit of 1
         path.write_text(keys_yaml(entry("sk-keep-2", "keep", "[m2]", limit=1),
