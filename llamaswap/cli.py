@@ -76,6 +76,7 @@ def network_warning(listen: str, api_keys_set: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     lazy.defer("ssl")  # http.client imports it; only TLS (serving, https backends) needs it
+    lazy.defer("sqlite3")  # 1.5 MB: the activity store opens it with the first request
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
         from llamaswap.demo.backend import main as backend_main
@@ -183,7 +184,9 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
         try:
             app = App.build(config, loggers, events)
         except Exception as e:  # upstream: "failed to create server", exit 1
-            _err(f"failed to create server: {e}")
+            from llamaswap.config import ConfigError
+            # (a config that loaded but cannot run here: an `auto` memory budget unread)
+            _err(f"failed to {'load config' if isinstance(e, ConfigError) else 'create server'}: {e}")
             return 1
         holder = AppHolder(app)
         cert, key = opts["tls-cert-file"], opts["tls-key-file"]

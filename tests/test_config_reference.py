@@ -67,8 +67,8 @@ def test_served_listing_and_ignored_paths(cfg):
     with Proxy(cfg) as p:
         data = json.loads(p.request("GET", "/v1/models")[2])["data"]
         assert [r["id"] for r in data] == [
-            "bge-reranker", "cloud/deepseek-v3", "cloud/embed", "gpu-box/embed",
-            "gpu-box/llama-70b", "qwen-coder-32b", "qwen-vl-7b", "whisper"]
+            "bge-reranker", "cloud/deepseek-v3", "cloud/embed", "coder", "embed-any",
+            "gpu-box/embed", "gpu-box/llama-70b", "qwen-coder-32b", "qwen-vl-7b", "whisper"]
         vl = next(r for r in data if r["id"] == "qwen-vl-7b")
         assert vl["name"] == "Qwen2.5 VL 7B" and vl["context_length"] == 32768
         assert vl["meta"]["n_ctx"] == 32768 and vl["status"] == {"value": "unloaded"}
@@ -76,3 +76,15 @@ def test_served_listing_and_ignored_paths(cfg):
         s, _, b = p.request("GET", "/upstream/whisper/static/app.js")
         assert s == 409 and json.loads(b)["error"]["code"] == "conflict"
         assert p.app.processes["whisper"].state.value == "stopped"
+
+
+def test_selectors_and_profiles(cfg):
+    coder, spill = cfg.selectors["coder"], cfg.selectors["embed-any"]
+    assert (coder.strategy, coder.targets, coder.name) == (
+        "warm", ("qwen-coder-32b", "qwen-vl-7b"), "Best loaded coder")
+    assert coder.metadata == {"purpose": "coding"}
+    assert (spill.strategy, spill.targets, spill.spillover) == (
+        "spillover", ("gpu-box/embed", "cloud/embed"), 4)
+    offline = cfg.profiles["offline"]
+    assert offline.description == "Nothing leaves this machine"
+    assert dict(offline.pins) == {"coder": "qwen-coder-32b", "embed-any": ""}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 
 import pytest
@@ -215,12 +216,14 @@ def test_events_initial_snapshot_and_live_updates(proxy):
                              "unlisted": False, "peerID": "", "aliases": ["one"]}
         assert "aliases" not in models[0]
         assert len(first[3][1]) == 1 and first[3][1][0]["id"] == 0
-        assert first[4][1] == {"total": 0}
+        assert first[4][1] == {"operation": "snapshot", "total": 0}  # upstream's + ours
 
         proxy.post("/v1/chat/completions", CHAT)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 1})
+        _, up = s.until(lambda t, d: t == "inflight" and d["total"] == 1)
+        assert up["operation"] == "upsert" and up["request"]["model"] == "m1"
         s.until(lambda t, d: t == "metrics" and len(d) == 1 and d[0]["id"] == 1)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 0})
+        _, gone = s.until(lambda t, d: t == "inflight" and d["total"] == 0)
+        assert gone == {"operation": "remove", "id": up["request"]["id"], "total": 0}
         proxy.request("POST", "/api/models/unload/m1")
         s.until(lambda t, d: t == "modelStatus"
                 and {m["id"]: m["state"] for m in d}["m1"] == "stopped")
@@ -304,10 +307,13 @@ def test_slow_log_reader_is_told_what_it_lost(proxy):
         for _ in range(2000):  # 20 MB: far beyond the socket buffers plus the reader's queue
             proxy.app.loggers.proxy.write(chunk)
         got = b""
-        while b"chunk(s) dropped: this reader fell behind" not in got:
+        marker = re.compile("\n\u2014 (\\d+) bytes dropped \u2014\n".encode())
+        while marker.search(got) is None:
             data = s.recv(1 << 20)
             assert data, "stream ended without a drop notice"
             got = got[-200:] + data
+        lost = int(marker.search(got).group(1))
+        assert lost > 0 and lost % len(chunk) == 0  # whole chunks, counted in bytes
     finally:
         s.close()
 

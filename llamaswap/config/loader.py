@@ -29,8 +29,11 @@ from .gocompat import (format_go_duration, go_quote, go_regexp, go_trim_space, p
                        url_parse_error)
 from .macros import MacroEngine
 from .matrix import build_matrix
+from .memory import check_actions, load_memory_section, load_model_memory, never_fits, never_fits_message
 from .virtual import Names, build_profiles, build_selectors, decode_profiles, decode_selectors
 from .model import (
+    COMFYUI_CONCURRENCY_LIMIT,
+    COMFYUI_MODEL_ID,
     DEFAULT_GROUP_ID,
     MODALITIES,
     RESTART_POLICIES,
@@ -110,6 +113,7 @@ class _RawModel:
     check_endpoint: str = "/health"
     ttl: int = -1  # -1: use globalTTL
     unlisted: bool = False
+    ignore_websockets: bool = False
     use_model_name: str = ""
     name: str = ""
     description: str = ""
@@ -125,6 +129,8 @@ class _RawModel:
     health_check_interval: float = 0
     health_check_failures: int = 3
     restart: str = "never"
+    sleep: str = ""
+    wake: str = ""
 
 
 @dataclass
@@ -197,6 +203,7 @@ class _Load:
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
         raw_keys = apikeys.decode(d, top.get("apiKeys"))
+        self.memory = load_memory_section(d, top.get("memory"))
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
         legacy_profiles, raw_profiles = decode_profiles(d, top.get("profiles"))
@@ -276,6 +283,13 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
+        if self.memory is not None:
+            for mid in sorted(built):
+                over = never_fits(built[mid].memory, self.memory)
+                if over is not None:
+                    warnings.append("memory: " + never_fits_message(mid, *over, self.memory.headroom)
+                                    + "; its requests will get 503")
+
         api_keys, scoped_keys = apikeys.validate(d, raw_keys, top.get("apiKeys"))
 
         peer_configs = {pid: self._resolve_peer(peers[pid]) for pid in sorted(peers)}
@@ -310,6 +324,7 @@ class _Load:
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
+            memory=self.memory,
             has_profiles=bool(legacy_profiles),
             profiles=freeze(profiles),
             selectors=freeze(selectors),
@@ -403,6 +418,9 @@ class _Load:
         raw.check_endpoint = d.string(f.get("checkEndpoint"), f"{key}.checkEndpoint", raw.check_endpoint)
         raw.ttl = d.integer(f.get("ttl"), f"{key}.ttl", raw.ttl)
         raw.unlisted = d.boolean(f.get("unlisted"), f"{key}.unlisted")
+        compat = d.mapping(f.get("compat"), f"{key}.compat", "config.CompatConfig")
+        raw.ignore_websockets = d.boolean(compat.get("ignoreWebsockets"),
+                                          f"{key}.compat.ignoreWebsockets")
         raw.use_model_name = d.string(f.get("useModelName"), f"{key}.useModelName")
         raw.name = d.string(f.get("name"), f"{key}.name")
         raw.description = d.string(f.get("description"), f"{key}.description")
@@ -425,6 +443,8 @@ class _Load:
         if raw.restart not in RESTART_POLICIES:
             raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
                             f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
+        raw.sleep = d.string(f.get("sleep"), f"{key}.sleep")
+        raw.wake = d.string(f.get("wake"), f"{key}.wake")
         return raw
 
     def _capabilities(self, node: Node | None, key: str) -> Capabilities:
@@ -591,6 +611,7 @@ class _Load:
 
         cmd, cmd_stop, proxy = raw.cmd, raw.cmd_stop, raw.proxy
         by_id = raw.set_params_by_id
+        sleep, wake = raw.sleep.strip(), raw.wake.strip()
         ttl = global_ttl if raw.ttl == -1 else raw.ttl
         if ttl < 0:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
@@ -626,6 +647,10 @@ class _Load:
         if raw.health_check_interval and raw.check_endpoint.strip().lower() == "none":
             raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
                        "checkEndpoint is none", "healthCheckInterval")
+        problem = check_actions(mid, sleep, wake)
+        if problem:
+            raise fail(problem[1], problem[0])
+        memory = load_model_memory(self.d, raw.fields.get("memory"), mid, self.memory)
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -651,7 +676,10 @@ class _Load:
             use_model_name=raw.use_model_name,
             name=raw.name,
             description=raw.description,
-            concurrency_limit=raw.concurrency_limit,
+            # upstream's ComfyUI model: its browser app opens websockets and many requests
+            concurrency_limit=max(raw.concurrency_limit, COMFYUI_CONCURRENCY_LIMIT)
+            if mid == COMFYUI_MODEL_ID else raw.concurrency_limit,
+            ignore_websockets=raw.ignore_websockets or mid == COMFYUI_MODEL_ID,
             filters=Filters(
                 strip_params=sanitize_strip_params(raw.strip_params),
                 set_params=freeze(_without_protected(raw.set_params)),
@@ -667,6 +695,9 @@ class _Load:
             health_check_interval=raw.health_check_interval,
             health_check_failures=raw.health_check_failures,
             restart=raw.restart,
+            memory=freeze(memory),
+            sleep=sleep,
+            wake=wake,
         )
         return model
 

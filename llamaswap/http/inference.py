@@ -19,7 +19,7 @@ from llamaswap.http.forward import (append_error, body_bytes, body_stream, forwa
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import filter_accept_encoding
 
@@ -47,8 +47,9 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 NO_MODEL = "no model id could be identified"
 NOT_READY = "llama-swap-error: [{}] process is not ready"
 FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
-# A request that finds its backend gone (the connection refused, or dropped unanswered)
-# while the process is exiting raced the crash: it waits for the exit to be seen, then
+# A request that finds its backend gone (the connection refused, or dropped before a whole
+# answer, nothing sent to the client yet) while the process is exiting raced the crash, as
+# does one granted a backend that stopped being ready: it waits for the exit to be seen, then
 # starts the model again. A refused request never reached the backend, so it is always
 # safe to send again (CRASH_ATTEMPTS in all bounds a backend that keeps dying); a dropped
 # one may have caused the crash, so it is sent again at most DROPPED_RETRIES times. A
@@ -78,7 +79,9 @@ def limits_for(app: Any) -> Slots:
 
 # ---- handlers -------------------------------------------------------------------------------
 
-def _model_handler(source: str, strip_v: bool = False):
+def _model_handler(source: str, strip: str = ""):
+    """``strip``: a prefix removed before forwarding (``/v`` of the versionless paths,
+    ``/audioapi`` as upstream)."""
     def handle(ctx: RequestContext) -> None:
         try:
             if source == "query":
@@ -89,14 +92,16 @@ def _model_handler(source: str, strip_v: bool = False):
             ctx.send_error(400, f"error parsing multipart form: {e}")
             return
         except ValueError as e:
+            if isinstance(e, BadRequestBody):  # what follows on the connection is unframed
+                ctx.close_connection = True
             ctx.send_error(400, f"could not read request body: {e}")
             return
         done = None
         try:
-            sent = ex.model
+            sent = ex.model  # before a profile pin or a selector rewrites it: the key's scope
             go_on, done = virtual.rewrite(ctx, ex)
             if go_on:
-                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+                path = ctx.raw_path[len(strip):]
                 dispatch(ctx, ex, path, sent=sent if sent != ex.model else None)
         finally:
             ex.close()
@@ -193,14 +198,19 @@ def _content_length(ctx: RequestContext) -> int | None:
         return None
 
 
-def _observer(ctx: RequestContext, model_id: str) -> Any:
+def _observer(ctx: RequestContext, model_id: str, path: str | None = None) -> Any:
+    """The activity meter; ``path``: the path recorded when it is not the request's own
+    (the inner path of /upstream/<model>/<path>)."""
     if ctx.method != "POST":
         return None  # upstream meters POST requests only
     activity = getattr(ctx.app, "activity", None)
     if activity is None:
         return None
     try:
-        return activity.observe(ctx, model_id)
+        meter = activity.observe(ctx, model_id)
+        if meter is not None and path is not None:
+            meter.set_path(path)
+        return meter
     except Exception:
         return None
 
@@ -218,25 +228,45 @@ def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def is_model_path(method: str, path: str) -> bool:
+    """A model-dispatched inference path (for /upstream/<model>/<path>: in-flight table and
+    activity, as upstream)."""
+    if method == "POST":
+        return path in _POST_PATHS
+    return method == "GET" and path in QUERY_PATHS
+
+
+_POST_PATHS = frozenset(JSON_PATHS + VERSIONLESS_PATHS + MULTIPART_PATHS)
+
+
 class _InFlight:
-    def __init__(self, app: Any, model: str):
-        self.counter = getattr(app, "inflight", None)
+    """The request in the in-flight table (``listed``: in the table, not only the count)."""
+
+    def __init__(self, app: Any, model: str, ctx: RequestContext, req_path: str,
+                 listed: bool = True):
+        self.table = getattr(app, "inflight", None)
         self.model = model
+        self.ctx = ctx if listed else None
+        self.req_path = req_path
+        self.entry = None
 
     def __enter__(self):
-        if self.counter is not None:
-            self.counter.enter(self.model)
+        if self.table is not None:
+            self.entry = self.table.enter(self.model, self.ctx, self.req_path)
         return self
 
     def __exit__(self, *exc):
-        if self.counter is not None:
-            self.counter.leave(self.model)
+        if self.table is not None:
+            self.table.leave(self.model, self.entry)
 
 
 def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
                  target: str, pinned: bool, key_done: Any = None) -> None:
     app = ctx.app
     mcfg = app.config.models[real]
+    if mcfg.ignore_websockets and is_websocket_upgrade(ctx):
+        _serve_ignored_websocket(ctx, real, target)
+        return
     limits = limits_for(app)
     limit = mcfg.effective_concurrency_limit
     if not pinned and not limits.try_acquire(real, limit):
@@ -248,8 +278,11 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
     try:
         body = _forward_body(ctx, ex, requested, rewrite=not pinned)
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
-        with _InFlight(app, real):
-            observer = _observer(ctx, real) if not pinned else None
+        req_path = target.partition("?")[0]
+        # /upstream/<model>/<path> counts as a model request when <path> is one (upstream)
+        model_path = not pinned or is_model_path(ctx.method, req_path)
+        with _InFlight(app, real, ctx, req_path, listed=model_path):
+            observer = _observer(ctx, real, req_path) if model_path else None
             if observer is not None:
                 headers = _metered_headers(headers)
             dropped = 0
@@ -272,6 +305,10 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 try:
                     proc = grant.process
                     if _state(proc) != "ready":
+                        # it crashed (or began stopping) since the grant: nothing was sent,
+                        # so ask again; the router notices and starts it
+                        if attempt < CRASH_ATTEMPTS:
+                            continue
                         _reply_error(ctx, 503, NOT_READY.format(real), observer)
                         return
                     pid = proc.pid
@@ -294,6 +331,27 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                                      f"({out.error}): starting it again for that request")
     finally:
         release_slot()
+
+
+def is_websocket_upgrade(ctx: RequestContext) -> bool:
+    """``Connection: upgrade`` and ``Upgrade: websocket`` (tokens, any case, any list)."""
+    def has(name: str, token: str) -> bool:
+        return any(part.strip().lower() == token
+                   for value in ctx.headers.get_all(name) or () for part in value.split(","))
+    return has("Connection", "upgrade") and has("Upgrade", "websocket")
+
+
+def _serve_ignored_websocket(ctx: RequestContext, real: str, target: str) -> None:
+    """compat.ignoreWebsockets: the upgrade goes straight to a ready backend, outside the
+    router (it never starts, queues, counts toward the concurrency limit or the TTL, nor
+    keeps the model from being swapped out), as upstream."""
+    process = ctx.app.processes.get(real)
+    if process is None or _state(process) != "ready":
+        ctx.send_error(409, f"model {real} is not loaded; ignored websocket requests cannot "
+                            "start it")
+        return
+    headers = request_headers(ctx, strip_auth=bool(ctx.app.config.api_keys), host=None)
+    forward(ctx, pool_for_process(process), target, headers, body_bytes(b""), label=real)
 
 
 def _claim(router: Any, model_id: str) -> Any:
@@ -455,8 +513,11 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, rout
         extra = [("Authorization", f"Bearer {peer.api_key}"), ("x-api-key", peer.api_key)]
     headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=pool.host_header,
                               extra=extra, drop=drop)
-    with _InFlight(app, requested):
-        observer = _observer(ctx, requested)
+    req_path = target.partition("?")[0]
+    model_path = rewrite or is_model_path(ctx.method, req_path)
+    with _InFlight(app, requested, ctx, req_path, listed=model_path):
+        observer = _observer(ctx, requested, None if rewrite else req_path) \
+            if model_path else None
         if observer is not None:
             headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
@@ -481,9 +542,10 @@ def handle_health(ctx: RequestContext) -> None:
 
 def register(table: RouteTable) -> None:
     for p in JSON_PATHS:
-        table.add("POST", p, _model_handler("json"))
+        table.add("POST", p, _model_handler("json", "/audioapi" if p.startswith("/audioapi/")
+                                            else ""))
     for p in VERSIONLESS_PATHS:
-        table.add("POST", p, _model_handler("json", strip_v=True))
+        table.add("POST", p, _model_handler("json", "/v"))
     for p in MULTIPART_PATHS:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, hardware, memory_api, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
@@ -37,6 +37,7 @@ def register(table: RouteTable) -> None:
     table.add("POST", "/api/models/unload", unload_all_json)
     table.add("POST", "/api/models/unload/{model...}", unload_one)
     table.add("GET", "/api/version", version)
+    table.add("GET", "/api/hardware", api_hardware)
     table.add("GET", "/logs", logs)
     table.add("GET", "/logs/stream", logs_stream)
     table.add("GET", "/logs/stream/{id...}", logs_stream)
@@ -45,7 +46,9 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/metrics/activity", api_activity)
     table.add("GET", "/api/metrics/stats", api_activity_stats)
     table.add("GET", "/api/captures/{id}", api_capture)
+    table.add("POST", "/api/inflight/{id}/cancel", api_cancel_inflight)
     table.add("GET", "/api/performance", api_performance, log=False)
+    table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
     from llamaswap.ops import profiles_api
     profiles_api.register(table)
@@ -70,6 +73,7 @@ def root_redirect(ctx: RequestContext) -> None:
 def running(ctx: RequestContext) -> None:
     app = ctx.app
     out = []
+    memory = memory_api.running_memory(app)
     for mid in sorted(app.processes):
         p = app.processes[mid]
         state = getattr(p.state, "value", p.state)
@@ -79,6 +83,8 @@ def running(ctx: RequestContext) -> None:
         record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
                   "ttl": m.ttl, "name": m.name, "description": m.description}
         record.update(restart_fields(p))
+        if mid in memory:
+            record["memory"] = memory[mid]  # bytes per managed device, as measured
         out.append(record)
     _json_line(ctx, {"running": out})
 
@@ -110,6 +116,15 @@ def unload_one(ctx: RequestContext) -> None:
 def version(ctx: RequestContext) -> None:
     _json_line(ctx, {"build_date": llamaswap.BUILD_DATE, "commit": llamaswap.COMMIT,
                      "version": llamaswap.__version__})
+
+
+def api_hardware(ctx: RequestContext) -> None:
+    """The host as detected at startup (ops/hardware.py); 503 when detection failed."""
+    snapshot = hardware.start(llamaswap.__version__, ctx.app.loggers.log).result()
+    if snapshot is None:
+        ctx.send_error(503, hardware.UNAVAILABLE)
+        return
+    _json_line(ctx, snapshot)
 
 
 # ---- logs ------------------------------------------------------------------------------------
@@ -156,9 +171,9 @@ def logs_stream(ctx: RequestContext) -> None:
             ctx.write(history)
 
         def render(data: bytes, dropped: int) -> bytes:
-            if dropped:
-                return (f"\n--- {dropped} log chunk(s) dropped: this reader fell behind ---\n"
-                        .encode() + data)
+            if dropped:  # upstream's marker, before the next delivered chunk
+                lost = sub.take_dropped_bytes()
+                return f"\n\u2014 {lost} bytes dropped \u2014\n".encode() + data
             return data
 
         sse.pump(ctx, sub, render)
@@ -219,6 +234,16 @@ def api_performance(ctx: RequestContext) -> None:
             ctx.send_error(400, performance.BAD_AFTER)
             return
     ctx.send(200, performance.performance_json(monitor, after), "application/json")
+
+
+def api_cancel_inflight(ctx: RequestContext) -> None:
+    """End a request in flight at once: its client connection closes, its backend
+    connection is cut, the router hears it gave up (ops/inflight.py)."""
+    table = getattr(current_app(ctx), "inflight", None)
+    if table is None or not table.cancel(ctx.params.get("id", "")):
+        ctx.send_error(404, "inflight request not found")
+        return
+    _json_line(ctx, {"msg": "ok"})
 
 
 def api_capture(ctx: RequestContext) -> None:

@@ -34,6 +34,9 @@ class ActivityRecorded:
 @dataclass(frozen=True)
 class InFlightChanged:
     total: int
+    # today's upstream's table update: {"operation": "upsert", "request": {...}} or
+    # {"operation": "remove", "id": "..."} (ops/inflight.py); None for a bare count change
+    update: Any = None
 
 
 @dataclass(frozen=True)
