@@ -83,10 +83,15 @@ CHAT_CHUNK = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"fast"
               b'"choices":[{"index":0,"delta":{"content":"tok"}}],"t":%d}\n\n')
 
 
-def send_stream(conn: socket.socket, n: int, gap: float, event: bytes) -> None:
-    """``n`` SSE events ``gap`` seconds apart, each stamped with CLOCK_MONOTONIC (ns); the
-    head goes in its own write before the first event, as a backend that flushes its headers
-    at once does."""
+CHAT_END = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"fast","choices":[],'
+            b'"usage":{"prompt_tokens":5,"completion_tokens":%d,"total_tokens":%d}}\n\n'
+            b'data: [DONE]\n\n')
+
+
+def send_stream(conn: socket.socket, n: int, gap: float, event: bytes, end: bytes = b"") -> None:
+    """``n`` SSE events ``gap`` seconds apart, each stamped with CLOCK_MONOTONIC (ns), then
+    ``end``; the head goes in its own write before the first event, as a backend that
+    flushes its headers at once does."""
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n")
     for i in range(n):
@@ -94,6 +99,8 @@ def send_stream(conn: socket.socket, n: int, gap: float, event: bytes) -> None:
             time.sleep(gap)
         data = event % time.monotonic_ns()
         conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+    if end:
+        conn.sendall(b"%x\r\n%s\r\n" % (len(end), end))
     conn.sendall(b"0\r\n\r\n")
 
 
@@ -155,7 +162,8 @@ def backend_main(port: int, health_delay: float) -> None:
                     send_stream(conn, n, gap, b"data: %d\n\n")
                 elif b'"stream":true' in body:  # a chat completion streamed as SSE
                     req = json.loads(body)
-                    send_stream(conn, req["n"], req["gap"], CHAT_CHUNK)
+                    send_stream(conn, req["n"], req["gap"], CHAT_CHUNK,
+                                CHAT_END % (req["n"], req["n"] + 5))
                 elif target.startswith(("/upload", "/v1/audio/transcriptions")):
                     body = json.dumps({"first_ns": first_ns, "bytes": length}).encode()
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
