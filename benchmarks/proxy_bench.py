@@ -312,6 +312,7 @@ def closed_loop(port: int, request: bytes, clients: int, seconds: float,
             return lat
 
         phase(warmup)
+        perf = _futex_counter(pid) if pid and FUTEX else None
         before = proc_counters(pid) if pid else (0.0, 0)
         t0 = time.perf_counter()
         lat = phase(seconds)
@@ -326,7 +327,41 @@ def closed_loop(port: int, request: bytes, clients: int, seconds: float,
     if pid:
         out["cpu_us_per_req"] = (after[0] - before[0]) / len(lat) * 1e6
         out["switches_per_req"] = (after[1] - before[1]) / len(lat)
+    if perf is not None:
+        out["futex_per_req"] = _futex_count(perf) / len(lat)
     return out
+
+
+FUTEX = False  # --futex: count the proxy's futex calls (GIL and lock hand-offs) with perf
+
+
+def _futex_counter(pid: int) -> tuple[subprocess.Popen, str] | None:
+    """``perf stat`` counting the futex system calls of ``pid``'s threads, attached."""
+    fd, path = tempfile.mkstemp(prefix="proxybench-futex-")
+    os.close(fd)
+    try:
+        proc = subprocess.Popen(["perf", "stat", "-x,", "-o", path, "-e",
+                                 "syscalls:sys_enter_futex", "-p", str(pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+    time.sleep(0.2)  # attached before the window opens
+    return proc, path
+
+
+def _futex_count(perf: tuple[subprocess.Popen, str]) -> float:
+    proc, path = perf
+    proc.send_signal(signal.SIGINT)
+    proc.wait()
+    try:
+        with open(path) as f:
+            for line in f:
+                value = line.split(",")[0]
+                if "sys_enter_futex" in line and value.isdigit():
+                    return int(value)
+    finally:
+        os.unlink(path)
+    return float("nan")
 
 
 def first_chunk(port: int, request: bytes) -> tuple[float, float]:
@@ -514,9 +549,18 @@ class Proxy:
         cmd = ([sys.executable, os.path.abspath(__file__), "--wrap-proxy", *wrap, "--", *args]
                if wrap is not None else [sys.executable, "-m", "llamaswap", *args])
         env = dict(os.environ, PYTHONPATH=tree)  # this tree's llamaswap, whatever is installed
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.log_path = os.path.join(tmp, f"proxy-{name}.log")
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the proxy's log, without the access log lines."""
+        with open(self.log_path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return "\n".join([line for line in text.splitlines()
+                          if "] Request " not in line][-lines:])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -589,6 +633,10 @@ def measure(args, trees: list[tuple[str, str]], clients: list[int]) -> int:
                     "bytes_seen_by_backend": u["bytes"]}
                 per[p.name]["swap"] = swap_overhead(p.port, SWAP_DELAY)
         results["proxies"] = per
+    except Exception:
+        for p in proxies:
+            print(f"--- the end of proxy {p.name}'s log:\n{p.log_tail()}", file=sys.stderr)
+        raise
     finally:
         for p in proxies:
             p.stop()
@@ -616,10 +664,12 @@ def summary(results: dict, names: list[str]) -> str:
             xs = runs[name]
             cpu[name] = _median([x["cpu_us_per_req"] for x in xs])
             rps = _median([x["rps"] for x in xs])
+            futex = (f"{_median([x['futex_per_req'] for x in xs]):.1f} futex/req, "
+                     if "futex_per_req" in xs[0] else "")
             lines.append(
                 f"     {name:>6}: CPU {cpu[name]:.0f} us/req "
                 f"({', '.join('%.0f' % x['cpu_us_per_req'] for x in xs)}), "
-                f"{_median([x['switches_per_req'] for x in xs]):.1f} switches/req, "
+                f"{_median([x['switches_per_req'] for x in xs]):.1f} switches/req, {futex}"
                 f"{rps:.0f} req/s (ratio {rps / d_rps:.2f}), "
                 f"p50 +{_median([x['p50_ms'] for x in xs]) - d_p50:.3f} ms")
         if ab:
@@ -854,6 +904,9 @@ def main() -> int:
     ap.add_argument("--against", metavar="DIR",
                     help="another checkout whose proxy is measured beside this one (A/B)")
     ap.add_argument("--json", metavar="FILE", help="write every figure there as JSON")
+    ap.add_argument("--futex", action="store_true",
+                    help="also count the proxy's futex calls per request (GIL and lock "
+                         "hand-offs) with Linux perf; needs tracepoint access (root)")
     ap.add_argument("--profile", type=int, metavar="N",
                     help="write where the proxy's time goes with N clients (see the docstring)")
     ap.add_argument("--profile-out", default=None, metavar="FILE")
@@ -865,6 +918,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.api_key != "none":
         AUTH["Authorization"] = f"Bearer sk-bench-{args.api_key}"
+    global FUTEX
+    FUTEX = args.futex
     if args.backend:
         backend_main(args.port, args.health_delay)
         return 0
