@@ -68,6 +68,7 @@ imports from there. When that directory cannot be made, or is not a private dire
 user, the code runs from the archive itself.
 """
 import os
+import stat
 import sys
 
 if sys.version_info < (3, 10):
@@ -90,7 +91,7 @@ def private_dir(path):
         st = os.stat(path)
     except OSError:
         return False
-    return (os.path.isdir(path) and st.st_uid == os.getuid() and not st.st_mode & 0o022)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def unpack(archive, target):
@@ -127,9 +128,11 @@ def code_location(archive):
     if not os.path.isabs(target):
         return archive  # no home directory to speak of
     try:
-        if not private_dir(target):
+        if not os.path.lexists(target):
             unpack(archive, target)
-    except Exception:  # read-only or full disk, someone else's directory: stay in the archive
+        if not private_dir(target):  # someone else's: never import from it, nor replace it
+            return archive
+    except Exception:  # read-only or full disk: stay in the archive
         return archive
     try:
         compile_once(target)

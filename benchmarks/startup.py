@@ -122,6 +122,7 @@ def main() -> int:
     p.add_argument("--python", default=sys.executable,
                    help="interpreter for both (the checkout needs PyYAML and gjson in it)")
     args = p.parse_args()
+    args.pyz = args.pyz.resolve()  # the proxy runs in a scratch directory
     if not args.pyz.exists():
         sys.exit(f"{args.pyz} not found: run python3 build_zipapp.py first")
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,10 @@ import threading
 import time
 from typing import Mapping
 
+import llamaswap
 from llamaswap.config.model import Config
 from llamaswap.http.slots import Slots
+from llamaswap.ops import hardware
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus, ProfileChanged
@@ -58,6 +60,7 @@ class App:
     @classmethod
     def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
         events = events if events is not None else EventBus()
+        hardware.start(llamaswap.__version__, loggers.log)  # in its own thread
         memory = MemoryMonitor(loggers.log, events, state_path=state_path_for(config.path),
                                sqlite_path=config.store_path)
         memory.configure(config)  # resolves auto budgets: a ConfigError stops the start here

@@ -76,6 +76,7 @@ def network_warning(listen: str, api_keys_set: bool) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     lazy.defer("ssl")  # http.client imports it; only TLS (serving, https backends) needs it
+    lazy.defer("sqlite3")  # 1.5 MB: the activity store opens it with the first request
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
         from llamaswap.demo.backend import main as backend_main

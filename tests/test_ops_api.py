@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 
 import pytest
@@ -306,10 +307,13 @@ def test_slow_log_reader_is_told_what_it_lost(proxy):
         for _ in range(2000):  # 20 MB: far beyond the socket buffers plus the reader's queue
             proxy.app.loggers.proxy.write(chunk)
         got = b""
-        while b"chunk(s) dropped: this reader fell behind" not in got:
+        marker = re.compile("\n\u2014 (\\d+) bytes dropped \u2014\n".encode())
+        while marker.search(got) is None:
             data = s.recv(1 << 20)
             assert data, "stream ended without a drop notice"
             got = got[-200:] + data
+        lost = int(marker.search(got).group(1))
+        assert lost > 0 and lost % len(chunk) == 0  # whole chunks, counted in bytes
     finally:
         s.close()
 

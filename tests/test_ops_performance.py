@@ -57,17 +57,25 @@ def test_empty_rings_are_null_unless_filtered():
         '{"gpu_stats":[],"sys_stats":[]}\n'
 
 
-def test_monitor_samples_the_system_and_a_gpu_tool_on_the_path(tmp_path, monkeypatch):
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text(FAKE_SMI)
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+def sample_with_tool(tmp_path, monkeypatch, name, script, path_rest, enough):
+    """A monitor sampling every 50 ms with a stand-in GPU tool first on the PATH, stopped
+    once ``enough(sys_stats, gpu_stats)``."""
+    tool = tmp_path / name
+    tool.write_text(script)
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{path_rest}")
     monitor = PerformanceMonitor(PerformanceConfig(every=0.05))
     monitor.start()
     try:
-        assert wait_until(lambda: len(monitor.current()[0]) >= 2 and len(monitor.current()[1]) >= 4)
+        assert wait_until(lambda: enough(*monitor.current()))
     finally:
         monitor.stop()
+    return monitor
+
+
+def test_monitor_samples_the_system_and_a_gpu_tool_on_the_path(tmp_path, monkeypatch):
+    monitor = sample_with_tool(tmp_path, monkeypatch, "nvidia-smi", FAKE_SMI, os.environ["PATH"],
+                               lambda sys_stats, gpu: len(sys_stats) >= 2 and len(gpu) >= 4)
     sys_stats, gpu_stats = monitor.current()
     s = sys_stats[-1]
     assert list(s) == SYS_KEYS
@@ -120,3 +128,32 @@ def test_api_performance_route():
         status, _, body = p.request("GET", "/api/performance")
         assert status == 503
         assert json.loads(body)["error"]["message"] == "performance monitor not available"
+
+
+FAKE_ROCM_SMI = """#!/bin/sh
+[ "$*" = "-i -P -t -f -u --showmemuse --showmeminfo vram --showproductname --csv" ] || exit 2
+echo "device,Device ID,Temperature (Sensor edge) (C),Temperature (Sensor memory) (C),Average Graphics Package Power (W),Fan speed (%),GPU use (%),GPU Memory Allocated (VRAM%),VRAM Total Memory (B),VRAM Total Used Memory (B),Card Series,Card Model,Card Vendor,Card SKU,GFX Version,GUID"
+echo "card0,0x744c,45.0,62.0,87.0,21.57,33,10,25753026560,2575302656,Radeon RX 7900 XTX,0x744c,Advanced Micro Devices Inc.,D70701,gfx1100,41281"
+echo "card1,0x744c,40.0,N/A,N/A,N/A,0,0,25753026560,0,N/A,0x744c,Advanced Micro Devices Inc.,D70701,gfx1100,5032"
+"""
+
+
+def test_rocm_smi_lines_parse_as_upstream():
+    from llamaswap.ops.performance import parse_rocm_smi
+    now = datetime.now().astimezone()
+    lines = FAKE_ROCM_SMI.splitlines()[2:]
+    stats = parse_rocm_smi("\n".join(line[6:-1] for line in lines), now)
+    first, second = stats
+    assert first == {"timestamp": now, "id": 0, "name": "Radeon RX 7900 XTX card0 (gfx1100)",
+                     "uuid": "41281", "temp_c": 45, "vram_temp_c": 62, "gpu_util_pct": 33.0,
+                     "mem_util_pct": 10.0, "mem_used_mb": 2456, "mem_total_mb": 24560,
+                     "fan_speed_pct": 21.57, "power_draw_w": 87.0}
+    assert second["name"] == "card1" and second["vram_temp_c"] == 0
+    assert parse_rocm_smi("card0,1,2\n", now) == []  # no header: nothing
+
+
+def test_monitor_reads_rocm_smi_when_there_is_no_nvidia_smi(tmp_path, monkeypatch):
+    monitor = sample_with_tool(tmp_path, monkeypatch, "rocm-smi", FAKE_ROCM_SMI, "/usr/bin:/bin",
+                               lambda _sys, gpu: len(gpu) >= 2)
+    gpu = monitor.current()[1]
+    assert [g["id"] for g in gpu[:2]] == [0, 1] and gpu[0]["gpu_util_pct"] == 33.0

@@ -32,6 +32,8 @@ from .matrix import build_matrix
 from .memory import check_actions, load_memory_section, load_model_memory, never_fits, never_fits_message
 from .virtual import Names, build_profiles, build_selectors, decode_profiles, decode_selectors
 from .model import (
+    COMFYUI_CONCURRENCY_LIMIT,
+    COMFYUI_MODEL_ID,
     DEFAULT_GROUP_ID,
     MODALITIES,
     RESTART_POLICIES,
@@ -111,6 +113,7 @@ class _RawModel:
     check_endpoint: str = "/health"
     ttl: int = -1  # -1: use globalTTL
     unlisted: bool = False
+    ignore_websockets: bool = False
     use_model_name: str = ""
     name: str = ""
     description: str = ""
@@ -415,6 +418,9 @@ class _Load:
         raw.check_endpoint = d.string(f.get("checkEndpoint"), f"{key}.checkEndpoint", raw.check_endpoint)
         raw.ttl = d.integer(f.get("ttl"), f"{key}.ttl", raw.ttl)
         raw.unlisted = d.boolean(f.get("unlisted"), f"{key}.unlisted")
+        compat = d.mapping(f.get("compat"), f"{key}.compat", "config.CompatConfig")
+        raw.ignore_websockets = d.boolean(compat.get("ignoreWebsockets"),
+                                          f"{key}.compat.ignoreWebsockets")
         raw.use_model_name = d.string(f.get("useModelName"), f"{key}.useModelName")
         raw.name = d.string(f.get("name"), f"{key}.name")
         raw.description = d.string(f.get("description"), f"{key}.description")
@@ -670,7 +676,10 @@ class _Load:
             use_model_name=raw.use_model_name,
             name=raw.name,
             description=raw.description,
-            concurrency_limit=raw.concurrency_limit,
+            # upstream's ComfyUI model: its browser app opens websockets and many requests
+            concurrency_limit=max(raw.concurrency_limit, COMFYUI_CONCURRENCY_LIMIT)
+            if mid == COMFYUI_MODEL_ID else raw.concurrency_limit,
+            ignore_websockets=raw.ignore_websockets or mid == COMFYUI_MODEL_ID,
             filters=Filters(
                 strip_params=sanitize_strip_params(raw.strip_params),
                 set_params=freeze(_without_protected(raw.set_params)),

@@ -17,6 +17,8 @@ from typing import Any, Mapping, NamedTuple
 
 DEFAULT_GROUP_ID = "(default)"
 DEFAULT_CONCURRENCY_LIMIT = 10
+COMFYUI_MODEL_ID = "comfyui_auto"  # the model /comfyui serves (upstream's reserved id)
+COMFYUI_CONCURRENCY_LIMIT = 50  # at least this, whatever its config says
 RESTART_POLICIES = ("never", "on-failure", "always")
 LOG_BUFFER_SIZE = 100 * 1024
 
@@ -140,6 +142,9 @@ class ModelConfig:
     name: str = ""
     description: str = ""
     concurrency_limit: int = 0  # 0 or less means DEFAULT_CONCURRENCY_LIMIT
+    # compat.ignoreWebsockets: websocket upgrades bypass the router (never start, queue or
+    # count); forced on for COMFYUI_MODEL_ID
+    ignore_websockets: bool = False
     filters: Filters = field(default_factory=Filters)
     metadata: Mapping[str, Any] = field(default_factory=_empty)
     send_loading_state: bool = False  # resolved against the global value

@@ -79,7 +79,9 @@ def limits_for(app: Any) -> Slots:
 
 # ---- handlers -------------------------------------------------------------------------------
 
-def _model_handler(source: str, strip_v: bool = False):
+def _model_handler(source: str, strip: str = ""):
+    """``strip``: a prefix removed before forwarding (``/v`` of the versionless paths,
+    ``/audioapi`` as upstream)."""
     def handle(ctx: RequestContext) -> None:
         try:
             if source == "query":
@@ -96,10 +98,11 @@ def _model_handler(source: str, strip_v: bool = False):
             return
         done = None
         try:
+            sent = ex.model  # before a profile pin or a selector rewrites it: the key's scope
             go_on, done = virtual.rewrite(ctx, ex)
             if go_on:
-                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-                dispatch(ctx, ex, path)
+                path = ctx.raw_path[len(strip):]
+                dispatch(ctx, ex, path, sent=sent if sent != ex.model else None)
         finally:
             ex.close()
             if done is not None:
@@ -261,6 +264,9 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                  target: str, pinned: bool, key_done: Any = None) -> None:
     app = ctx.app
     mcfg = app.config.models[real]
+    if mcfg.ignore_websockets and is_websocket_upgrade(ctx):
+        _serve_ignored_websocket(ctx, real, target)
+        return
     limits = limits_for(app)
     limit = mcfg.effective_concurrency_limit
     if not pinned and not limits.try_acquire(real, limit):
@@ -276,8 +282,7 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
         # /upstream/<model>/<path> counts as a model request when <path> is one (upstream)
         model_path = not pinned or is_model_path(ctx.method, req_path)
         with _InFlight(app, real, ctx, req_path, listed=model_path):
-            observer = _observer(ctx, real, req_path if pinned else None) \
-                if model_path else None
+            observer = _observer(ctx, real, req_path) if model_path else None
             if observer is not None:
                 headers = _metered_headers(headers)
             dropped = 0
@@ -326,6 +331,27 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                                      f"({out.error}): starting it again for that request")
     finally:
         release_slot()
+
+
+def is_websocket_upgrade(ctx: RequestContext) -> bool:
+    """``Connection: upgrade`` and ``Upgrade: websocket`` (tokens, any case, any list)."""
+    def has(name: str, token: str) -> bool:
+        return any(part.strip().lower() == token
+                   for value in ctx.headers.get_all(name) or () for part in value.split(","))
+    return has("Connection", "upgrade") and has("Upgrade", "websocket")
+
+
+def _serve_ignored_websocket(ctx: RequestContext, real: str, target: str) -> None:
+    """compat.ignoreWebsockets: the upgrade goes straight to a ready backend, outside the
+    router (it never starts, queues, counts toward the concurrency limit or the TTL, nor
+    keeps the model from being swapped out), as upstream."""
+    process = ctx.app.processes.get(real)
+    if process is None or _state(process) != "ready":
+        ctx.send_error(409, f"model {real} is not loaded; ignored websocket requests cannot "
+                            "start it")
+        return
+    headers = request_headers(ctx, strip_auth=bool(ctx.app.config.api_keys), host=None)
+    forward(ctx, pool_for_process(process), target, headers, body_bytes(b""), label=real)
 
 
 def _claim(router: Any, model_id: str) -> Any:
@@ -516,9 +542,10 @@ def handle_health(ctx: RequestContext) -> None:
 
 def register(table: RouteTable) -> None:
     for p in JSON_PATHS:
-        table.add("POST", p, _model_handler("json"))
+        table.add("POST", p, _model_handler("json", "/audioapi" if p.startswith("/audioapi/")
+                                            else ""))
     for p in VERSIONLESS_PATHS:
-        table.add("POST", p, _model_handler("json", strip_v=True))
+        table.add("POST", p, _model_handler("json", "/v"))
     for p in MULTIPART_PATHS:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:

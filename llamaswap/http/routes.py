@@ -18,10 +18,10 @@ Patterns follow Go's ServeMux (1.22) closely enough for upstream's routes:
   an unknown path gets 404 ``404 page not found``.
 - OPTIONS never reaches the table: the dispatcher answers every preflight (auth.py).
 
-Who registers what: ``build_routes(extra)`` adds the inference, listing, health and
-``/upstream`` routes (http/inference.py, http/upstream_path.py) and then calls each
-``register(table)`` in ``extra``; the server passes ``llamaswap.ops.api.register`` so the
-operations routes live in ops/api.py. Options on a route: ``auth`` (checked by the dispatcher
+Who registers what: ``build_routes(extra)`` adds the inference, listing, health,
+``/upstream`` and ``/comfyui`` routes (http/inference.py, upstream_path.py, comfyui.py) and
+then calls each ``register(table)`` in ``extra``; the server passes
+``llamaswap.ops.api.register`` so the operations routes live in ops/api.py. Options on a route: ``auth`` (checked by the dispatcher
 before the handler runs when ``apiKeys`` is set) and ``log`` (False keeps it out of the access
 log, as upstream does for /metrics).
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 from urllib.parse import unquote
 
-from llamaswap.http import inference, upstream_path
+from llamaswap.http import comfyui, inference, upstream_path
 from llamaswap.http.context import RequestContext
 
 Handler = Callable[[RequestContext], None]
@@ -121,6 +121,7 @@ def build_routes(extra: Iterable[RegisterFn] = ()) -> RouteTable:
     table = RouteTable()
     inference.register(table)
     upstream_path.register(table)
+    comfyui.register(table)
     for register in extra:
         register(table)
     return table

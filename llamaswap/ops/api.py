@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, memory_api, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, hardware, memory_api, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
@@ -37,6 +37,7 @@ def register(table: RouteTable) -> None:
     table.add("POST", "/api/models/unload", unload_all_json)
     table.add("POST", "/api/models/unload/{model...}", unload_one)
     table.add("GET", "/api/version", version)
+    table.add("GET", "/api/hardware", api_hardware)
     table.add("GET", "/logs", logs)
     table.add("GET", "/logs/stream", logs_stream)
     table.add("GET", "/logs/stream/{id...}", logs_stream)
@@ -117,6 +118,15 @@ def version(ctx: RequestContext) -> None:
                      "version": llamaswap.__version__})
 
 
+def api_hardware(ctx: RequestContext) -> None:
+    """The host as detected at startup (ops/hardware.py); 503 when detection failed."""
+    snapshot = hardware.start(llamaswap.__version__, ctx.app.loggers.log).result()
+    if snapshot is None:
+        ctx.send_error(503, hardware.UNAVAILABLE)
+        return
+    _json_line(ctx, snapshot)
+
+
 # ---- logs ------------------------------------------------------------------------------------
 
 def logs(ctx: RequestContext) -> None:
@@ -161,9 +171,9 @@ def logs_stream(ctx: RequestContext) -> None:
             ctx.write(history)
 
         def render(data: bytes, dropped: int) -> bytes:
-            if dropped:
-                return (f"\n--- {dropped} log chunk(s) dropped: this reader fell behind ---\n"
-                        .encode() + data)
+            if dropped:  # upstream's marker, before the next delivered chunk
+                lost = sub.take_dropped_bytes()
+                return f"\n\u2014 {lost} bytes dropped \u2014\n".encode() + data
             return data
 
         sse.pump(ctx, sub, render)

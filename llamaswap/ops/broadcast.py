@@ -21,6 +21,7 @@ class Subscription(Generic[T]):
         self._hub = hub
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
         self.dropped = 0  # items lost since the reader last looked
+        self.dropped_bytes = 0  # their size, when the items are bytes (log chunks)
         self.closed = False
 
     def offer(self, item: T) -> None:
@@ -28,6 +29,8 @@ class Subscription(Generic[T]):
             self._queue.put_nowait(item)
         except queue.Full:
             self.dropped += 1
+            if isinstance(item, (bytes, bytearray)):
+                self.dropped_bytes += len(item)
 
     def get(self, timeout: float | None = None) -> T | None:
         """The next item, or None on timeout. Raises EOFError once closed."""
@@ -42,6 +45,10 @@ class Subscription(Generic[T]):
 
     def take_dropped(self) -> int:
         n, self.dropped = self.dropped, 0
+        return n
+
+    def take_dropped_bytes(self) -> int:
+        n, self.dropped_bytes = self.dropped_bytes, 0
         return n
 
     def __iter__(self) -> Iterator[T]:

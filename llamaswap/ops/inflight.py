@@ -23,6 +23,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from llamaswap.http.auth import key_name
 from llamaswap.ops.captures import header_map
 from llamaswap.ops.events import EventBus, InFlightChanged
 
@@ -30,15 +31,14 @@ UPDATE_INTERVAL = 0.25  # seconds between two announcements of one entry while b
 
 
 class InFlightEntry:
-    __slots__ = ("id", "model", "req_path", "ctx", "wall", "started", "announced")
+    __slots__ = ("id", "model", "req_path", "ctx", "wall", "announced")
 
     def __init__(self, entry_id: str, model: str, req_path: str, ctx: Any):
         self.id = entry_id
         self.model = model
         self.req_path = req_path
         self.ctx = ctx
-        self.wall = time.time()  # made a datetime only when someone looks
-        self.started = time.monotonic()
+        self.wall = time.time()  # made a datetime (and elapsed_ms) only when someone looks
         self.announced: tuple[bool, int] = (False, 0)  # (headers sent, bytes) last announced
 
     def state(self) -> tuple[bool, int]:
@@ -60,9 +60,10 @@ class InFlightEntry:
                "remote_ip": _remote_ip(ctx),
                "resp_headers": dict(sorted(resp_headers.items())),
                "resp_bytes": int(getattr(ctx, "bytes_sent", 0)),
-               "elapsed_ms": max(0, int((time.monotonic() - self.started) * 1000))}
+               "elapsed_ms": max(0, int((time.time() - self.wall) * 1000))}
         if metadata:
             out["metadata"] = dict(sorted(metadata.items()))
+        out["key"] = key_name(ctx)  # the API key's name (ours, last)
         return out
 
 
@@ -136,7 +137,7 @@ class InFlightTable:
         """``{"operation":"snapshot","requests":[...],"total":N}``, oldest first (requests
         left out when there are none, as upstream's omitempty does)."""
         with self._lock:
-            entries = sorted(self._entries.values(), key=lambda e: (e.started, int(e.id)))
+            entries = sorted(self._entries.values(), key=lambda e: (e.wall, int(e.id)))
             total = self._total
         update: dict[str, Any] = {"operation": "snapshot"}
         if entries:

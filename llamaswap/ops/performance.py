@@ -2,10 +2,10 @@
 
 Every ``performance.every`` seconds it takes a system sample (per-core CPU use since the
 previous sample, memory and swap, load averages, network bytes per interface, loopback
-excluded) and, when ``nvidia-smi`` is on the PATH, one GPU snapshot; each ring keeps an hour
-of samples. Samples carry the local time, as Go's ``time.Now()`` marshals.
-
-Upstream also reads AMD GPUs (LACT, rocm-smi, sysfs); here only nvidia-smi is asked.
+excluded) and one GPU snapshot from the first tool on the PATH, in upstream's order:
+``nvidia-smi``, then ``rocm-smi`` (AMD); each ring keeps an hour of samples. Samples carry the
+local time, as Go's ``time.Now()`` marshals. (Upstream also asks the LACT daemon first, when
+its socket exists; its sysfs reader is not implemented upstream either.)
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from llamaswap.ops.prometheus import (SystemSampler, memory_mb, read_loadavg, re
 MIN_EVERY = 0.1  # upstream's floor for the sampling interval
 NVIDIA_QUERY = ("index,name,uuid,temperature.gpu,utilization.gpu,memory.used,memory.total,"
                 "fan.speed,power.draw")
+ROCM_ARGS = ("-i", "-P", "-t", "-f", "-u", "--showmemuse", "--showmeminfo", "vram",
+             "--showproductname", "--csv")
 NOT_AVAILABLE = "performance monitor not available"
 BAD_AFTER = "invalid 'after' timestamp, use RFC3339 format"
 
@@ -57,6 +59,75 @@ def parse_nvidia_smi_line(line: str, now: datetime) -> dict | None:
             "mem_util_pct": used / total * 100 if total > 0 else 0.0,
             "mem_used_mb": used, "mem_total_mb": total, "fan_speed_pct": _float(fields[7]),
             "power_draw_w": _float(fields[8])}
+
+
+def parse_rocm_smi(text: str, now: datetime) -> list[dict]:
+    """GpuStats from ``rocm-smi`` ROCM_ARGS output: a ``device,...`` header line, then one
+    line per card (upstream's columns, and its name: ``<series> <card> (<gfx>)``)."""
+    stats = []
+    labels: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("device,"):
+            labels = line.split(",")
+            continue
+        stat = _rocm_line(labels, line.split(","), now)
+        if stat is not None:
+            stats.append(stat)
+    return stats
+
+
+_ROCM_FLOATS = {"Fan speed (%)": "fan_speed_pct", "GPU use (%)": "gpu_util_pct",
+                "Current Socket Graphics Package Power (W)": "power_draw_w",
+                "Average Graphics Package Power (W)": "power_draw_w"}
+
+
+def _rocm_line(labels: list[str], fields: list[str], now: datetime) -> dict | None:
+    if not labels or len(labels) != len(fields):
+        return None
+    stat: dict = {"timestamp": now, "id": -1, "name": "", "uuid": "", "temp_c": 0,
+                  "vram_temp_c": 0, "gpu_util_pct": 0.0, "mem_util_pct": 0.0,
+                  "mem_used_mb": 0, "mem_total_mb": 0, "fan_speed_pct": 0.0,
+                  "power_draw_w": 0.0}
+    device = name = series = gfx = ""
+    for label, value in zip(labels, fields):
+        value = value.strip()
+        if label == "device":
+            device = value
+            card = value[4:] if value.startswith("card") else value
+            if not re.fullmatch(r"[+-]?\d+", card):
+                return None
+            stat["id"] = int(card)
+        elif label in _ROCM_FLOATS:
+            stat[_ROCM_FLOATS[label]] = _float(value)
+        elif label == "Temperature (Sensor edge) (C)":
+            stat["temp_c"] = int(_float(value))
+        elif label == "Temperature (Sensor memory) (C)":
+            stat["vram_temp_c"] = int(_float(value))
+        elif label == "VRAM Total Memory (B)":
+            stat["mem_total_mb"] = _int(value) // (1024 * 1024)
+        elif label == "VRAM Total Used Memory (B)":
+            stat["mem_used_mb"] = _int(value) // (1024 * 1024)
+        elif label == "GUID":
+            stat["uuid"] = value
+        elif label == "Device Name":
+            name = value
+        elif label == "Card Series":
+            series = value
+        elif label == "GFX Version":
+            gfx = value
+    if stat["id"] == -1:
+        return None
+    if stat["mem_total_mb"] > 0:
+        stat["mem_util_pct"] = stat["mem_used_mb"] / stat["mem_total_mb"] * 100
+    stat["name"] = device
+    if series and series != "N/A":
+        stat["name"] = f"{series} {device} ({gfx})"
+    elif name and name != "N/A":
+        stat["name"] = f"{name} {device} ({gfx})"
+    return stat
 
 
 def read_sys_stat(cpu: SystemSampler, now: datetime, proc: str = "/proc") -> dict | None:
@@ -117,14 +188,18 @@ class PerformanceMonitor:
 
     def _run(self, stop: threading.Event, every: float) -> None:
         cpu = SystemSampler(self._proc)  # its own CPU baseline: /metrics scrapes keep theirs
-        nvidia = shutil.which("nvidia-smi")
-        if nvidia is None:
-            self._say("info", "GPU monitoring not available: no GPU monitoring tool available")
+        gpu_tool = None
+        for name, query in (("nvidia-smi", self._nvidia), ("rocm-smi", self._rocm)):
+            path = shutil.which(name)
+            if path is not None:
+                gpu_tool = (path, query)
+                self._say("info", f"using {name} for GPU monitoring")
+                break
         else:
-            self._say("info", "using nvidia-smi for GPU monitoring")
+            self._say("info", "GPU monitoring not available: no GPU monitoring tool available")
         while not stop.wait(every):
             stat = read_sys_stat(cpu, datetime.now().astimezone(), self._proc)
-            gpus = self._nvidia(nvidia, every) if nvidia is not None else None
+            gpus = gpu_tool[1](gpu_tool[0], every) if gpu_tool is not None else None
             with self._lock:
                 if self._stop is not stop:
                     return  # stopped or restarted meanwhile: these rings are not ours
@@ -145,6 +220,17 @@ class PerformanceMonitor:
         stats = [parse_nvidia_smi_line(line, now) for line in out.stdout.splitlines()
                  if line.strip()]
         return [s for s in stats if s is not None]
+
+    def _rocm(self, path: str, every: float) -> list[dict] | None:
+        try:
+            out = subprocess.run([path, *ROCM_ARGS], capture_output=True, text=True,
+                                 timeout=5.0, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._say("debug", f"rocm-smi: {exc}")
+            return None
+        if out.returncode != 0:
+            return None
+        return parse_rocm_smi(out.stdout, datetime.now().astimezone())
 
     def _say(self, level: str, message: str) -> None:
         if self._log is not None:

@@ -129,7 +129,7 @@ class ActivityLog:
         """A reload that keeps the store: the new cap (memory is pruned to it with the next
         write) and capture cache."""
         self.max_entries = max_entries if max_entries > 0 else DEFAULT_MAX_ENTRIES
-        self.store.max_entries = self.max_entries
+        self.store.set_max_entries(self.max_entries)
         self.captures = captures
 
     def close(self) -> None:

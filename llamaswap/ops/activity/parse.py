@@ -82,6 +82,10 @@ def usage_tokens(usage: Any) -> tuple[int, int, int, bool]:
     return inp, out, cached, ok
 
 
+def _nothing(_key: str, default: Any) -> Any:
+    return default
+
+
 def build_tokens(inp: int, out: int, cached: int, timings: Any, wall_ms: int,
                  metrics: Any = _MISSING) -> tuple[TokenMetrics, int]:
     """Token metrics and duration: llama.cpp ``timings`` override usage when present; vLLM's
@@ -91,16 +95,18 @@ def build_tokens(inp: int, out: int, cached: int, timings: Any, wall_ms: int,
     pps = tps = -1.0
     draft = draft_acc = -1
     if timings is not _MISSING:
-        inp = _int(_get(timings, "prompt_n"))
-        out = _int(_get(timings, "predicted_n"))
-        pps = _num(_get(timings, "prompt_per_second"))
-        tps = _num(_get(timings, "predicted_per_second"))
-        t_ms = int(_num(_get(timings, "prompt_ms")) + _num(_get(timings, "predicted_ms")))
+        # a timings value that is not an object has none of these keys (gjson)
+        get = timings.get if isinstance(timings, dict) else _nothing
+        inp = _int(get("prompt_n", _MISSING))
+        out = _int(get("predicted_n", _MISSING))
+        pps = _num(get("prompt_per_second", _MISSING))
+        tps = _num(get("predicted_per_second", _MISSING))
+        t_ms = int(_num(get("prompt_ms", _MISSING)) + _num(get("predicted_ms", _MISSING)))
         duration = max(duration, t_ms)
-        cache_n = _get(timings, "cache_n")
+        cache_n = get("cache_n", _MISSING)
         if cache_n is not _MISSING:
             cached = _int(cache_n)
-        draft_n, accepted = _get(timings, "draft_n"), _get(timings, "draft_n_accepted")
+        draft_n, accepted = get("draft_n", _MISSING), get("draft_n_accepted", _MISSING)
         if draft_n is not _MISSING and accepted is not _MISSING:
             draft, draft_acc = _int(draft_n), _int(accepted)
     if metrics is not _MISSING:

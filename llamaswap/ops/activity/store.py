@@ -8,12 +8,16 @@ The interface, used only by ActivityLog (log.py):
 
     reserve_id() -> int          the id of the next record (ids only grow); called one record
                                  at a time, under the log's lock, with append()
-    append(entry)                keep a record; never blocks on I/O: the row is written with
-                                 others in one transaction by the writer thread, about
-                                 BATCH_DELAY later (reads write what is pending first)
+    append(entry)                keep a record; never blocks on I/O. A file's rows are written
+                                 with others in one transaction by the writer thread, about
+                                 BATCH_DELAY later; in memory, rows wait (the newest
+                                 max_entries of them) until something reads the store, so a
+                                 proxy nobody asks about its activity never spends on SQLite.
+                                 Every read writes what is pending first.
     recent(n) -> [entry]         the newest n records, oldest first
     page(query) -> ([entry], total)   a page of an ActivityQuery (query.py), and the count
     stats(model) -> dict         totals and speed lists for GET /api/metrics/stats
+    set_max_entries(n)           a new metricsMaxInMemory (a reload)
     close()                      write what is pending, close the file
     path, in_memory              what it is using now
 
@@ -31,6 +35,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import deque
 from datetime import datetime
 from typing import Any, Callable
 
@@ -154,20 +159,30 @@ class SqliteStore:
         self._busy_timeout = busy_timeout
         self._db_lock = threading.Lock()  # the connection; taken before _lock, never after
         self._lock = threading.Lock()  # pending rows
-        self._pending: list[ActivityEntry] = []
         self._closed = False
         self.path = path or None
-        try:
-            self._db = _connect(self.path, busy_timeout)
-        except StoreUnavailable as e:
-            if self.path is None:
-                raise
-            self._db = self._memory_instead(str(e), None)
-        self._next_id = self._first_free_id()
+        self._pending = self._new_pending()
+        self._db: sqlite3.Connection | None = None  # memory: opened with the first row
+        self._next_id = 0
+        if self.path is not None:
+            try:
+                self._db = _connect(self.path, busy_timeout)
+            except StoreUnavailable as e:
+                self._db = self._memory_instead(str(e), None)
+            self._next_id = self._first_free_id()
 
     @property
     def in_memory(self) -> bool:
         return self.path is None
+
+    def _new_pending(self, rows=()) -> deque[ActivityEntry]:
+        """Rows not written yet: in memory, only the newest max_entries are worth writing."""
+        return deque(rows, maxlen=self.max_entries if self.path is None else None)
+
+    def set_max_entries(self, max_entries: int) -> None:
+        with self._lock:
+            self.max_entries = max_entries if max_entries > 0 else DEFAULT_MAX_ENTRIES
+            self._pending = self._new_pending(self._pending)
 
     # ---- writing
 
@@ -179,7 +194,7 @@ class SqliteStore:
     def append(self, entry: ActivityEntry) -> None:
         with self._lock:
             self._pending.append(entry)
-            first = len(self._pending) == 1
+            first = len(self._pending) == 1 and self.path is not None
         if first:
             _WRITER.schedule(self)
 
@@ -190,7 +205,8 @@ class SqliteStore:
 
     def _flush_locked(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
+            batch = list(self._pending)
+            self._pending.clear()
         if not batch or self._closed:
             return
         try:
@@ -201,8 +217,14 @@ class SqliteStore:
             self._fall_back(e)
             self._write(batch)
 
+    def _conn(self) -> sqlite3.Connection:
+        """The connection (with _db_lock held); a memory database is made on first use."""
+        if self._db is None:
+            self._db = _connect(None, self._busy_timeout)
+        return self._db
+
     def _write(self, batch: list[ActivityEntry]) -> None:
-        db = self._db
+        db = self._conn()
         db.execute("BEGIN")
         try:
             db.executemany(_INSERT, [_row(e) for e in batch])
@@ -223,12 +245,12 @@ class SqliteStore:
         with self._db_lock:
             self._flush_locked()
             try:
-                return fn(self._db)
+                return fn(self._conn())
             except (sqlite3.Error, OSError) as e:
                 if self.path is None:
                     raise
                 self._fall_back(e)
-                return fn(self._db)
+                return fn(self._conn())
 
     def recent(self, n: int) -> list[ActivityEntry]:
         rows = self._read(lambda db: db.execute(
@@ -277,10 +299,12 @@ class SqliteStore:
     def close(self) -> None:
         _WRITER.forget(self)
         with self._db_lock:
-            self._flush_locked()
+            if self.path is not None:
+                self._flush_locked()
             self._closed = True
             try:
-                self._db.close()
+                if self._db is not None:
+                    self._db.close()
             except sqlite3.Error:
                 pass
 
@@ -303,6 +327,8 @@ class SqliteStore:
 
     def _memory_instead(self, error: str, old: sqlite3.Connection | None) -> sqlite3.Connection:
         path, self.path = self.path, None
+        with self._lock:
+            self._pending = self._new_pending(self._pending)
         if self._warn is not None:
             self._warn(f"activity store {path} unavailable ({error}); keeping activity in memory "
                        f"(the newest {self.max_entries} requests), nothing more is saved to "
