@@ -704,3 +704,49 @@ def test_disconnect_during_a_slow_non_streaming_answer(two):
     s.close()
     # the proxy noticed at once (not after the backend's 30 s) and told the router
     assert wait_until(lambda: router.in_flight("m1") == 0, 5)
+
+
+def test_a_stream_head_sent_long_before_its_first_chunk_is_relayed_at_once():
+    """A backend that sends its head and then thinks (a prompt being processed) before the
+    first token: the client gets the status and headers while the backend still thinks, not
+    held back until the first chunk (the proxy holds a head back only briefly, to send it
+    with a first chunk that is right behind it)."""
+    first_chunk = threading.Event()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+
+    def serve():
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                first_chunk.wait(30)
+                event = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n"
+                conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+
+    threading.Thread(target=serve, daemon=True).start()
+    peer = PeerConfig(id="t", proxy=f"http://127.0.0.1:{srv.getsockname()[1]}",
+                      models=("think-m",))
+    try:
+        with Proxy(config(model("m1"), peers=freeze({"t": peer}))) as p:
+            c = p.conn(timeout=20)
+            c.request("POST", "/v1/chat/completions", body=json.dumps(chat("think-m", stream=True)),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()  # the head, while the backend still waits to send a chunk
+            assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+            assert not first_chunk.is_set()
+            first_chunk.set()
+            assert r.read().startswith(b"data: ")
+            c.close()
+    finally:
+        first_chunk.set()
+        srv.close()

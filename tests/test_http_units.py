@@ -230,3 +230,58 @@ def test_disconnect_watch_ignores_an_event_left_by_an_earlier_connection():
     finally:
         ours.close()
         peer.close()
+
+
+def test_disconnect_watch_sees_a_hang_up_that_came_between_two_watches():
+    """A connection stays in the epoll set between requests: a client that hangs up while
+    nothing watches it is seen by the next watch of that connection, at once."""
+    import socket
+    import threading
+
+    from llamaswap.http import pool
+
+    ours, peer = socket.socketpair()
+    try:
+        first = pool.watch_disconnect(ours, lambda: None)
+        assert first.cancel() is False
+        peer.close()  # between two requests
+        gone = threading.Event()
+        second = pool.watch_disconnect(ours, gone.set)
+        assert gone.wait(5)
+        assert second.cancel() is True
+    finally:
+        ours.close()
+
+
+def test_disconnect_watch_forgets_a_hang_up_when_its_fd_number_gets_a_new_connection():
+    """A hang-up remembered for a closed connection never cuts the next connection that
+    gets the same fd number; that one's own hang-up is seen."""
+    import os
+    import socket
+    import threading
+
+    from llamaswap.http import pool
+    from helpers import wait_until
+
+    old, old_peer = socket.socketpair()
+    fd = old.fileno()
+    watch = pool.watch_disconnect(old, lambda: None)
+    watch.cancel()
+    old_peer.close()
+    assert wait_until(lambda: fd in pool._WATCHER._hung, timeout=5)
+    new, new_peer = socket.socketpair()
+    try:
+        old.close()
+        os.dup2(new.fileno(), fd)  # the new connection, on the old fd number
+        same_number = socket.socket(fileno=fd)
+        new.close()
+        gone = threading.Event()
+        watch = pool.watch_disconnect(same_number, gone.set)
+        assert watch.cancel() is False and not gone.is_set()
+        watch = pool.watch_disconnect(same_number, gone.set)
+        new_peer.close()
+        assert gone.wait(5)
+        assert watch.cancel() is True
+        same_number.close()
+    finally:
+        new_peer.close()

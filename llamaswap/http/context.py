@@ -129,8 +129,11 @@ class RequestContext:
       send_text(status, text, headers)           text/plain; charset=utf-8
       send_error(status, message, code=None)     http/errors.py format by Accept
       redirect(status, location)
-      start(status, headers, length=None)        status line + headers; body follows via
-                                                 write(); chunked when length is None
+      start(status, headers, length=None, hold=False)
+                                                 status line + headers; body follows via
+                                                 write(); chunked when length is None;
+                                                 hold: the head leaves with the first bytes
+      flush_head()  send a held head now
       write(data)   raises ClientGone once the client has left
       finish()      ends a started response (the final chunk)
       client_gone() non-blocking: has the client closed its side?
@@ -159,6 +162,7 @@ class RequestContext:
         self._chunked = False
         self._finished = False
         self._gone = False
+        self._held: bytes | None = None  # a head start(hold=True) has not sent yet
         self._query: dict[str, list[str]] | None = None
         self._path: str | None = None
         te = (headers.get("Transfer-Encoding") or "").lower()
@@ -239,6 +243,8 @@ class RequestContext:
     def _write_raw(self, data: bytes) -> None:
         if self._gone:
             raise ClientGone()
+        if self._held is not None:  # the head start(hold=True) kept back goes with these bytes
+            data, self._held = self._held + data, None
         try:
             self.handler.wfile.write(data)
         except (OSError, ValueError) as e:
@@ -297,10 +303,12 @@ class RequestContext:
         self.send(status, b"", None, [("Location", location)])
 
     def start(self, status: int, headers: Iterable[tuple[str, str]],
-              length: int | None = None) -> None:
+              length: int | None = None, hold: bool = False) -> None:
         """Send the status line and headers. With ``length`` None the body is relayed chunked
         (HTTP/1.1) or delimited by closing the connection (HTTP/1.0). ``headers`` must not
-        contain Content-Length or Transfer-Encoding: they are set here."""
+        contain Content-Length or Transfer-Encoding: they are set here. ``hold``: keep the
+        head back and send it with the first body bytes (one write, one packet), or at
+        ``finish()``/``flush_head()``; an aborted answer never sends it."""
         if self.started:
             raise RuntimeError("response already started")
         hs = list(headers)
@@ -321,7 +329,15 @@ class RequestContext:
         self.resp_headers = hs
         self.started = True
         self.status = status
-        self._write_raw(bytes(head))
+        if hold:
+            self._held = bytes(head)
+        else:
+            self._write_raw(bytes(head))
+
+    def flush_head(self) -> None:
+        """Send a head that start(hold=True) kept back, now."""
+        if self._held is not None:
+            self._write_raw(b"")
 
     def write(self, data: bytes) -> None:
         if not data or self.method == "HEAD":
@@ -338,9 +354,12 @@ class RequestContext:
         self._finished = True
         if self._chunked and self.method != "HEAD":
             self._write_raw(b"0\r\n\r\n")
+        elif self._held is not None:
+            self._write_raw(b"")
 
     def abort(self) -> None:
         """End the connection without completing the response (the client sees it cut)."""
+        self._held = None
         self._finished = True
         self.close_connection = True
         try:

@@ -30,6 +30,7 @@ HOP_BY_HOP = frozenset((
 ))
 READ_SIZE = 64 * 1024
 BODY_SIZE = 256 * 1024
+HEAD_WAIT = 0.05  # seconds a relayed head may wait for the first body bytes (see _body_soon)
 
 
 @dataclass
@@ -321,7 +322,8 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             _end(observer, None)
             return out
         else:
-            ctx.start(status, rheaders, length=length if not no_body or method == "HEAD" else None)
+            ctx.start(status, rheaders, length=length if not no_body or method == "HEAD" else None,
+                      hold=not no_body and _body_soon(resp, conn))
         out.status = status
         if not no_body:
             on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
@@ -386,6 +388,27 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             watch.cancel()
         if conn is not None:
             pool.discard(conn)
+
+
+def _body_soon(resp: Any, conn: http.client.HTTPConnection) -> bool:
+    """Whether the first body bytes are here already, or arrive within HEAD_WAIT: the head
+    then waits for them and both leave in one write (a stream's first chunk reaches the
+    client one write sooner). A backend that sends its head long before the first token
+    (a prompt being processed) gets its head relayed after HEAD_WAIT, as it came."""
+    buffered = getattr(resp, "body_buffered", None)
+    sock = conn.sock
+    if buffered or (sock is not None and hasattr(sock, "pending") and sock.pending()):
+        return True  # pending(): bytes a TLS socket has decrypted already
+    if buffered is None or sock is None:
+        return False  # not known: relay the head at once
+    try:
+        if hasattr(select, "poll"):
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            return bool(p.poll(HEAD_WAIT * 1000))
+        return bool(select.select([sock], [], [], HEAD_WAIT)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _relay_small(ctx: RequestContext, resp: Any, status: int, rheaders: list[tuple[str, str]],

@@ -78,23 +78,28 @@ class Headers:
         return f"Headers({self._items!r})"
 
 
-def read_headers(fp, max_bytes: int = 1 << 20, strict: bool = False) -> Headers:
+def read_headers(fp, max_bytes: int = 1 << 20, strict: bool = False,
+                 after: list[int] | None = None) -> Headers:
     """Header lines up to the blank line. Raises HeaderError(431/400). ``strict`` (a
-    request) also refuses invalid names and values, and a block cut short by end of input."""
-    h = _read_buffered(fp, strict)
+    request) also refuses invalid names and values, and a block cut short by end of input.
+    ``after`` (a list) receives how many bytes are left in the reader's buffer behind the
+    block, when that is known."""
+    h = _read_buffered(fp, strict, after)
     return h if h is not None else _read_lines(fp, max_bytes, strict)
 
 
-def _read_buffered(fp, strict: bool = False) -> Headers | None:
+def _read_buffered(fp, strict: bool = False, after: list[int] | None = None) -> Headers | None:
     """The usual case in one step: the whole block is already in the reader's buffer (it
     came in the same packet as the status or request line), with CRLF line ends and no
     continuation lines. None, with nothing consumed, for anything else."""
     peek = getattr(fp, "peek", None)
     if peek is None:
         return None
-    buf = peek(MAX_LINE)
+    buf = peek(MAX_LINE)  # all that the buffer holds
     if buf[:2] == b"\r\n":
         fp.read(2)
+        if after is not None:
+            after.append(len(buf) - 2)
         return Headers()
     end = buf.find(b"\r\n\r\n")
     if end < 0:
@@ -121,6 +126,8 @@ def _read_buffered(fp, strict: bool = False) -> Headers | None:
         else:
             values.append(value)
     fp.read(end + 4)
+    if after is not None:
+        after.append(len(buf) - end - 4)
     return h
 
 
@@ -174,7 +181,11 @@ def _read_lines(fp, max_bytes: int, strict: bool = False) -> Headers:
 
 
 class FastResponse(http.client.HTTPResponse):
-    """http.client's response with the header block read by ``read_headers``."""
+    """http.client's response with the header block read by ``read_headers``.
+    ``body_buffered``: body bytes that came with the head and wait in the reader's buffer
+    (None when unknown)."""
+
+    body_buffered: int | None = None
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -195,10 +206,12 @@ class FastResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
+        after: list[int] = []
         try:
-            self.headers = self.msg = read_headers(self.fp)  # type: ignore[assignment]
+            self.headers = self.msg = read_headers(self.fp, after=after)  # type: ignore[assignment]
         except HeaderError as e:
             raise http.client.HTTPException(str(e)) from None
+        self.body_buffered = after[0] if after else None
         te = self.headers.get("transfer-encoding")
         if te and "chunked" in te.lower():
             self.chunked = True

@@ -237,16 +237,21 @@ class DisconnectWatcher:
     thread is blocked elsewhere (waiting for a grant, or reading a backend that is still
     thinking). Pipelined request bytes only raise EPOLLIN, which we do not ask for.
 
-    A connection's fd stays in the epoll set between requests (one-shot, re-armed with
-    EPOLL_CTL_MOD by the next watch): one system call per request instead of two. The
-    kernel drops it from the set when the connection is closed; an event that arrives
-    while nothing watches the fd is ignored."""
+    A connection is added to the epoll set once, at its first watch, edge-triggered, and
+    stays there until it is closed (the kernel then drops it): a request costs no system
+    call here, and no GIL hand-off to another thread under load. A hang-up reported while
+    nothing watches the connection (between two requests, or before the next watch) is
+    remembered, and the next watch of that connection fires at once, as the one-shot
+    re-arm of the fd used to report it. An event for an earlier connection that had the
+    same fd number is checked against the fd's state now and ignored."""
 
-    _EVENTS = select.EPOLLRDHUP | select.EPOLLONESHOT if hasattr(select, "epoll") else 0
+    _EVENTS = select.EPOLLRDHUP | select.EPOLLET if hasattr(select, "epoll") else 0
 
     def __init__(self) -> None:
         self._ep = select.epoll() if hasattr(select, "epoll") else None
         self._watches: dict[int, Watch] = {}
+        self._socks: dict[int, weakref.ref] = {}  # fd -> the connection registered on it
+        self._hung: set[int] = set()  # registered fds that hung up while nothing watched
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -254,20 +259,32 @@ class DisconnectWatcher:
         if self._ep is None:
             return None
         w = Watch(sock.fileno(), fn)
+        fd = w.fd
         with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="disconnect-watcher",
-                                                daemon=True)
-                self._thread.start()
-            self._watches[w.fd] = w
-            try:
+            registered = self._socks.get(fd)
+            if registered is None or registered() is not sock:  # a new connection
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run,
+                                                    name="disconnect-watcher", daemon=True)
+                    self._thread.start()
                 try:
-                    self._ep.modify(w.fd, self._EVENTS)  # re-arm: still in the set
-                except FileNotFoundError:
-                    self._ep.register(w.fd, self._EVENTS)
-            except OSError:
-                self._watches.pop(w.fd, None)
-                return None
+                    try:
+                        self._ep.register(fd, self._EVENTS)
+                    except FileExistsError:  # a dup of an earlier file still open
+                        self._ep.modify(fd, self._EVENTS)
+                except OSError:
+                    return None
+                self._socks[fd] = weakref.ref(sock)
+                self._hung.discard(fd)
+                hung = False
+            else:
+                hung = fd in self._hung
+            self._watches[fd] = w
+        if hung and w.claim_for_firing():
+            try:
+                fn()
+            except Exception:
+                pass
         return w
 
     def forget(self, w: Watch) -> None:
@@ -286,21 +303,14 @@ class DisconnectWatcher:
     def dispatch(self, events) -> None:
         for fd, _ev in events:
             with self._lock:
+                # the check and the record happen under the lock a new connection on this
+                # fd registers under, so a late event never marks the new one
+                if not _hung_up(fd):
+                    continue  # left by an earlier connection with this fd number
                 w = self._watches.pop(fd, None)
-            if w is None:
-                continue
-            if not _hung_up(fd):
-                # An event for an earlier connection with this fd number (it hung up after
-                # its watch ended and was closed; a new connection got the number): the
-                # current one is fine, so watch it again.
-                with self._lock:
-                    if fd not in self._watches:
-                        self._watches[fd] = w
-                        try:
-                            self._ep.modify(fd, self._EVENTS)
-                        except OSError:
-                            self._watches.pop(fd, None)
-                continue
+                if w is None:
+                    self._hung.add(fd)
+                    continue
             if not w.claim_for_firing():
                 continue
             try:
