@@ -56,13 +56,97 @@ SKIP_DIRS = {"__pycache__"}
 COMPILED = (".so", ".pyd", ".dll", ".dylib", ".c", ".h", ".pyx", ".pxd", ".pyc")
 LICENCE = re.compile(r"(LICEN[CS]E|COPYING)(\.\w+)?")
 
+# The archive's __main__.py. BUILD_ID is a hash of everything else in the archive.
 MAIN = '''\
+"""Entry point of llama-swap.pyz.
+
+Python cannot keep compiled bytecode for modules it imports from a zip archive, so every start
+would compile every module again. Instead the archive unpacks itself once per build into
+$LLAMA_SWAP_CACHE_DIR (default: $XDG_CACHE_HOME/llama-swap or ~/.cache/llama-swap), compiles
+it once per Python version (whatever PYTHONDONTWRITEBYTECODE says: the directory is ours) and
+imports from there. When that directory cannot be made, or is not a private directory of this
+user, the code runs from the archive itself.
+"""
+import os
 import sys
 
 if sys.version_info < (3, 10):
     sys.exit("llama-swap needs Python 3.10 or newer; this is " + sys.version.split()[0])
 
-from llamaswap.cli import main
+BUILD_ID = "@BUILD_ID@"
+
+
+def cache_root():
+    explicit = os.environ.get("LLAMA_SWAP_CACHE_DIR")
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "llama-swap")
+
+
+def private_dir(path):
+    """True for a directory of this user that nobody else can write to."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (os.path.isdir(path) and st.st_uid == os.getuid() and not st.st_mode & 0o022)
+
+
+def unpack(archive, target):
+    import shutil
+    import tempfile
+    import zipfile
+    parent = os.path.dirname(target)
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".unpacking-", dir=parent)  # mode 0o700
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        os.rename(tmp, target)  # atomic: a directory under that name is always complete
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not private_dir(target):  # else a concurrent start unpacked it first
+            raise
+
+
+def compile_once(target):
+    tag = sys.implementation.cache_tag
+    if tag is None:
+        return
+    opt = ".opt-%d" % sys.flags.optimize if sys.flags.optimize else ""
+    marker = os.path.join(target, ".compiled-" + tag + opt)
+    if not os.path.exists(marker):
+        import compileall
+        compileall.compile_dir(target, quiet=2)
+        open(marker, "wb").close()
+
+
+def code_location(archive):
+    target = os.path.join(cache_root(), BUILD_ID)
+    if not os.path.isabs(target):
+        return archive  # no home directory to speak of
+    try:
+        if not private_dir(target):
+            unpack(archive, target)
+    except Exception:  # read-only or full disk, someone else's directory: stay in the archive
+        return archive
+    try:
+        compile_once(target)
+    except OSError:
+        pass  # imports compile what they need, as they would anyway
+    return target
+
+
+ARCHIVE = os.path.dirname(os.path.abspath(__file__))
+CODE = code_location(ARCHIVE)
+if CODE != ARCHIVE:
+    sys.path.insert(0, CODE)
+
+import llamaswap  # noqa: E402
+
+llamaswap.ARCHIVE = ARCHIVE
+from llamaswap.cli import main  # noqa: E402
 
 sys.exit(main())
 '''
@@ -180,19 +264,28 @@ def package_files() -> dict[str, bytes]:
     return files
 
 
+def build_id(entries: dict[str, bytes]) -> str:
+    """Names the unpacked copy of an archive: the version and a hash of every entry."""
+    digest = hashlib.sha256()
+    for name in sorted(entries):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(entries[name]).digest())
+    version = re.search(rb'^__version__ = "([^"]+)"', entries["llamaswap/__init__.py"], re.M)
+    return f"{version[1].decode()}-{digest.hexdigest()[:16]}"
+
+
 def build(output: Path, cache: Path) -> Path:
     yaml_files, yaml_licence = dependency_files(PYYAML, cache)
     gjson_src, gjson_licence = dependency_files(GJSON, cache)
     if "yaml/__init__.py" not in yaml_files or "gjson/__init__.py" not in gjson_src:
         raise SystemExit("build_zipapp: dependency sources are incomplete")
-    entries = {"__main__.py": MAIN.encode()}
-    entries.update(package_files())
+    entries = package_files()
     entries.update(yaml_files)
     entries.update(gjson_src)
     entries["licenses/README.txt"] = LICENSES_README.format(pyyaml=PYYAML.version, gjson=GJSON.version).encode()
     entries["licenses/llama-swap-LICENSE"] = (ROOT / "LICENSE").read_bytes()
     entries["licenses/PyYAML-LICENSE"] = yaml_licence
     entries["licenses/gjson-py-LICENSE"] = gjson_licence
+    entries["__main__.py"] = MAIN.replace("@BUILD_ID@", build_id(entries)).encode()
     compiled = [n for n in entries if n.endswith(COMPILED)]
     if compiled:
         raise SystemExit(f"build_zipapp: compiled files would be archived: {compiled}")

@@ -31,6 +31,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = json.dumps({"model": "fast", "input": "hello"}).encode()
+# --api-key: the apiKeys entry the proxy is given, and the header every request carries
+API_KEYS = {
+    "none": "",
+    "plain": "apiKeys: [sk-bench-plain]\n",
+    "scoped": "apiKeys:\n  - sk-bench-admin\n  - key: sk-bench-scoped\n    name: bench\n"
+              "    models: [\"fast*\", \"swap-?\"]\n    maxInFlight: 64\n",
+}
+AUTH: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +186,7 @@ def small_load(port: int, path: str, concurrency: int, seconds: float) -> dict:
         mine = []
         while time.monotonic() < stop:
             t0 = time.perf_counter()
-            c.request("POST", path, body=SMALL, headers={"Content-Type": "application/json"})
+            c.request("POST", path, body=SMALL, headers={"Content-Type": "application/json", **AUTH})
             r = c.getresponse()
             r.read()
             mine.append(time.perf_counter() - t0)
@@ -202,7 +210,7 @@ def small_load(port: int, path: str, concurrency: int, seconds: float) -> dict:
 def counted_load(port: int, path: str, n: int) -> None:
     c = http.client.HTTPConnection("127.0.0.1", port)
     for _ in range(n):
-        c.request("POST", path, body=SMALL, headers={"Content-Type": "application/json"})
+        c.request("POST", path, body=SMALL, headers={"Content-Type": "application/json", **AUTH})
         r = c.getresponse()
         r.read()
         if r.status != 200:
@@ -213,7 +221,7 @@ def counted_load(port: int, path: str, n: int) -> None:
 def stream_run(port: int, path: str, n: int = 200, gap: float = 0.002) -> dict:
     c = http.client.HTTPConnection("127.0.0.1", port)
     t0 = time.perf_counter()
-    c.request("GET", f"{path}?n={n}&gap={gap}")
+    c.request("GET", f"{path}?n={n}&gap={gap}", headers=AUTH)
     r = c.getresponse()
     transit = []
     ttfb = None
@@ -256,6 +264,8 @@ def upload(port: int, path: str, size: int, pid: int | None) -> dict:
     c.putrequest("POST", path)
     c.putheader("Content-Type", f"multipart/form-data; boundary={boundary}")
     c.putheader("Content-Length", str(total))
+    for k, v in AUTH.items():
+        c.putheader(k, v)
     c.endheaders()
     t0 = time.monotonic_ns()
     c.send(head)
@@ -281,7 +291,7 @@ def swap_overhead(port: int, delay: float, rounds: int = 6) -> dict:
         c = http.client.HTTPConnection("127.0.0.1", port)
         t0 = time.perf_counter()
         c.request("POST", "/v1/embeddings", body=json.dumps({"model": m, "input": "x"}),
-                  headers={"Content-Type": "application/json"})
+                  headers={"Content-Type": "application/json", **AUTH})
         r = c.getresponse()
         r.read()
         times.append(time.perf_counter() - t0)
@@ -302,7 +312,12 @@ def main() -> int:
     ap.add_argument("--health-delay", type=float, default=0.0)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--quick", action="store_true", help="only the small-request figures")
+    ap.add_argument("--api-key", choices=sorted(API_KEYS), default="none",
+                    help="requests carry a key: a plain apiKeys string, or a scoped object key "
+                         "(models patterns and maxInFlight)")
     args = ap.parse_args()
+    if args.api_key != "none":
+        AUTH["Authorization"] = f"Bearer sk-bench-{args.api_key}"
     if args.backend:
         backend_main(args.port, args.health_delay)
         return 0
@@ -316,7 +331,7 @@ def main() -> int:
     with open(cfg, "w") as f:
         f.write(f"""
 healthCheckTimeout: 30
-models:
+{API_KEYS[args.api_key]}models:
   fast:
     cmd: {sys.executable} {me} --backend --port ${{PORT}}
     concurrencyLimit: 64

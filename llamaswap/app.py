@@ -13,6 +13,7 @@ import time
 from typing import Mapping
 
 from llamaswap.config.model import Config
+from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import ActivityLog
 from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus
@@ -27,7 +28,8 @@ class App:
     def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightCounter,
-                 started_at: float, performance: PerformanceMonitor | None = None):
+                 started_at: float, performance: PerformanceMonitor | None = None,
+                 key_slots: Slots | None = None):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -40,6 +42,8 @@ class App:
         self.started_at = started_at
         # None when disabled at startup: a reload cannot turn it on (as upstream)
         self.performance = performance
+        # requests in flight per API key (maxInFlight): kept across reloads, like inflight
+        self.key_slots = key_slots if key_slots is not None else Slots()
         self._shutdown_lock = threading.Lock()
         self._shut = False
 
@@ -96,7 +100,7 @@ class App:
                    processes=processes, router=self.router,
                    peers=PeerDirectory(config, self.loggers.log), activity=activity,
                    captures=captures, inflight=self.inflight, started_at=self.started_at,
-                   performance=self.performance)
+                   performance=self.performance, key_slots=self.key_slots)
 
     def shutdown(self, grace: float | None = None) -> None:
         """Answer every waiting request and stop every backend (each with its own unload

@@ -11,11 +11,10 @@ import errno
 import ipaddress
 import os
 import signal
-import ssl
 import sys
 
 import llamaswap
-from llamaswap import goflags
+from llamaswap import goflags, lazy
 
 PROGRAM = "llama-swap"
 SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
@@ -29,6 +28,12 @@ FLAGS = [
     goflags.Flag("watch-config", "reload config on file change", is_bool=True),
     goflags.Flag("demo", "run on a built-in demo config with demo models (no -config needed;\n"
                  "listens on 127.0.0.1:8080 unless -listen is given)", is_bool=True),
+    goflags.Flag("models-dir", "serve every *.gguf in this directory (recursively) as a model,\n"
+                 "with or without -config (the config's models win)"),
+    goflags.Flag("models-dir-args", "arguments added to llama-server's command line for the\n"
+                 "-models-dir models (e.g. \"-ngl 99 -c 8192\")"),
+    goflags.Flag("llama-server", "llama-server to run for the -models-dir models\n"
+                 "(default: llama-server on PATH)"),
 ]
 
 
@@ -69,6 +74,7 @@ def network_warning(listen: str, api_keys_set: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    lazy.defer("ssl")  # http.client imports it; only TLS (serving, https backends) needs it
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["demo-backend"]:  # hidden: lets -demo start its backends from the .pyz
         from llamaswap.demo.backend import main as backend_main
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     demo = bool(opts["demo"])
-    if not opts["config"] and not demo:
+    if not opts["config"] and not opts["models-dir"] and not demo:
         _err("-config is required")
         return 1
     cert, key = opts["tls-cert-file"], opts["tls-key-file"]
@@ -102,20 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def load(opts, demo: bool):
+def config_source(opts, demo: bool):
+    """(load() -> Config, snapshot() of what else -watch-config watches, or None)."""
     from llamaswap.config import load_config, load_config_text
     if demo:
         from llamaswap.demo.config import demo_config_text
-        if opts["config"]:
-            _err(f"-demo: ignoring -config {opts['config']}, running on the built-in demo config")
-        return load_config_text(demo_config_text(), path="<demo>")
-    return load_config(opts["config"])
+        for flag in ("config", "models-dir"):
+            if opts[flag]:
+                _err(f"-demo: ignoring -{flag} {opts[flag]}, running on the built-in demo config")
+        return (lambda: load_config_text(demo_config_text(), path="<demo>")), None
+    path = os.path.abspath(opts["config"]) if opts["config"] else None
+    if not opts["models-dir"]:
+        return (lambda: load_config(path)), None
+    from llamaswap.config import models_dir
+    folder = models_dir.ModelsDir(opts["models-dir"], llama_server=opts["llama-server"],
+                                  args=opts["models-dir-args"])
+    return (lambda: models_dir.load(path, folder)), folder.snapshot
 
 
 def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
     from llamaswap.config import ConfigError
     try:
-        config = load(opts, demo)
+        load, snapshot = config_source(opts, demo)
+        config = load()
     except (ConfigError, OSError) as e:
         _err(f"failed to load config: {e}")
         return 1
@@ -132,13 +147,14 @@ def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
         for warning in config.warnings:
             log.warn(warning)
         log.debug(f"PID: {os.getpid()}")
-        return _serve(opts, config, loggers, EventBus(), listen, demo, use_tls)
+        return _serve(opts, config, loggers, EventBus(), listen, demo, use_tls,
+                      load=load, snapshot=snapshot)
     finally:
         if loggers.stdout is not None:
             loggers.stdout.drain()
 
 
-def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
+def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapshot) -> int:
     from llamaswap import procutil
     from llamaswap.app import App
     from llamaswap.http.server import serve
@@ -166,7 +182,8 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls) -> int:
         holder = AppHolder(app)
         cert, key = opts["tls-cert-file"], opts["tls-key-file"]
         if not demo:
-            reloader = Reloader(holder, os.path.abspath(opts["config"]))
+            reloader = Reloader(holder, os.path.abspath(opts["config"]) if opts["config"] else None,
+                                load=lambda _path: load(), snapshot=snapshot)
         if opts["watch-config"] and reloader is not None:
             reloader.watch()  # before serving: a change right after startup is seen
         warning = network_warning(listen, bool(config.api_keys))
@@ -228,6 +245,7 @@ def _listen_error(listen: str, e: Exception, tls_files: tuple[str, ...]) -> str:
             return f"open {unreadable[0]}: {reason}"
         if e.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             return f"listen tcp {listen}: bind: {reason}"
+    import ssl
     if isinstance(e, ssl.SSLError):
         return f"tls: failed to load the certificate or key: {e}"
     return str(e)

@@ -24,8 +24,6 @@ stand in for sessions and group signals; there is no parent-death signal.
 
 from __future__ import annotations
 
-import concurrent.futures
-import ctypes
 import http.client
 import os
 import queue
@@ -49,16 +47,26 @@ TAIL_BYTES = 8192  # how much of a run's own output is kept for error messages
 KILL_WAIT = 10.0  # seconds to wait for an exit after SIGKILL before giving up loudly
 CMD_STOP_MIN_TIMEOUT = 30.0  # cmdStop gets max(grace, this) seconds before it is killed
 
-# Resolved once, in the parent: the forked child must not look anything up (see _pdeathsig).
-_prctl = None
-if IS_LINUX:
-    try:
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
-        _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                           ctypes.c_ulong]
-        _prctl.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        _prctl = None
+# Resolved once, in the parent before its first fork (ctypes is loaded only then): the forked
+# child must not look anything up (see _child_setup).
+_prctl: Callable[..., int] | None = None
+_prctl_resolved = False
+
+
+def _resolve_prctl() -> Callable[..., int] | None:
+    global _prctl, _prctl_resolved
+    if not _prctl_resolved and IS_LINUX:
+        try:
+            import ctypes
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                              ctypes.c_ulong]
+            prctl.restype = ctypes.c_int
+            _prctl = prctl
+        except (OSError, AttributeError):
+            _prctl = None
+    _prctl_resolved = True
+    return _prctl
 
 
 def build_env(extra: Sequence[str], base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -104,7 +112,7 @@ def popen_child(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen
                                    | 0x08000000)  # CREATE_NO_WINDOW
     else:
         kwargs["start_new_session"] = True
-        if _prctl is not None:
+        if _resolve_prctl() is not None:
             kwargs["preexec_fn"] = _child_setup(os.getpid())
     return subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
@@ -135,6 +143,7 @@ class Spawner:
         """Run `fn` on the spawner thread and return its result (or raise its exception)."""
         if threading.current_thread() is self._thread:
             return fn()
+        import concurrent.futures  # at the first start of a backend, not at the proxy's
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((fn, future))
         return future.result()

@@ -232,20 +232,6 @@ def test_demo_config_loads_and_uses_this_python():
     assert ports == [40000, 40001, 40002]
 
 
-def test_demo_backend_command_inside_zipapp(tmp_path):
-    """From a .pyz, the demo backends are started as `python <pyz> demo-backend`."""
-    import zipfile
-    pyz = tmp_path / "app.pyz"
-    with zipfile.ZipFile(pyz, "w") as zf:
-        for path in (ROOT / "llamaswap").rglob("*.py"):
-            zf.write(path, path.relative_to(ROOT).as_posix())
-    code = ("import llamaswap.demo.config as c, json; print(json.dumps(c.backend_command()))")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(pyz)!r}); {code}"],
-                         capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [sys.executable, str(pyz), "demo-backend"]
-
-
 def test_hidden_demo_backend_subcommand_runs_the_backend():
     port = free_port()
     backend = Proxy([sys.executable, "-m", "llamaswap", "demo-backend", "--port", str(port),

@@ -12,6 +12,7 @@ numbers are unaffected.
 import os
 
 import pytest
+from matrix_oracle import expand, expanded
 
 from llamaswap.config import ConfigError, load_config, load_config_text
 
@@ -45,7 +46,7 @@ def test_unchanged_example_loads_with_warnings(monkeypatch):
     assert sum("references unknown model" in w for w in cfg.warnings) == len(MATRIX_MODELS)
     assert "hooks.on_startup.preload: unknown model 'llama' will not be preloaded" in cfg.warnings
     assert cfg.preload == ()
-    assert cfg.matrix.expanded_sets[0].models == ("gemma-model", "voxtral-model")
+    assert expand(cfg.matrix.compiled_sets[0].root)[0] == ("gemma-model", "voxtral-model")
 
 
 def test_unchanged_example_needs_its_env_vars():
@@ -128,8 +129,7 @@ def test_matrix(config):
     mx = config.matrix
     assert config.groups == {}
     assert [name for name, _ in mx.sets] == ["standard", "with_rerank", "creative", "full"]
-    expanded = [(s.name, s.models) for s in mx.expanded_sets]
-    assert expanded == [
+    assert expanded(mx.compiled_sets) == [
         ("standard", ("gemma-model", "voxtral-model")),
         ("standard", ("qwen-model", "voxtral-model")),
         ("standard", ("mistral-model", "voxtral-model")),

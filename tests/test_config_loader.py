@@ -7,6 +7,7 @@ import textwrap
 from types import MappingProxyType
 
 import pytest
+from matrix_oracle import expanded
 
 from llamaswap.config import DEFAULT_GROUP_ID, ConfigError, load_config, load_config_text
 
@@ -486,7 +487,7 @@ def test_groups_with_default_group():
     assert c.group_of("c").id == "g2"
 
 
-def test_matrix_expansion_order_and_costs():
+def test_matrix_solver_order_and_costs():
     # upstream TestValidateMatrix_Basic / WithRef / ConfigMatrixOnly
     c = load("""
         models:
@@ -505,12 +506,56 @@ def test_matrix_expansion_order_and_costs():
     assert c.groups == {}
     assert mx.sets == (("combo", "+pair & c"), ("pair", "a | b"), ("solo", "c"))
     # dependency first (pair), then definition order
-    assert [(s.name, s.models) for s in mx.expanded_sets] == [
+    assert expanded(mx.compiled_sets) == [
         ("pair", ("m1",)), ("pair", ("m2",)),
         ("combo", ("m1", "m3")), ("combo", ("m2", "m3")),
         ("solo", ("m3",))]
     assert mx.evict_costs == {"c": 7} and mx.model_evict_costs == {"m3": 7}
     assert mx.evict_cost("m3") == 7 and mx.evict_cost("m1") == 1
+
+
+def test_matrix_at_head_long_var_ids_and_real_model_ids_in_sets_and_costs():
+    # upstream 4c50064e: var ids up to 32 characters with '-' and '.', model ids used directly
+    c = load("""
+        models:
+          qwen2.5-coder-32b: {cmd: "x ${PORT}"}
+          nomic-embed-v1.5: {cmd: "x ${PORT}"}
+          whisper: {cmd: "x ${PORT}"}
+        matrix:
+          vars: {coder-32b.q4: qwen2.5-coder-32b}
+          evict_costs: {coder-32b.q4: 9, whisper: 4}
+          sets:
+            dev: "coder-32b.q4 & nomic-embed-v1.5"
+            voice: "whisper & nomic-embed-v1.5"
+        """)
+    mx = c.matrix
+    assert expanded(mx.compiled_sets) == [("dev", ("nomic-embed-v1.5", "qwen2.5-coder-32b")),
+                                          ("voice", ("nomic-embed-v1.5", "whisper"))]
+    assert mx.model_evict_costs == {"qwen2.5-coder-32b": 9, "whisper": 4}
+    assert mx.compiled_sets[0].support == {"qwen2.5-coder-32b", "nomic-embed-v1.5"}
+
+
+def test_matrix_var_wins_over_a_model_of_the_same_name():
+    c = load("""
+        models:
+          a: {cmd: "x ${PORT}"}
+          b: {cmd: "x ${PORT}"}
+        matrix:
+          vars: {a: b}
+          sets: {s: a}
+        """)
+    assert expanded(c.matrix.compiled_sets) == [("s", ("b",))]
+
+
+def test_matrix_has_no_expansion_limit():
+    # 4^12 = 16.7 M combinations: compiled, never expanded (upstream 0c423336)
+    models = [f"m{i}-{j}" for i in range(12) for j in range(4)]
+    dsl = " & ".join("(" + " | ".join(f"m{i}-{j}" for j in range(4)) + ")" for i in range(12))
+    c = load("models:\n" + "".join(f"  {m}: {{cmd: 'x ${{PORT}}'}}\n" for m in models)
+             + f"matrix:\n  sets:\n    big: '{dsl}'\n    again: '+big & +big'\n")
+    assert [s.name for s in c.matrix.compiled_sets] == ["big", "again"]
+    assert c.matrix.compiled_sets[1].root == ("and", (c.matrix.compiled_sets[0].root,) * 2)
+    assert c.matrix.compiled_sets[1].root[1][0] is c.matrix.compiled_sets[0].root  # shared, not copied
 
 
 def test_preload_resolved_through_aliases_and_unknown_dropped():

@@ -1,30 +1,33 @@
-"""The matrix set DSL on its own (upstream matrix_dsl_test.go)."""
+"""The matrix set DSL on its own (upstream's internal/matrix dsl_test.go): parse trees and
+upstream's error texts. Expressions are never expanded (see test_router_solver.py)."""
 
 import pytest
 
-from llamaswap.config.matrix_dsl import DSLError, extract_refs, parse_and_expand
+from llamaswap.config.matrix_dsl import DSLError, parse, walk
 
 
-@pytest.mark.parametrize("dsl, combos", [
-    ("a", [["a"]]),
-    ("a & b", [["a", "b"]]),
-    ("a | b", [["a"], ["b"]]),
-    ("a | b & c", [["a"], ["b", "c"]]),                 # & binds tighter than |
-    ("(a | b) & c", [["a", "c"], ["b", "c"]]),
-    ("(a | b) & (c | d)", [["a", "c"], ["a", "d"], ["b", "c"], ["b", "d"]]),  # left-major
-    ("b & a", [["a", "b"]]),                            # each combination sorted
-    ("a & a", [["a"]]),                                 # and de-duplicated
-    ("((a))", [["a"]]),
-    ("  x.y-z_1 & é2  ", [["x.y-z_1", "é2"]]),           # identifier characters, trimmed
+def leaf(name):
+    return ("ident", name)
+
+
+@pytest.mark.parametrize("dsl, tree", [
+    ("a", leaf("a")),
+    ("a & b", ("&", [leaf("a"), leaf("b")])),
+    ("a | b", ("|", [leaf("a"), leaf("b")])),
+    ("a | b & c", ("|", [leaf("a"), ("&", [leaf("b"), leaf("c")])])),  # & binds tighter than |
+    ("(a | b) & c", ("&", [("|", [leaf("a"), leaf("b")]), leaf("c")])),
+    ("+llms & v", ("&", [("ref", "llms"), leaf("v")])),
+    ("((a))", leaf("a")),
+    ("  x.y-z_1 & é2  ", ("&", [leaf("x.y-z_1"), leaf("é2")])),  # identifier characters, trimmed
+    ("qwen2.5-coder-32b & nomic-embed-v1.5", ("&", [leaf("qwen2.5-coder-32b"), leaf("nomic-embed-v1.5")])),
 ])
-def test_parse_and_expand(dsl, combos):
-    assert parse_and_expand(dsl, {}) == combos
+def test_parse(dsl, tree):
+    assert parse(dsl) == tree
 
 
-def test_ref_inlines_expanded_combinations():
-    refs = {"llms": [["g"], ["q"]]}
-    assert parse_and_expand("+llms & v", refs) == [["g", "v"], ["q", "v"]]
-    assert extract_refs("+llms & +b | +llms") == ["llms", "b"]
+def test_walk_visits_parents_first_in_written_order():
+    names = [n[1] if n[0] in ("ident", "ref") else n[0] for n in walk(parse("a & (+r | b) & c"))]
+    assert names == ["&", "a", "|", "r", "b", "c"]
 
 
 @pytest.mark.parametrize("dsl, message", [
@@ -40,14 +43,5 @@ def test_ref_inlines_expanded_combinations():
 ])
 def test_errors(dsl, message):
     with pytest.raises(DSLError) as e:
-        parse_and_expand(dsl, {})
+        parse(dsl)
     assert str(e.value) == message
-
-
-def test_expansion_cap_per_operator():
-    eleven = "(" + " | ".join(f"v{i}" for i in range(11)) + ")"
-    assert len(parse_and_expand(f"{eleven} & {eleven}", {})) == 121
-    with pytest.raises(DSLError, match="DSL expansion exceeded 1000 combinations"):
-        parse_and_expand(" & ".join([eleven] * 3), {})
-    with pytest.raises(DSLError, match="DSL expansion exceeded 1000 combinations"):
-        parse_and_expand(" | ".join(f"v{i}" for i in range(1001)), {})

@@ -4,6 +4,7 @@ router group | matrix with its settings, and the legacy top-level spellings."""
 import textwrap
 
 import pytest
+from matrix_oracle import expanded
 
 from llamaswap.config import ConfigError, load_config_text
 from llamaswap.config.model import DEFAULT_GROUP_ID
@@ -84,7 +85,7 @@ def test_routing_router_matrix_and_the_other_setting_is_ignored():
         """)
     assert c.routing.router == "matrix"
     assert c.groups == {}
-    assert [es.models for es in c.matrix.expanded_sets] == [("a", "b")]
+    assert expanded(c.matrix.compiled_sets) == [("s", ("a", "b"))]
 
 
 def test_matrix_setting_is_ignored_under_the_group_router():
@@ -147,7 +148,7 @@ def test_matrix_errors_name_the_routing_key_path():
                   s: "x & nope"
         """)
     assert "routing.router.settings.matrix.sets.s" in message
-    assert 'matrix: set "s": unknown var ID "nope"' in message
+    assert 'matrix: set "s": unknown var or model "nope"' in message
 
 
 BOTH = ("config uses both the legacy top-level 'matrix'/'groups' keys and the new 'routing.router' "

@@ -278,12 +278,15 @@ def test_models_listing_shape_and_origin():
             assert list(data) == ["data", "object"] and data["object"] == "list"
             ids = [r["id"] for r in data["data"]]
             assert ids == ["a1", "m1", "remote-model"]
-            rec = data["data"][1]
+            alias, rec, remote = data["data"]
             assert list(rec) == ["id", "object", "created", "owned_by", "name", "description",
-                                 "meta"]
-            assert rec["name"] == "Model 1" and rec["meta"] == {"llamaswap": {"k": "v"}}
-            assert data["data"][2]["name"] == "peer1: remote-model"
-            assert data["data"][2]["meta"] == {"llamaswap": {"peerID": "peer1"}}
+                                 "meta", "status"]
+            assert rec["name"] == "Model 1" and rec["status"] == {"value": "unloaded"}
+            assert rec["meta"] == {"llamaswap": {"aliases": ["a1"], "k": "v", "type": "model"}}
+            assert alias["meta"] == {"llamaswap": {"k": "v", "modelID": "m1", "type": "alias"}}
+            assert remote["name"] == "peer1: remote-model"
+            assert remote["status"] == {"value": "unloaded"}
+            assert remote["meta"] == {"llamaswap": {"peerID": "peer1", "type": "peer"}}
 
 
 def test_concurrency_limit_429_before_any_byte():

@@ -299,7 +299,9 @@ def test_ring_ids_events_and_exact_json():
     assert [e.entry.id for e in events] == [0, 1, 2]
     data = json.loads(log.dumps())
     assert list(data[0]) == ["id", "timestamp", "model", "req_path", "resp_content_type",
-                             "resp_status_code", "tokens", "duration_ms", "has_capture"]
+                             "resp_status_code", "tokens", "duration_ms", "has_capture",
+                             "key"]  # upstream's fields, then the API key's name (ours)
+    assert data[0]["key"] == "-"
     assert data[0]["tokens"] == {"cache_tokens": -1, "input_tokens": 11, "output_tokens": 22,
                                  "prompt_per_second": -1, "tokens_per_second": -1}
     assert data[0]["duration_ms"] == 250 and data[0]["has_capture"] is False

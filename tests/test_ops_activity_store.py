@@ -323,7 +323,7 @@ def test_api_over_http_survives_a_restart(tmp_path):
         row = page["data"][0]
         assert list(row) == ["id", "timestamp", "model", "req_path", "resp_content_type",
                              "resp_status_code", "tokens", "duration_ms", "has_capture",
-                             "metadata"]
+                             "metadata", "key"]
         assert list(row["tokens"]) == ["cache_tokens", "draft_tokens", "draft_acc_tokens",
                                        "input_tokens", "output_tokens", "prompt_per_second",
                                        "tokens_per_second"]

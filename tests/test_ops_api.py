@@ -182,7 +182,7 @@ def test_prometheus_endpoint(proxy):
 
     assert wait_until(lambda: "llamaswap_requests_total" in scrape())
     fams = scrape()
-    assert value_of(fams, "llamaswap_requests_total", model="m1", status="200") == 1
+    assert value_of(fams, "llamaswap_requests_total", model="m1", status="200", key="-") == 1
     assert value_of(fams, "llamaswap_input_tokens_total", model="m1") == 2
     assert value_of(fams, "llamaswap_model_state", model="m1", state="ready") == 1
     assert value_of(fams, "llamaswap_model_state", model="author/m2", state="stopped") == 1

@@ -240,8 +240,8 @@ def test_full_exposition_is_strictly_valid():
     text = render(make_app(), rm, SystemSampler(), build=("0.1.0", "abc", "unknown"))
     fams = strict_parse(text)
 
-    assert value_of(fams, "llamaswap_requests_total", model="m1", status="200") == 2
-    assert value_of(fams, "llamaswap_requests_total", model="m1", status="500") == 1
+    assert value_of(fams, "llamaswap_requests_total", model="m1", status="200", key="-") == 2
+    assert value_of(fams, "llamaswap_requests_total", model="m1", status="500", key="-") == 1
     assert value_of(fams, "llamaswap_input_tokens_total", model="m1") == 17
     assert value_of(fams, "llamaswap_output_tokens_total", model="m1") == 8
     assert value_of(fams, "llamaswap_cached_tokens_total", model="m1") == 4  # -1 is "unknown"
@@ -326,8 +326,8 @@ def test_request_metrics_follow_the_bus():
     rm.attach(bus)
     try:
         bus.publish(ActivityRecorded(entry("m9")))
-        assert wait_until(lambda: rm.requests.get(("m9", "200")) == 1)
+        assert wait_until(lambda: rm.requests.get(("m9", "200", "-")) == 1)
     finally:
         rm.detach()
     bus.publish(ActivityRecorded(entry("m9")))
-    assert rm.requests.get(("m9", "200")) == 1
+    assert rm.requests.get(("m9", "200", "-")) == 1

@@ -154,3 +154,18 @@ def test_thread_notices_a_change(tmp_path):
         assert hits.event.wait(10)
     finally:
         w.stop()
+
+
+def test_also_watches_what_the_callable_returns_with_or_without_a_file(tmp_path):
+    """-models-dir: the folder's listing is polled beside the config file, or alone."""
+    listing = ["a.gguf"]
+    for path in (None, tmp_path / "config.yaml"):
+        if path is not None:
+            path.write_text("models: {}\n")
+        hits = Counter()
+        w = ConfigWatcher(path and str(path), hits, also=lambda: tuple(listing))
+        assert w.poll() is False  # baseline
+        assert w.poll() is False
+        listing.append("b.gguf")
+        assert w.poll() is True and hits.n == 1
+        assert w.poll() is False

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
 from llamaswap.router.core import (READY, STOPPED, ArmTimer, Log, RouterCore, ShutdownAll,
                                    StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
@@ -393,8 +394,8 @@ def test_exclusive_ready_model_still_evicts_late_neighbours():
 
 
 def test_matrix_incompatible_models_queue_and_coexisting_ones_load_in_parallel():
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    core = make("abc", MatrixPlanner(MatrixConfig(expanded_sets=sets)))
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets)))
     eff = core.request(Req("a"), 0) + core.request(Req("b"), 0)
     assert swaps(eff) == [("a", ()), ("b", ())]
     rc = Req("c")
@@ -412,8 +413,8 @@ def test_swaps_name_the_reason_of_each_eviction():
     (start,) = of(core.request(Req("b"), 0), StartSwap)
     assert start.evict == ("a",) and dict(start.reasons) == {"a": "group"}
 
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    core = loaded(make("abc", MatrixPlanner(MatrixConfig(expanded_sets=sets))), "a", "b")
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    core = loaded(make("abc", MatrixPlanner(MatrixConfig(compiled_sets=sets))), "a", "b")
     (start,) = of(core.request(Req("c"), 0), StartSwap)
     assert dict(start.reasons) == {"a": "matrix", "b": "matrix"}
 

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from helpers import demo_backend_argv, free_port, is_alive, wait_until
-from llamaswap.config.model import (DEFAULT_GROUP_ID, Config, ExpandedSet, GroupConfig,
-                                    MatrixConfig, ModelConfig)
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import DEFAULT_GROUP_ID, Config, GroupConfig, MatrixConfig, ModelConfig
 from llamaswap.ops.events import (EventBus, ModelStopping, ProcessStateChanged,
                                   QueueLengthChanged, SwapFinished)
 from llamaswap.ops.logs import build_loggers, new_process_log
@@ -199,8 +199,8 @@ def test_groups_persistent_and_exclusive_rules_with_real_processes(rig):
 
 
 def test_matrix_coexisting_models_share_the_machine_and_others_evict_them(rig):
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")), ExpandedSet("c", "c", ("c",)))
-    router = rig.build([model("a"), model("b"), model("c")], matrix=MatrixConfig(expanded_sets=sets))
+    sets = compile_sets([("ab", "a & b"), ("c", "c")], lambda name: name)
+    router = rig.build([model("a"), model("b"), model("c")], matrix=MatrixConfig(compiled_sets=sets))
     assert serve_all(router, [router.request("a"), router.request("b")]) == ["a", "b"]
     assert rig.state("a") == "ready" and rig.state("b") == "ready"
     serve(router, "c")
@@ -223,8 +223,8 @@ def test_unload_while_requests_wait(rig):
 
 
 def test_unload_all_returns_when_every_model_is_down(rig):
-    sets = (ExpandedSet("ab", "a & b", ("a", "b")),)
-    router = rig.build([model("a"), model("b")], matrix=MatrixConfig(expanded_sets=sets))
+    sets = compile_sets([("ab", "a & b")], lambda name: name)
+    router = rig.build([model("a"), model("b")], matrix=MatrixConfig(compiled_sets=sets))
     serve_all(router, [router.request("a"), router.request("b")])
     pids = [rig.processes[m].pid for m in "ab"]
     router.unload()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from llamaswap.config.model import (DEFAULT_GROUP_ID, Config, ExpandedSet, GroupConfig,
-                                    MatrixConfig, ModelConfig)
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import DEFAULT_GROUP_ID, Config, GroupConfig, MatrixConfig, ModelConfig
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner, planner_for
 from llamaswap.router.solver import MatrixSolver
 
@@ -76,59 +76,50 @@ def test_default_group_is_a_plain_swap_group():
 
 # ---- matrix solver -----------------------------------------------------------------------
 
-def es(name, dsl, *models):
-    return ExpandedSet(name, dsl, tuple(sorted(models)))
+def compiled(*sets: tuple[str, str], var: dict | None = None):
+    """Compile (name, dsl) sets; a name is a var of `var`, else a model id."""
+    var = var or {}
+    return compile_sets(list(sets), lambda name: var.get(name, name))
 
 
 def test_target_already_running_evicts_nothing_even_in_no_matching_set():
-    s = MatrixSolver([es("a", "a", "a"), es("b", "b", "b")])
+    s = MatrixSolver(compiled(("a", "a"), ("b", "b")))
     result = s.solve("a", ["a", "b"])
     assert result.evict == () and result.set_name == ""
 
 
 def test_model_in_no_set_runs_alone():
-    s = MatrixSolver([es("ab", "a & b", "a", "b")])
+    s = MatrixSolver(compiled(("ab", "a & b")))
     assert s.solve("z", ["a", "b"]).evict == ("a", "b")
     assert s.solve("z", []).evict == ()
 
 
 def test_ties_go_to_the_earlier_expanded_set():
-    s = MatrixSolver([es("first", "a & b", "a", "b"), es("second", "a & c", "a", "c")])
+    s = MatrixSolver(compiled(("first", "a & b"), ("second", "a & c")))
     assert s.solve("a", []).set_name == "first"
     assert s.solve("a", ["d"]).set_name == "first"
 
 
 def test_evict_costs_steer_to_the_cheaper_set():
-    s = MatrixSolver([es("a_with_c", "a & c", "a", "c"), es("a_with_b", "a & b", "a", "b")],
-                     {"b": 10, "c": 1})
+    s = MatrixSolver(compiled(("a_with_c", "a & c"), ("a_with_b", "a & b")), {"b": 10, "c": 1})
     result = s.solve("a", ["b", "c"])
     assert result.set_name == "a_with_b" and result.evict == ("c",) and result.total_cost == 1
 
 
 def test_unlisted_evict_cost_defaults_to_one():
-    s = MatrixSolver([es("x", "a & b", "a", "b"), es("y", "a & c & d", "a", "c", "d")])
+    s = MatrixSolver(compiled(("x", "a & b"), ("y", "a & c & d")))
     # keeping b costs c+d = 2; keeping c, d costs b = 1
     assert s.solve("a", ["b", "c", "d"]).set_name == "y"
     assert s.evict_cost("anything") == 1
 
 
 def example_matrix() -> MatrixConfig:
-    """The matrix of upstream's config.example.yaml, expanded by hand."""
+    """The matrix of upstream's config.example.yaml."""
     var = {"g": "gemma-model", "q": "qwen-model", "m": "mistral-model", "v": "voxtral-model",
            "e": "reranker-model", "L": "llama-70B", "sd": "stable-diffusion"}
-
-    def s(name, dsl, *vs):
-        return ExpandedSet(name, dsl, tuple(sorted(var[v] for v in vs)))
-
-    expanded = (
-        s("standard", "(g | q | m) & v", "g", "v"), s("standard", "(g | q | m) & v", "q", "v"),
-        s("standard", "(g | q | m) & v", "m", "v"),
-        s("with_rerank", "(g | q) & v & e", "g", "v", "e"),
-        s("with_rerank", "(g | q) & v & e", "q", "v", "e"),
-        s("creative", "(g | q) & sd", "g", "sd"), s("creative", "(g | q) & sd", "q", "sd"),
-        s("full", "L", "L"),
-    )
-    return MatrixConfig(vars=var, evict_costs={"v": 50, "L": 30}, expanded_sets=expanded,
+    sets = compiled(("standard", "(g | q | m) & v"), ("with_rerank", "(g | q) & v & e"),
+                    ("creative", "(g | q) & sd"), ("full", "L"), var=var)
+    return MatrixConfig(vars=var, evict_costs={"v": 50, "L": 30}, compiled_sets=sets,
                         model_evict_costs={"voxtral-model": 50, "llama-70B": 30})
 
 

@@ -27,7 +27,10 @@ import os
 import random
 import time
 
-from llamaswap.config.model import ExpandedSet, GroupConfig, MatrixConfig
+from matrix_oracle import random_dsl
+
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import GroupConfig, MatrixConfig
 from llamaswap.router.core import (READY, ArmTimer, BackOff, CancelRestart, Log, Restart,
                                    RouterCore, RouterError, ShutdownAll, StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
@@ -95,12 +98,12 @@ def random_planner(rng: random.Random, models: list[str]):
                                               persistent=rng.random() < 0.3,
                                               members=tuple(ms))
                              for gid, ms in groups.items()})
-    sets = []
+    sets: list[tuple[str, str]] = []
     for i in range(rng.randint(1, 4)):
-        members = tuple(sorted(rng.sample(models, rng.randint(1, len(models)))))
-        sets.append(ExpandedSet(f"s{i}", " & ".join(members), members))
+        sets.append((f"s{i}", random_dsl(rng, models, [name for name, _ in sets])))
     costs = {m: rng.randint(1, 5) for m in models if rng.random() < 0.4}
-    return MatrixPlanner(MatrixConfig(expanded_sets=tuple(sets), model_evict_costs=costs))
+    return MatrixPlanner(MatrixConfig(compiled_sets=compile_sets(sets, lambda name: name),
+                                      model_evict_costs=costs))
 
 
 def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:

@@ -209,3 +209,70 @@ def test_ui_is_served_from_inside_the_archive(pyz, tmp_path):
         if from_source != 200:
             pytest.skip(f"the proxy does not serve /ui/ from the source tree yet ({from_source})")
     assert from_archive == 200
+
+
+def _version(pyz: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-I", str(pyz), "-version"],
+                          env={**clean_env(tmp_path), **env}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+
+
+def _unpacked_name(pyz: Path) -> str:
+    with zipfile.ZipFile(pyz) as zf:
+        main = zf.read("__main__.py").decode()
+    return re.search(r'^BUILD_ID = "([^"]+)"$', main, re.M)[1]
+
+
+def test_unpacks_once_into_a_private_cache_and_keeps_bytecode(pyz, tmp_path):
+    """The archive unpacks itself once per build into ~/.cache/llama-swap/<version>-<hash>/
+    (private to the user) and imports from there, so compiled bytecode survives the start;
+    later starts reuse that directory as it is."""
+    r = _version(pyz, tmp_path)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "home" / ".cache" / "llama-swap"
+    unpacked = root / _unpacked_name(pyz)
+    assert [p.name for p in root.iterdir()] == [unpacked.name]
+    assert unpacked.name.startswith("0.") and oct(unpacked.stat().st_mode & 0o777) == "0o700"
+    with zipfile.ZipFile(pyz) as zf:
+        assert (unpacked / "llamaswap" / "cli.py").read_bytes() == zf.read("llamaswap/cli.py")
+    assert list((unpacked / "llamaswap" / "__pycache__").glob("cli.*.pyc"))
+    assert list((unpacked / "yaml" / "__pycache__").glob("scanner.*.pyc"))  # all at once
+    assert [p.name for p in unpacked.glob(".compiled-*")] == [f".compiled-{sys.implementation.cache_tag}"]
+    inode = unpacked.stat().st_ino
+    again = _version(pyz, tmp_path)
+    assert again.returncode == 0 and again.stdout == r.stdout
+    assert unpacked.stat().st_ino == inode
+
+    # LLAMA_SWAP_CACHE_DIR chooses the place, XDG_CACHE_HOME the base of the default one
+    assert _version(pyz, tmp_path, LLAMA_SWAP_CACHE_DIR=str(tmp_path / "c1")).returncode == 0
+    assert (tmp_path / "c1" / unpacked.name / "llamaswap" / "cli.py").exists()
+    assert _version(pyz, tmp_path, XDG_CACHE_HOME=str(tmp_path / "x")).returncode == 0
+    assert (tmp_path / "x" / "llama-swap" / unpacked.name / "llamaswap").is_dir()
+
+
+def test_concurrent_first_starts_unpack_one_copy(pyz, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**clean_env(tmp_path), "LLAMA_SWAP_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-I", str(pyz), "-version"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, results
+    assert [p.name for p in cache.iterdir()] == [_unpacked_name(pyz)]  # no .unpacking-* left
+
+
+def test_runs_from_the_archive_when_the_cache_cannot_be_used(pyz, tmp_path):
+    """An unwritable place, or a directory under the right name that someone else could have
+    written to: the code runs from the archive itself, never from that directory."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = _version(pyz, tmp_path, LLAMA_SWAP_CACHE_DIR=str(blocker / "cache"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("version: ")
+
+    planted = tmp_path / "shared" / _unpacked_name(pyz) / "llamaswap"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise SystemExit('ran planted code')\n")
+    os.chmod(planted.parent, 0o777)
+    r = _version(pyz, tmp_path, LLAMA_SWAP_CACHE_DIR=str(tmp_path / "shared"))
+    assert r.returncode == 0, r.stderr
+    assert "planted" not in r.stdout + r.stderr

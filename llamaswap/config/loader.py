@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
+from . import apikeys
 from . import macros as mac
 from .command import split_command, strip_comments
 from .envsubst import substitute_env
@@ -25,6 +26,8 @@ from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_dura
 from .matrix import build_matrix
 from .model import (
     DEFAULT_GROUP_ID,
+    MODALITIES,
+    Capabilities,
     RESTART_POLICIES,
     Config,
     FifoConfig,
@@ -49,7 +52,7 @@ _SCHEDULERS = ("fifo",)
 _ROUTERS = ("group", "matrix")
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, extra_models: Mapping[str, Node] | None = None) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -57,12 +60,15 @@ def load_config(path: str) -> Config:
         raise ConfigError(f"{path}: open {path}: {(e.strerror or str(e)).lower()}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8: {e}") from None
-    return load_config_text(text, path)
+    return load_config_text(text, path, extra_models=extra_models)
 
 
-def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None) -> Config:
-    """Load a config from its text; ``path`` is used in messages and kept in Config.path."""
-    return _Load(path, os.environ if environ is None else environ).run(text)
+def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None,
+                     extra_models: Mapping[str, Node] | None = None) -> Config:
+    """Load a config from its text; ``path`` is used in messages and kept in Config.path.
+    ``extra_models`` (id -> model node, from -models-dir) are added unless the config
+    defines that id or alias itself."""
+    return _Load(path, os.environ if environ is None else environ, extra_models).run(text)
 
 
 # --- raw (decoded, not yet validated) pieces ---------------------------------------------
@@ -92,6 +98,7 @@ class _RawModel:
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     unload_timeout: float = 0  # 0: use the global value
+    capabilities: Capabilities = field(default_factory=Capabilities)
     health_check_interval: float = 0
     health_check_failures: int = 3
     restart: str = "never"
@@ -131,9 +138,11 @@ class _RawPeer:
 
 
 class _Load:
-    def __init__(self, source: str, environ: Mapping[str, str]):
+    def __init__(self, source: str, environ: Mapping[str, str],
+                 extra_models: Mapping[str, Node] | None = None):
         self.source = source
         self.environ = environ
+        self.extra_models = extra_models or {}
         self.d = Decoder(source)
 
     def fail(self, message: str, key: str | None = None, node: Node | None = None) -> ConfigError:
@@ -164,10 +173,13 @@ class _Load:
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
-        api_keys = d.strings(top.get("apiKeys"), "apiKeys")
+        raw_keys = apikeys.decode(d, top.get("apiKeys"))
         global_macros = self._macro_list(top.get("macros"), "macros")
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
+        taken = set(models).union(*(m.aliases for m in models.values()))
+        models.update((mid, self._model(mid, node)) for mid, node in self.extra_models.items()
+                      if mid not in taken)
         profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
             top.get("profiles"), "profiles", "map[string][]string")}
         groups_node = top.get("groups")
@@ -252,11 +264,7 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
-        for key in api_keys:
-            if key == "":
-                raise self.fail("empty api key found in apiKeys", "apiKeys", top.get("apiKeys"))
-            if " " in key:
-                raise self.fail(f"api key cannot contain spaces: `{key}`", "apiKeys", top.get("apiKeys"))
+        api_keys, scoped_keys = apikeys.validate(d, raw_keys, top.get("apiKeys"))
 
         peer_configs = {pid: self._resolve_peer(peers[pid], [(n, v) for n, v, _ in global_macros])
                         for pid in sorted(peers)}
@@ -278,7 +286,8 @@ class _Load:
             send_loading_state=send_loading_state,
             include_aliases_in_list=include_aliases,
             unload_timeout=unload_timeout,
-            api_keys=tuple(api_keys),
+            api_keys=api_keys,
+            scoped_keys=scoped_keys,
             models=freeze(dict(sorted(built.items()))),
             groups=freeze(dict(sorted(group_configs.items()))),
             matrix=matrix,
@@ -373,6 +382,7 @@ class _Load:
         raw.timeouts = self._timeouts(f.get("timeouts"), f"{key}.timeouts", Timeouts())
         d.integer(f.get("healthCheckTimeout"), f"{key}.healthCheckTimeout")  # decoded, then ignored
         raw.unload_timeout = d.number(f.get("unloadTimeout"), f"{key}.unloadTimeout", 0)
+        raw.capabilities = self._capabilities(f.get("capabilities"), f"{key}.capabilities")
         raw.health_check_interval = self._seconds(f.get("healthCheckInterval"), f"{key}.healthCheckInterval",
                                                   f"model {mid}: healthCheckInterval")
         failures = f.get("healthCheckFailures")
@@ -384,6 +394,15 @@ class _Load:
             raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
                             f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
         return raw
+
+    def _capabilities(self, node: Node | None, key: str) -> Capabilities:
+        d = self.d
+        f = d.mapping(node, key, "config.ModelCapConfig")
+        return Capabilities(in_=tuple(d.strings(f.get("in"), f"{key}.in")),
+                            out=tuple(d.strings(f.get("out"), f"{key}.out")),
+                            tools=d.boolean(f.get("tools"), f"{key}.tools"),
+                            reranker=d.boolean(f.get("reranker"), f"{key}.reranker"),
+                            context=d.integer(f.get("context"), f"{key}.context"))
 
     def _seconds(self, node: Node | None, key: str, what: str) -> float:
         """A number of seconds (fractions allowed) or a Go duration string such as "30s";
@@ -531,6 +550,14 @@ class _Load:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
         if raw.unload_timeout < 0:
             raise fail(f"model {mid}: invalid unloadTimeout value {_num(raw.unload_timeout)}", "unloadTimeout")
+        caps = raw.capabilities
+        for side, modalities in (("in", caps.in_), ("out", caps.out)):
+            for modality in modalities:
+                if modality not in MODALITIES:
+                    raise fail(f"model {mid}: capabilities.{side}: invalid modality {go_quote(modality)}, "
+                               f"must be one of: {', '.join(MODALITIES)}", f"capabilities.{side}")
+        if caps.context < 0:
+            raise fail(f"model {mid}: capabilities.context: must be >= 0", "capabilities.context")
         for name, value in raw.macros:
             self._check_macro(name, value, f"{key}.macros.{name}", node, prefix=f"model {mid}: ")
 
@@ -641,6 +668,7 @@ class _Load:
             health_check_timeout=health_check_timeout,
             unload_timeout=raw.unload_timeout or unload_timeout,
             port=port,
+            capabilities=caps,
             health_check_interval=raw.health_check_interval,
             health_check_failures=raw.health_check_failures,
             restart=raw.restart,

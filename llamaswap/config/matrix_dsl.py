@@ -6,22 +6,18 @@ Grammar (``&`` binds tighter than ``|``, so ``a | b & c`` is ``a | (b & c)``)::
     and  = atom ('&' atom)*
     atom = ident | '+' ident | '(' expr ')'
 
-``|`` is the union of alternatives in order, ``&`` the left-major cartesian product,
-``+ref`` inlines another set's already expanded combinations. Each combination is
-de-duplicated and sorted. Error texts are upstream's.
+``|`` offers alternatives, ``&`` lets the models of each side run together, ``+ref`` stands
+for another set's expression. This module only parses; config.matrix resolves and links the
+trees and router.solver answers queries on them without ever expanding the combinations.
+Error texts are upstream's.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from .gocompat import go_is_space, go_quote, go_quote_rune, go_trim_space
-
-MAX_EXPANSIONS = 1000
-
-Combos = list[list[str]]
 
 
 class DSLError(Exception):
@@ -66,15 +62,6 @@ def tokenize(dsl: str) -> list[_Token]:
             raise DSLError(f"unexpected character {go_quote_rune(ch)} at position {i}")
     tokens.append(_Token("eof", ""))
     return tokens
-
-
-def extract_refs(dsl: str) -> list[str]:
-    """The distinct ``+ref`` names in ``dsl``, in order (tokenize errors propagate)."""
-    refs: list[str] = []
-    for token in tokenize(dsl):
-        if token.kind == "ref" and token.value not in refs:
-            refs.append(token.value)
-    return refs
 
 
 # AST: ("ident", name) | ("ref", name) | ("|", [children]) | ("&", [children])
@@ -128,32 +115,8 @@ class _Parser:
         raise DSLError(f"unexpected token {go_quote(token.value)}")
 
 
-def _expand(node: Node, refs: Mapping[str, Combos]) -> Combos:
-    kind, payload = node
-    if kind == "ident":
-        return [[payload]]
-    if kind == "ref":
-        if payload not in refs:
-            raise DSLError(f"unknown set reference +{payload}")
-        return [list(combo) for combo in refs[payload]]
-    if kind == "|":
-        result: Combos = []
-        for child in payload:
-            result.extend(_expand(child, refs))
-            if len(result) > MAX_EXPANSIONS:
-                raise DSLError(f"DSL expansion exceeded {MAX_EXPANSIONS} combinations")
-        return result
-    result = [[]]
-    for child in payload:
-        right = _expand(child, refs)
-        if len(result) * len(right) > MAX_EXPANSIONS:
-            raise DSLError(f"DSL expansion exceeded {MAX_EXPANSIONS} combinations")
-        result = [left + r for left in result for r in right]
-    return result
-
-
-def parse_and_expand(dsl: str, refs: Mapping[str, Sequence[Sequence[str]]]) -> Combos:
-    """All combinations of ``dsl`` (each sorted, without duplicates), in expansion order."""
+def parse(dsl: str) -> Node:
+    """The parse tree of one set's expression (trimmed first, as upstream)."""
     dsl = go_trim_space(dsl)
     if not dsl:
         raise DSLError("empty DSL expression")
@@ -162,8 +125,16 @@ def parse_and_expand(dsl: str, refs: Mapping[str, Sequence[Sequence[str]]]) -> C
     except DSLError as e:
         raise DSLError(f"tokenize: {e}") from None
     try:
-        tree = _Parser(tokens).parse()
+        return _Parser(tokens).parse()
     except DSLError as e:
         raise DSLError(f"parse: {e}") from None
-    resolved = {name: [list(c) for c in combos] for name, combos in refs.items()}
-    return [sorted(set(combo)) for combo in _expand(tree, resolved)]
+
+
+def walk(node: Node):
+    """Every node, parents before children, in written order (upstream's error order)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        if current[0] in ("|", "&"):
+            stack.extend(reversed(current[1]))

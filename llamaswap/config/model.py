@@ -8,6 +8,8 @@ sequences are tuples, so a config can be shared between threads without copying.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -64,6 +66,63 @@ class Filters:
     set_params_by_id: Mapping[str, Mapping[str, Any]] = field(default_factory=_empty)
 
 
+MODALITIES = ("text", "audio", "image")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """A model's ``capabilities`` block: what it takes in and gives out, for /v1/models.
+    All zero means not configured."""
+
+    in_: tuple[str, ...] = ()  # YAML key ``in``; each one of MODALITIES
+    out: tuple[str, ...] = ()
+    tools: bool = False
+    reranker: bool = False
+    context: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.in_ or self.out or self.tools or self.reranker or self.context)
+
+    def rendered(self) -> dict[str, Any]:
+        """The fields upstream adds to a /v1/models record (``architecture``,
+        ``capabilities``, ``supported_parameters``, ``context_length``), each only when it
+        has something to say; maps have their keys sorted, as Go encodes them."""
+        out: dict[str, Any] = {}
+        if self.empty:
+            return out
+        arch: dict[str, Any] = {}
+        if self.in_:
+            arch["input_modalities"] = list(self.in_)
+        if self.in_ and self.out:
+            arch["modality"] = "+".join(self.in_) + "->" + "+".join(self.out)
+        if self.out:
+            arch["output_modalities"] = list(self.out)
+        if arch:
+            out["architecture"] = arch
+        caps: dict[str, bool] = {}
+        if self.in_ and self.out:
+            for flag, src, dst in (("audio_transcriptions", "audio", "text"),
+                                   ("audio_speech", "text", "audio"),
+                                   ("image_generation", "text", "image"),
+                                   ("image_to_image", "image", "image")):
+                if src in self.in_ and dst in self.out:
+                    caps[flag] = True
+        if "image" in self.in_:
+            caps["vision"] = True
+        if self.tools:
+            caps["function_calling"] = True
+        if self.reranker:
+            caps["reranker"] = True
+        if caps:
+            out["capabilities"] = dict(sorted(caps.items()))
+        if self.tools:
+            out["supported_parameters"] = ["tools", "tool_choice"]
+        if self.context > 0:
+            out["context_length"] = self.context
+        return out
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     id: str
@@ -87,6 +146,7 @@ class ModelConfig:
     health_check_timeout: int = 120  # always the global value, as upstream
     unload_timeout: float = 5  # grace before SIGKILL for every graceful stop
     port: int | None = None  # the ${PORT} allocated to this model, if any
+    capabilities: Capabilities = field(default_factory=Capabilities)
     health_check_interval: float = 0  # seconds between probes while ready; 0 = no watch
     health_check_failures: int = 3  # consecutive failed probes that mark the backend dead
     restart: str = "never"  # "never" | "on-failure" | "always" (see RESTART_POLICIES)
@@ -105,19 +165,26 @@ class GroupConfig:
     members: tuple[str, ...] = ()
 
 
+# A compiled matrix expression: ("leaf", model id) | ("and", children) | ("or", children).
+# A `+ref` is the referenced set's own root object, so shared sub-expressions are one object
+# (a DAG) and the solver evaluates each once per query. Never expanded into combinations.
+MatrixNode = tuple
+
+
 @dataclass(frozen=True)
-class ExpandedSet:
-    name: str  # the set it came from
-    dsl: str
-    models: tuple[str, ...]  # real model ids, sorted
+class MatrixSet:
+    name: str
+    dsl: str  # as written
+    root: MatrixNode
+    support: frozenset[str]  # every model id the expression can name
 
 
 @dataclass(frozen=True)
 class MatrixConfig:
     vars: Mapping[str, str] = field(default_factory=_empty)  # var id -> real model id
-    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id -> cost, as written
+    evict_costs: Mapping[str, int] = field(default_factory=_empty)  # var id or model id -> cost, as written
     sets: tuple[tuple[str, str], ...] = ()  # (name, dsl) in definition order
-    expanded_sets: tuple[ExpandedSet, ...] = ()  # solver order: topological, then expansion
+    compiled_sets: tuple[MatrixSet, ...] = ()  # solver order: topological over `+ref`s, then definition
     model_evict_costs: Mapping[str, int] = field(default_factory=_empty)  # real model id -> cost (missing = 1)
 
     def evict_cost(self, model_id: str) -> int:
@@ -165,6 +232,37 @@ class PeerConfig:
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(response_header=60))
 
 
+PLAIN_KEY_NAME = "-"  # the name shown for a plain-string key and for open access
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One ``apiKeys`` entry. A plain string is ``ApiKey(key)``: every model, no limit, admin.
+    ``key`` is a secret: it is left out of ``repr`` and must never be logged or shown."""
+
+    key: str = field(repr=False)
+    name: str = PLAIN_KEY_NAME
+    models: tuple[str, ...] = ("*",)  # shell-style patterns (fnmatch, case-sensitive)
+    max_in_flight: int = 0  # requests in flight at once, over every model; 0 = no limit
+    admin: bool = True  # may use the operations routes (plain strings: True; objects: False)
+    _match: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if "*" not in self.models:  # one regex for all the patterns, compiled once
+            pattern = "|".join(fnmatch.translate(p) for p in self.models) or "(?!)"
+            object.__setattr__(self, "_match", re.compile(pattern).match)
+
+    @property
+    def every_model(self) -> bool:
+        return self._match is None
+
+    def allows(self, *names: str | None) -> bool:
+        """True when any of ``names`` (the name a request sends, its alias, the model id it
+        resolves to...) matches one of the patterns."""
+        match = self._match
+        return match is None or any(n is not None and match(n) is not None for n in names)
+
+
 @dataclass(frozen=True)
 class PerformanceConfig:
     disabled: bool = False
@@ -189,7 +287,8 @@ class Config:
     send_loading_state: bool = False
     include_aliases_in_list: bool = False
     unload_timeout: float = 5
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # every key value, plain or not
+    scoped_keys: tuple[ApiKey, ...] = field(default=(), repr=False)  # the object entries
     models: Mapping[str, ModelConfig] = field(default_factory=_empty)  # sorted by id
     groups: Mapping[str, GroupConfig] = field(default_factory=_empty)  # includes "(default)" unless a matrix is used
     matrix: MatrixConfig | None = None
@@ -205,6 +304,12 @@ class Config:
         if name in self.models:
             return name
         return self.aliases.get(name)
+
+    def api_key_entries(self) -> tuple[ApiKey, ...]:
+        """One ApiKey per key value, in ``apiKeys`` order: the object entry where there is
+        one, else full access (a plain string)."""
+        scoped = {k.key: k for k in self.scoped_keys}
+        return tuple(scoped.get(k) or ApiKey(k) for k in self.api_keys)
 
     def group_of(self, model_id: str) -> GroupConfig | None:
         for group in self.groups.values():

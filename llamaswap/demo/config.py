@@ -11,7 +11,6 @@ import os
 import shlex
 import socket
 import sys
-import zipimport
 
 import llamaswap
 
@@ -27,9 +26,8 @@ DEMO_LISTEN = "127.0.0.1:8080"
 
 def backend_command() -> list[str]:
     """argv prefix that starts the demo backend with this interpreter and this copy of the code."""
-    loader = getattr(llamaswap, "__loader__", None)
-    if isinstance(loader, zipimport.zipimporter):
-        return [sys.executable, os.path.abspath(loader.archive), "demo-backend"]
+    if llamaswap.ARCHIVE:
+        return [sys.executable, llamaswap.ARCHIVE, "demo-backend"]
     return [sys.executable, "-m", "llamaswap.demo.backend"]
 
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from llamaswap.config.model import thaw
-from llamaswap.http import errors, extract, filters
+from llamaswap.http import auth, errors, extract, filters, listing
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
 from llamaswap.http.context import ClientGone, RequestContext
-from llamaswap.ops import gojson
+from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import filter_accept_encoding
 
 if TYPE_CHECKING:
@@ -62,40 +60,18 @@ CRASH_CONFIRM_WAIT = 3.0
 
 # ---- concurrency limit (per App, so a reload resets it as upstream) -------------------------
 
-class _Limits:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: dict[str, int] = {}
-
-    def try_acquire(self, model: str, limit: int) -> bool:
-        with self._lock:
-            n = self._used.get(model, 0)
-            if n >= limit:
-                return False
-            self._used[model] = n + 1
-            return True
-
-    def release(self, model: str) -> None:
-        with self._lock:
-            n = self._used.get(model, 0) - 1
-            if n > 0:
-                self._used[model] = n
-            else:
-                self._used.pop(model, None)
-
-
-_limits_by_app: "weakref.WeakKeyDictionary[Any, _Limits]" = weakref.WeakKeyDictionary()
+_limits_by_app: "weakref.WeakKeyDictionary[Any, Slots]" = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 
-def limits_for(app: Any) -> _Limits:
+def limits_for(app: Any) -> Slots:
     lim = _limits_by_app.get(app)  # created once per App: the lock is for that moment only
     if lim is not None:
         return lim
     with _limits_lock:
         lim = _limits_by_app.get(app)
         if lim is None:
-            lim = _limits_by_app[app] = _Limits()
+            lim = _limits_by_app[app] = Slots()
         return lim
 
 
@@ -134,6 +110,8 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
         ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
+    if pinned is None and not auth.may_use(ctx, requested, real):
+        return  # 403 (/upstream checks the name in its path itself)
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
     if real is None or real not in app.processes:
         peer = None
@@ -147,9 +125,31 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
                 ctx.send_error(404, f"no router for requested model: {requested} "
                                     "(not a configured model, alias or peer model)")
             return
-        _serve_peer(ctx, ex, requested, peer, target)
+        with_key_slot(ctx, _serve_peer, ctx, ex, requested, peer, target, True)
         return
-    _serve_local(ctx, ex, requested, real, target, pinned is not None)
+    with_key_slot(ctx, _serve_local, ctx, ex, requested, real, target, pinned is not None)
+
+
+def with_key_slot(ctx: RequestContext, serve: Any, *args: Any) -> None:
+    """Run ``serve(*args, key_done)`` within the request's key's ``maxInFlight`` (429 before
+    any byte when the key is at its limit). ``key_done`` (None without a limit) gives the
+    slot back; ``serve`` calls it once the backend's answer is read, before the client's
+    last byte, so a client's next request finds it free. It is given back however the
+    request ends: finished, client gone, backend failed, cancelled."""
+    key = ctx.state.get("key")
+    if key is None or not key.max_in_flight:
+        serve(*args, None)
+        return
+    slots = ctx.app.key_slots
+    if not slots.try_acquire(key.key, key.max_in_flight):
+        ctx.send_error(429, f"Too many requests: API key {key.name} is at its maxInFlight limit "
+                            f"of {key.max_in_flight}", headers=[("Retry-After", "1")])
+        return
+    key_done = _Once(lambda: slots.release(key.key))
+    try:
+        serve(*args, key_done)
+    finally:
+        key_done()
 
 
 def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
@@ -223,7 +223,7 @@ class _InFlight:
 
 
 def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
-                 target: str, pinned: bool) -> None:
+                 target: str, pinned: bool, key_done: Any = None) -> None:
     app = ctx.app
     mcfg = app.config.models[real]
     limits = limits_for(app)
@@ -266,7 +266,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                     pid = proc.pid
                     out = forward(ctx, pool_for_process(proc), target, headers, body,
                                   observer=observer, label=_BackendLabel(real, proc),
-                                  on_backend_done=_Once(grant_done, release_slot),
+                                  on_backend_done=_Once(grant_done, release_slot,
+                                                        key_done or _nothing),
                                   retry_unreachable=True)
                 finally:
                     grant_done()
@@ -293,6 +294,10 @@ def _claim(router: Any, model_id: str) -> Any:
         claim.done()
         return None
     return claim
+
+
+def _nothing() -> None:
+    pass
 
 
 def _stopped_unhealthy(process: Any) -> bool:
@@ -415,11 +420,12 @@ def _release_late_grant(ticket: Any) -> None:
 def serve_peer_path(ctx: RequestContext, requested: str, peer: Any, remainder: str) -> None:
     """/upstream/<peer model>/<path>: the body passes untouched."""
     target = remainder + ("?" + ctx.query_string if ctx.query_string else "")
-    _serve_peer(ctx, extract.Extracted(kind="none"), requested, peer, target, rewrite=False)
+    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, peer, target,
+                  False)
 
 
 def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer: Any,
-                target: str, rewrite: bool = True) -> None:
+                target: str, rewrite: bool = True, key_done: Any = None) -> None:
     app = ctx.app
     body = _forward_body(ctx, ex, requested, rewrite=rewrite)
     pool = pool_for_peer(peer)
@@ -435,7 +441,8 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
         if observer is not None:
             headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
-                      label=f"peer {peer.id}", error_prefix="peer proxy error: ")
+                      label=f"peer {peer.id}", error_prefix="peer proxy error: ",
+                      on_backend_done=key_done)
     if out.error and not out.client_gone:
         app.loggers.log.warn(f"peer proxy error: {out.error}")
 
@@ -444,48 +451,6 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
 
 def handle_health(ctx: RequestContext) -> None:
     ctx.send(200, b"OK", "text/plain; charset=utf-8")
-
-
-def model_records(app: Any) -> list[dict]:
-    cfg = app.config
-    created = int(time.time())
-    records = []
-
-    def record(model_id: str, m: Any) -> dict:
-        rec: dict[str, Any] = {"id": model_id, "object": "model", "created": created,
-                               "owned_by": "llama-swap"}
-        name, desc = m.name.strip(), m.description.strip()
-        if name:
-            rec["name"] = name
-        if desc:
-            rec["description"] = desc
-        if m.metadata:
-            rec["meta"] = {"llamaswap": thaw(m.metadata)}
-        return rec
-
-    for mid, m in cfg.models.items():
-        if m.unlisted:
-            continue
-        records.append(record(mid, m))
-        if cfg.include_aliases_in_list:
-            for alias in m.aliases:
-                records.append(record(alias, m))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append({"id": pm, "object": "model", "created": created,
-                            "owned_by": "llama-swap", "name": f"{pid}: {pm}",
-                            "meta": {"llamaswap": {"peerID": pid}}})
-    records.sort(key=lambda r: r["id"])
-    return records
-
-
-def handle_models(ctx: RequestContext) -> None:
-    body = gojson.dumps({"data": model_records(ctx.app), "object": "list"}) + "\n"
-    headers = []
-    origin = ctx.headers.get("Origin")
-    if origin:
-        headers.append(("Access-Control-Allow-Origin", origin))
-    ctx.send(200, body, "application/json", headers)
 
 
 def register(table: RouteTable) -> None:
@@ -497,7 +462,7 @@ def register(table: RouteTable) -> None:
         table.add("POST", p, _model_handler("multipart"))
     for p in QUERY_PATHS:
         table.add("GET", p, _model_handler("query"))
-    table.add("GET", "/v1/models", handle_models)
-    table.add("GET", "/models", handle_models)
+    table.add("GET", "/v1/models", listing.handle_models)
+    table.add("GET", "/models", listing.handle_models)
     table.add("GET", "/health", handle_health, auth=False)
     table.add("GET", "/wol-health", handle_health, auth=False, log=False)

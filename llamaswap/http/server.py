@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from llamaswap.http import auth
 from llamaswap.config.gocompat import go_duration
+from llamaswap.config.model import PLAIN_KEY_NAME
 from llamaswap.http.headers import HeaderError, read_headers
 from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.routes import RouteTable, build_routes
@@ -40,7 +41,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.waiting_since: float | None = time.monotonic()
         self.server.track(self, True)
         try:
-            if isinstance(sock, ssl.SSLSocket):
+            if self.server.ssl_context is not None:  # not ssl.SSLSocket: ssl loads lazily
                 sock.do_handshake()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except BaseException:
@@ -58,7 +59,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         try:
             super().handle()
-        except (OSError, ssl.SSLError, ClientGone):
+        except (OSError, ClientGone):  # ssl.SSLError is an OSError
             pass
 
     def handle_one_request(self) -> None:
@@ -275,8 +276,8 @@ class ProxyServer(ThreadingHTTPServer):
                                  [("X-Content-Type-Options", "nosniff")])
                 else:
                     ctx.params = params
-                    if route.auth and not auth.check(ctx):
-                        pass  # 401 already sent
+                    if route.auth and not auth.check(ctx, route):
+                        pass  # 401 or 403 already sent
                     else:
                         route.fn(ctx)
             if ctx.started and not ctx.finished:
@@ -350,9 +351,11 @@ def _access_log(app, ctx: RequestContext) -> None:
         return
     ua = ctx.headers.get("User-Agent", "")
     h = ctx.handler
+    key = ctx.state.get("key")  # an object key's name (never the key); upstream's line otherwise
+    named = f" key={key.name}" if key is not None and key.name != PLAIN_KEY_NAME else ""
     loggers.log.info(f'Request {ctx.client_ip} "{ctx.method} {ctx.target} {h.request_version}" '
                      f'{ctx.status} {ctx.bytes_sent} "{ua}" '
-                     f"{go_duration(time.monotonic() - ctx.start_time)}")
+                     f"{go_duration(time.monotonic() - ctx.start_time)}{named}")
 
 
 def _default_extra() -> list[Callable[[RouteTable], None]]:

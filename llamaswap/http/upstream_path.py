@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from llamaswap.http import extract
+from llamaswap.http import auth, extract
 from llamaswap.http.context import RequestContext
 from llamaswap.http.inference import dispatch, serve_peer_path
 
@@ -53,6 +53,8 @@ def handle_upstream(ctx: RequestContext) -> None:
             return
         peer = peer_models[found[0]]
     name, raw_name, remainder = found
+    if not auth.may_use(ctx, name, None if peer is not None else cfg.real_model_name(name)):
+        return  # 403: the key may not use this model
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
         if ctx.query_string:

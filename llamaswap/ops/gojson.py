@@ -84,5 +84,14 @@ def dumps(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def sorted_maps(value: Any) -> Any:
+    """Plain data with every dict's keys sorted, as Go encodes a ``map[string]any``."""
+    if isinstance(value, dict):
+        return {k: sorted_maps(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [sorted_maps(v) for v in value]
+    return value
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)

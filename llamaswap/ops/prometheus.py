@@ -120,7 +120,7 @@ class RequestMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}  # (model, status, key name)
         self.input_tokens: dict[str, int] = {}
         self.output_tokens: dict[str, int] = {}
         self.cached_tokens: dict[str, int] = {}
@@ -137,7 +137,7 @@ class RequestMetrics:
             e = event.entry
             model = e.model
             t = e.tokens
-            key = (model, str(e.resp_status_code))
+            key = (model, str(e.resp_status_code), e.key)
             with self._lock:  # runs in the request's thread: plain dict updates only
                 self.requests[key] = self.requests.get(key, 0) + 1
                 self.input_tokens[model] = self.input_tokens.get(model, 0) + max(0, t.input_tokens)
@@ -179,9 +179,10 @@ class RequestMetrics:
     def write(self, out: Exposition) -> None:
         with self._lock:
             out.family("llamaswap_requests_total", "counter",
-                       "Inference requests by model and HTTP status",
-                       [((("model", m), ("status", s)), n)
-                        for (m, s), n in sorted(self.requests.items())])
+                       "Inference requests by model, HTTP status and API key name "
+                       "(- for plain keys and open access)",
+                       [((("model", m), ("status", s), ("key", k)), n)
+                        for (m, s, k), n in sorted(self.requests.items())])
             out.family("llamaswap_input_tokens_total", "counter",
                        "Prompt (input) tokens processed, by model",
                        [((("model", m),), n) for m, n in sorted(self.input_tokens.items())])
@@ -440,6 +441,12 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         out.family("llamaswap_model_inflight_requests", "gauge",
                    "Requests in flight per model",
                    [((("model", m),), n) for m, n in sorted(per_model.items())])
+    slots, config = getattr(app, "key_slots", None), getattr(app, "config", None)
+    if slots is not None and config is not None:
+        out.family("llamaswap_key_inflight_requests", "gauge",
+                   "Requests in flight per API key that has a maxInFlight",
+                   [((("key", k.name),), slots.in_use(k.key))
+                    for k in getattr(config, "scoped_keys", ()) if k.max_in_flight])
     router = getattr(app, "router", None)
     if router is not None and hasattr(router, "queue_length"):
         out.family("llamaswap_queue_length", "gauge",

@@ -13,7 +13,7 @@ dropped, as upstream.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from llamaswap.ops.events import ConfigChanged
 from llamaswap.ops.watcher import DEFAULT_INTERVAL, ConfigWatcher
@@ -26,11 +26,12 @@ class Reloader:
     """Reloads ``holder.app`` from ``path``. ``reload()`` runs in the caller's thread;
     ``trigger()`` starts it in a background thread (safe from a signal handler)."""
 
-    def __init__(self, holder: Any, path: str, *, load: Callable[[str], Any] | None = None,
-                 preload: bool = True):
+    def __init__(self, holder: Any, path: str | None, *, load: Callable[[str], Any] | None = None,
+                 preload: bool = True, snapshot: Callable[[], Hashable] | None = None):
         self.holder = holder
-        self.path = path
+        self.path = path  # None: no config file (only -models-dir)
         self._load = load
+        self._snapshot = snapshot  # what the watcher also compares (the -models-dir files)
         self._preload = preload
         self._lock = threading.Lock()
         self._running = False
@@ -99,7 +100,7 @@ class Reloader:
     def watch(self, interval: float = DEFAULT_INTERVAL) -> ConfigWatcher:
         self.log.info("watching configuration for changes (poll-based, 2s interval)")
         self._watcher = ConfigWatcher(self.path, self.reload, interval=interval,
-                                      log=self.log).start()
+                                      log=self.log, also=self._snapshot).start()
         return self._watcher
 
     def stop(self) -> None:

@@ -74,6 +74,10 @@ def model_status(app: Any) -> list[dict]:
                "unlisted": m.unlisted, "peerID": ""}
         if m.aliases:
             rec["aliases"] = list(m.aliases)
+        rendered = m.capabilities.rendered()
+        for key in ("capabilities", "context_length"):
+            if key in rendered:
+                rec[key] = rendered[key]
         if p is not None:
             rec.update(restart_fields(p))
         out.append(rec)

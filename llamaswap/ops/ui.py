@@ -10,12 +10,8 @@ browser's Basic-auth prompt protects it; the favicon stays open.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import mimetypes
 import threading
 from dataclasses import dataclass
-from importlib import resources
 from typing import TYPE_CHECKING
 
 from llamaswap.http.context import RequestContext
@@ -42,6 +38,11 @@ _lock = threading.Lock()
 
 
 def _load() -> dict[str, StaticFile]:
+    # imported at the first request for the UI, not at startup (hashlib maps OpenSSL)
+    import gzip
+    import hashlib
+    import mimetypes
+    from importlib import resources
     found: dict[str, StaticFile] = {}
 
     def walk(node, prefix: str) -> None:

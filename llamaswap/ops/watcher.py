@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 DEFAULT_INTERVAL = 2.0
 
@@ -51,23 +51,30 @@ def changed(prev: Snapshot, cur: Snapshot) -> bool:
 
 class ConfigWatcher:
     """Polls ``path`` every ``interval`` seconds from a daemon thread and calls ``on_change``
-    (in that thread) when the file changed. ``poll()`` is the single step, usable directly."""
+    (in that thread) when the file changed, or when ``also()`` (e.g. the -models-dir listing)
+    returns something else than at the last poll. ``path`` may be None when only ``also`` is
+    watched. ``poll()`` is the single step, usable directly."""
 
-    def __init__(self, path: str, on_change: Callable[[], None], *,
-                 interval: float = DEFAULT_INTERVAL, log: Any = None):
-        self.path = os.path.abspath(path)
+    def __init__(self, path: str | None, on_change: Callable[[], None], *,
+                 interval: float = DEFAULT_INTERVAL, log: Any = None,
+                 also: Callable[[], Hashable] | None = None):
+        self.path = path and os.path.abspath(path)
         self.on_change = on_change
         self.interval = interval
         self.log = log
+        self.also = also
         self._prev: Snapshot | None = None
+        self._prev_also: Hashable = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def poll(self) -> bool:
         """One poll; True when it fired. The first call only records the baseline."""
-        cur = take_snapshot(self.path, self.log)
+        cur = take_snapshot(self.path, self.log) if self.path else MISSING
         prev, self._prev = self._prev, cur
-        if prev is None or not changed(prev, cur):
+        also = self.also() if self.also is not None else None
+        prev_also, self._prev_also = self._prev_also, also
+        if prev is None or not (changed(prev, cur) or also != prev_also):
             return False
         try:
             self.on_change()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import AbstractSet, Mapping, Protocol
 
 from llamaswap.config.model import Config, GroupConfig, MatrixConfig
-from llamaswap.router.solver import MatrixSolver
+from llamaswap.router.solver import MatrixSolver, Solution
 
 _NO_GROUP = GroupConfig(id="", swap=False, exclusive=False, persistent=False)
 
@@ -78,20 +78,36 @@ class GroupPlanner:
 
 
 class MatrixPlanner:
-    """Evictions chosen by the matrix solver (lowest total evict cost)."""
+    """Evictions chosen by the matrix solver (lowest total evict cost).
+
+    The router asks the same questions again and again (every decision, every published
+    set of standing grants), and an answer depends only on (target, running): answers are
+    memoised, a bounded number of them."""
+
+    CACHE_SIZE = 4096
 
     reason = "matrix"
 
     def __init__(self, matrix: MatrixConfig):
         self.matrix = matrix
-        self.solver = MatrixSolver(matrix.expanded_sets, matrix.model_evict_costs)
+        self.solver = MatrixSolver(matrix.compiled_sets, matrix.model_evict_costs)
+        self._answers: dict[tuple[str, frozenset[str]], Solution] = {}
+
+    def solve(self, target: str, running: AbstractSet[str]) -> Solution:
+        key = (target, frozenset(running))
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= self.CACHE_SIZE:
+                self._answers.clear()
+            answer = self._answers[key] = self.solver.solve(target, running)
+        return answer
 
     def eviction_for(self, target: str, running: AbstractSet[str]) -> tuple[str, ...]:
-        return self.solver.solve(target, running).evict
+        return self.solve(target, running).evict
 
     def describe_swap(self, target: str, running: AbstractSet[str]) -> tuple[str, str] | None:
         """(level, message) for the log, in upstream's words."""
-        result = self.solver.solve(target, running)
+        result = self.solve(target, running)
         if result.evict:
             return ("info", f"matrix: model={target} set={result.set_name} dsl={_go_quote(result.dsl)} "
                             f"evict=[{' '.join(result.evict)}] target=[{' '.join(result.target_set)}] "

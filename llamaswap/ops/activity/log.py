@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
+from llamaswap.config.model import PLAIN_KEY_NAME
 from llamaswap.ops.activity.meter import RequestMeter
 from llamaswap.ops.activity.record import ActivityEntry
 from llamaswap.ops.activity.query import ActivityQuery, histogram, total_pages
@@ -72,10 +73,11 @@ class ActivityLog:
         return self.record((entry.timestamp, entry.model, entry.req_path,
                             entry.resp_content_type, entry.resp_status_code, entry.tokens,
                             entry.duration_ms), entry.has_capture, capture, entry.error_msg,
-                           entry.metadata)
+                           entry.metadata, entry.key)
 
     def record(self, fields: tuple, has_capture: bool, capture: dict | None,
-               error_msg: str = "", metadata: Mapping[str, str] | None = None) -> ActivityEntry:
+               error_msg: str = "", metadata: Mapping[str, str] | None = None,
+               key: str = PLAIN_KEY_NAME) -> ActivityEntry:
         """Keep one record and return it with its id. ``fields``: ActivityEntry's fields from
         timestamp to duration_ms (the entry is built once, with its id)."""
         # the capture is stored before the entry becomes visible, so a reader never sees an
@@ -86,7 +88,7 @@ class ActivityLog:
                 capture["id"] = entry_id
                 if self.captures.add(entry_id, capture):
                     has_capture = True
-            entry = ActivityEntry(entry_id, *fields, has_capture, error_msg, metadata)
+            entry = ActivityEntry(entry_id, *fields, has_capture, error_msg, metadata, key)
             self.store.append(entry)
         if self.events is not None:
             self.events.publish(ActivityRecorded(entry))

@@ -7,6 +7,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from llamaswap.config.model import PLAIN_KEY_NAME
+from llamaswap.http.auth import key_name
 from llamaswap.ops import captures as cap
 from llamaswap.http.context import reason
 from llamaswap.ops.activity.parse import ErrorBody, ResponseParser
@@ -146,13 +148,15 @@ class RequestMeter:
         if self._capture_on and (status != 200 or body_seen):
             capture = self._build_capture(with_body=status == 200)
         metadata = None
+        key = PLAIN_KEY_NAME
         if self.ctx is not None:
             metadata = self.ctx.state.get("metadata") or None
             if metadata is not None:
                 metadata = dict(metadata)
+            key = key_name(self.ctx)
         return self._log.record((local_now(), self.model_id, self.path, self.content_type,
                                  status, tokens, duration), False, capture,
-                                error_msg, metadata)
+                                error_msg, metadata, key)
 
     def _build_capture(self, with_body: bool) -> dict | None:
         """The capture of a 200 response, or of a failed one without its response body (its

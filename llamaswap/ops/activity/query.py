@@ -21,7 +21,7 @@ SORT_COLUMNS: Mapping[str, str] = {
     "resp_status_code": "resp_status_code", "resp_content_type": "resp_content_type",
     "cached": "cache_tokens", "prompt": "input_tokens", "generated": "output_tokens",
     "drafted": "draft_tokens", "prompt_speed": "prompt_per_second",
-    "gen_speed": "tokens_per_second", "duration": "duration_ms",
+    "gen_speed": "tokens_per_second", "duration": "duration_ms", "key": "key_name",
 }
 
 _GO_ATOI = re.compile(r"[+-]?[0-9]+")
@@ -46,6 +46,7 @@ class ActivityQuery:
     page: int = 1
     sort: str = "id"
     order: str = "desc"
+    keys: tuple[str, ...] = ()  # API key names (ours: ``key``, repeatable, like ``model``)
 
     @property
     def offset(self) -> int:
@@ -68,6 +69,7 @@ def parse_query(query: Mapping[str, Sequence[str]]) -> ActivityQuery:
         return values[0].strip() if values else ""
 
     models = tuple(m.strip() for m in query.get("model", ()) if m.strip())
+    keys = tuple(k.strip() for k in query.get("key", ()) if k.strip())
     start = _time(first("start"), "start")
     end = _time(first("end"), "end")
     if start is not None and end is not None and start > end:
@@ -98,7 +100,7 @@ def parse_query(query: Mapping[str, Sequence[str]]) -> ActivityQuery:
     order = first("order").lower() or "desc"
     if order not in ("asc", "desc"):
         raise QueryError("order must be asc or desc")
-    return ActivityQuery(models, start, end, min_id, max_id, limit, page, sort, order)
+    return ActivityQuery(models, start, end, min_id, max_id, limit, page, sort, order, keys)
 
 
 def _time(raw: str, name: str) -> int | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
+from llamaswap.config.model import PLAIN_KEY_NAME
 from llamaswap.ops import gojson
 
 
@@ -51,13 +52,16 @@ class ActivityEntry:
     has_capture: bool = False
     error_msg: str = ""  # why a non-200 response failed (from its body, else the status)
     metadata: Mapping[str, str] | None = None  # request metadata (fifo_priority, selector, ...)
+    key: str = PLAIN_KEY_NAME  # the API key's name ("-": a plain key, or no apiKeys); ours
+
 
     def to_json(self) -> dict:
         """The reference revision's ActivityLogEntry, fields in struct order."""
         return {"id": self.id, "timestamp": self.timestamp, "model": self.model,
                 "req_path": self.req_path, "resp_content_type": self.resp_content_type,
                 "resp_status_code": self.resp_status_code, "tokens": self.tokens.to_json(),
-                "duration_ms": self.duration_ms, "has_capture": self.has_capture}
+                "duration_ms": self.duration_ms, "has_capture": self.has_capture,
+                "key": self.key}
 
     def dumps(self) -> str:
         return gojson.dumps(self.to_json())
@@ -73,6 +77,7 @@ class ActivityEntry:
             row["error_msg"] = self.error_msg
         if self.metadata:
             row["metadata"] = dict(sorted(self.metadata.items()))
+        row["key"] = self.key  # ours, after upstream's fields
         return row
 
 

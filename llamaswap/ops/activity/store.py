@@ -69,8 +69,9 @@ CREATE INDEX IF NOT EXISTS idx_activity_model_created_id
     ON activity (model_id, ts_created DESC, id DESC);
 """
 # ours, beyond upstream's table: ts_us keeps the sub-second part of the time (0 in rows
-# written by upstream)
-_EXTRA_COLUMNS = (("ts_us", "INTEGER NOT NULL DEFAULT 0"),)
+# written by upstream); key_name the API key's name ("-": a plain key, no apiKeys, upstream)
+_EXTRA_COLUMNS = (("ts_us", "INTEGER NOT NULL DEFAULT 0"),
+                  ("key_name", "TEXT NOT NULL DEFAULT '-'"))
 _COLUMNS = ("id", "ts_created", "model_id", "req_path", "resp_content_type", "resp_status_code",
             "cache_tokens", "draft_tokens", "draft_acc_tokens", "input_tokens", "output_tokens",
             "prompt_per_second", "tokens_per_second", "duration_ms", "error_msg",
@@ -95,7 +96,7 @@ def _row(e: ActivityEntry) -> tuple:
     return (e.id, micros // 1_000_000, e.model, e.req_path, e.resp_content_type,
             e.resp_status_code, t.cache_tokens, t.draft_tokens, t.draft_acc_tokens,
             t.input_tokens, t.output_tokens, float(t.prompt_per_second),
-            float(t.tokens_per_second), e.duration_ms, e.error_msg, metadata, micros)
+            float(t.tokens_per_second), e.duration_ms, e.error_msg, metadata, micros, e.key)
 
 
 def _entry(r: tuple) -> ActivityEntry:
@@ -111,7 +112,7 @@ def _entry(r: tuple) -> ActivityEntry:
                           draft_tokens=r[7], draft_acc_tokens=r[8])
     when = datetime.fromtimestamp(micros / 1e6).astimezone()
     return ActivityEntry(r[0], when, r[2], r[3], r[4], r[5], tokens, r[13], False, r[14],
-                         metadata)
+                         metadata, r[17])
 
 
 class StoreUnavailable(Exception):
@@ -235,7 +236,7 @@ class SqliteStore:
         return [_entry(r) for r in reversed(rows)]
 
     def page(self, q: ActivityQuery) -> tuple[list[ActivityEntry], int]:
-        where, args = _where(q.models, q.start, q.end, q.min_id, q.max_id)
+        where, args = _where(q.models, q.start, q.end, q.min_id, q.max_id, q.keys)
         column = SORT_COLUMNS.get(q.sort, "id")
         direction = "ASC" if q.order == "asc" else "DESC"
         order = f" ORDER BY id {direction}" if column == "id" else \
@@ -321,12 +322,15 @@ class SqliteStore:
         return db
 
 
-def _where(models, start, end, min_id, max_id) -> tuple[str, list]:
+def _where(models, start, end, min_id, max_id, keys=()) -> tuple[str, list]:
     conditions: list[str] = []
     args: list[Any] = []
     if models:
         conditions.append(f"model_id IN ({', '.join('?' * len(models))})")
         args.extend(models)
+    if keys:
+        conditions.append(f"key_name IN ({', '.join('?' * len(keys))})")
+        args.extend(keys)
     if start is not None:
         conditions.append("ts_created >= ?")
         args.append(start)
