@@ -261,6 +261,10 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 try:
                     proc = grant.process
                     if _state(proc) != "ready":
+                        # it went down between the grant and here (a crash the router had
+                        # not heard of): nothing was sent, so ask the router again
+                        if attempt < CRASH_ATTEMPTS:
+                            continue
                         _reply_error(ctx, 503, NOT_READY.format(real), observer)
                         return
                     pid = proc.pid
