@@ -331,6 +331,7 @@ def main() -> int:
     with open(cfg, "w") as f:
         f.write(f"""
 healthCheckTimeout: 30
+startPort: {free_port()}
 {API_KEYS[args.api_key]}models:
   fast:
     cmd: {sys.executable} {me} --backend --port ${{PORT}}

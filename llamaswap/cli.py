@@ -20,7 +20,8 @@ PROGRAM = "llama-swap"
 SHUTDOWN_TIMEOUT = 30.0  # upstream's bound on draining in-flight requests
 
 FLAGS = [
-    goflags.Flag("config", "path to config file (required)"),
+    goflags.Flag("config", "path to config file"),
+    goflags.Flag("config-dir", "directory of *.yml/*.yaml config files (additive to -config)"),
     goflags.Flag("listen", "listen address (default :8080 or :8443 for TLS)"),
     goflags.Flag("tls-cert-file", "TLS certificate file"),
     goflags.Flag("tls-key-file", "TLS key file"),
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(version_line())
         return 0
     demo = bool(opts["demo"])
-    if not opts["config"] and not opts["models-dir"] and not demo:
-        _err("-config is required")
+    if not (opts["config"] or opts["config-dir"] or opts["models-dir"] or demo):
+        _err("at least one of -config or -config-dir must be provided")
         return 1
     cert, key = opts["tls-cert-file"], opts["tls-key-file"]
     if bool(cert) != bool(key):
@@ -110,20 +111,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def config_source(opts, demo: bool):
     """(load() -> Config, snapshot() of what else -watch-config watches, or None)."""
-    from llamaswap.config import load_config, load_config_text
+    from llamaswap.config import load_config_sources, load_config_text
     if demo:
         from llamaswap.demo.config import demo_config_text
-        for flag in ("config", "models-dir"):
+        for flag in ("config", "config-dir", "models-dir"):
             if opts[flag]:
                 _err(f"-demo: ignoring -{flag} {opts[flag]}, running on the built-in demo config")
         return (lambda: load_config_text(demo_config_text(), path="<demo>")), None
-    path = os.path.abspath(opts["config"]) if opts["config"] else None
+    path, directory = (os.path.abspath(opts[f]) if opts[f] else None for f in ("config", "config-dir"))
+    listing = None
+    if directory:
+        from llamaswap.ops.watcher import take_dir_snapshot
+        listing = lambda: take_dir_snapshot(directory)  # noqa: E731 (-config-dir's files)
     if not opts["models-dir"]:
-        return (lambda: load_config(path)), None
+        return (lambda: load_config_sources(path, directory)), listing
     from llamaswap.config import models_dir
     folder = models_dir.ModelsDir(opts["models-dir"], llama_server=opts["llama-server"],
                                   args=opts["models-dir-args"])
-    return (lambda: models_dir.load(path, folder)), folder.snapshot
+    snapshot = folder.snapshot if listing is None else (lambda: (folder.snapshot(), listing()))
+    return (lambda: models_dir.load(path, folder, directory)), snapshot
 
 
 def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
@@ -177,7 +183,9 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
         try:
             app = App.build(config, loggers, events)
         except Exception as e:  # upstream: "failed to create server", exit 1
-            _err(f"failed to create server: {e}")
+            from llamaswap.config import ConfigError
+            # (a config that loaded but cannot run here: an `auto` memory budget unread)
+            _err(f"failed to {'load config' if isinstance(e, ConfigError) else 'create server'}: {e}")
             return 1
         holder = AppHolder(app)
         cert, key = opts["tls-cert-file"], opts["tls-key-file"]

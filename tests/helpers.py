@@ -110,6 +110,16 @@ def assert_gone(pids, timeout: float = 10.0) -> None:
     raise AssertionError(f"processes left behind: {alive}")
 
 
+def demo_model_yaml(model_id: str, extra: str = "") -> str:
+    """One entry of a YAML ``models:`` section running the demo backend on a free port;
+    ``extra`` is more YAML for the model, indented by four spaces."""
+    port = free_port()
+    return (f"  {model_id}:\n"
+            f"    cmd: {sys.executable} -m llamaswap.demo.backend --port {port} --model-id {model_id} --quiet\n"
+            f"    proxy: http://127.0.0.1:{port}\n"
+            f"    unloadTimeout: 2\n" + extra)
+
+
 def demo_backend_argv(model_id: str, port: int, *extra: str) -> list[str]:
     """argv that starts the bundled demo backend with this Python."""
     return [sys.executable, "-m", "llamaswap.demo.backend", "--port", str(port),

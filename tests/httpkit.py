@@ -88,11 +88,44 @@ class Proxy:
         self.close()
 
 
+class SseReader:
+    """A client of /api/events: ``next()`` is one (type, decoded data) message."""
+
+    def __init__(self, proxy):
+        self.conn = proxy.conn()
+        self.conn.request("GET", "/api/events")
+        self.resp = self.conn.getresponse()
+        self.buf = b""
+
+    def next(self) -> tuple[str, object]:
+        while b"\n\n" not in self.buf:
+            data = self.resp.read1(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+        raw, self.buf = self.buf.split(b"\n\n", 1)
+        head, data = raw.split(b"\n", 1)
+        assert head == b"event:message" and data.startswith(b"data:{")
+        env = json.loads(data[5:])
+        assert list(env) == ["type", "data"] and isinstance(env["data"], str)
+        return env["type"], json.loads(env["data"])
+
+    def until(self, pred, limit=500):
+        for _ in range(limit):
+            t, d = self.next()
+            if pred(t, d):
+                return t, d
+        raise AssertionError("event not seen")
+
+    def close(self):
+        self.conn.close()
+
+
 def raw_socket(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
 
-__all__ = ["model", "config", "Proxy", "raw_socket", "Filters", "PeerConfig", "replace",
+__all__ = ["model", "config", "Proxy", "SseReader", "raw_socket", "Filters", "PeerConfig", "replace",
            "field", "freeze"]

@@ -23,7 +23,7 @@ from helpers import (ROOT, cmdline, demo_backend_argv, descendants, free_port, i
 from llamaswap import goflags
 from llamaswap.cli import FLAGS, is_loopback_listen, network_warning
 
-USAGE_FLAGS = ("-config string", "-listen string", "-tls-cert-file string",
+USAGE_FLAGS = ("-config string", "-config-dir string", "-listen string", "-tls-cert-file string",
                "-tls-key-file string", "-version", "-watch-config", "-demo")
 VERSION_RE = re.compile(r"^version: \S+ \(\S+\), built at \S+\n$")
 
@@ -156,7 +156,7 @@ def test_help_prints_usage_and_exits_0(arg):
     assert r.stdout.startswith("Usage of llama-swap:\n")
     for flag in USAGE_FLAGS:
         assert f"  {flag}\n" in r.stdout
-    assert "path to config file (required)" in r.stdout
+    assert "path to config file" in r.stdout
 
 
 def test_unknown_flag_prints_error_and_usage_exit_2():
@@ -175,9 +175,10 @@ def test_flag_without_value_exits_2():
 def test_missing_config_exits_1():
     r = run_cli()
     assert r.returncode == 1
-    assert r.stderr == "-config is required\n"
+    assert r.stderr == "at least one of -config or -config-dir must be provided\n"
     r = run_cli("-listen", "127.0.0.1:1", "-watch-config")
-    assert r.returncode == 1 and r.stderr == "-config is required\n"
+    assert r.returncode == 1
+    assert r.stderr == "at least one of -config or -config-dir must be provided\n"
 
 
 @pytest.mark.parametrize("args", [["-tls-cert-file", "c.pem"], ["--tls-key-file=k.pem"]])
@@ -300,12 +301,15 @@ class Proxy:
         with self._cv:
             return "".join(self._streams["err"])
 
-    def wait_for(self, text: str, timeout: float = 30) -> bool:
-        """Until `text` appears on stdout (False if the process closed its output first)."""
+    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> bool:
+        """Until `text` appears `count` times on stdout (False if the process closed its
+        output first)."""
+        def seen() -> bool:
+            return "".join(self._streams["out"]).count(text) >= count
+
         with self._cv:
-            self._cv.wait_for(lambda: text in "".join(self._streams["out"]) or self._open == 0,
-                              timeout)
-            return text in "".join(self._streams["out"])
+            self._cv.wait_for(lambda: seen() or self._open == 0, timeout)
+            return seen()
 
     def wait_listening(self, timeout: float = 30) -> None:
         """Until it has bound its port (so the port is ours, not another test run's)."""

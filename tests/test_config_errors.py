@@ -38,7 +38,8 @@ CASES = {
                                          "cannot unmarshal !!str `soon` into time.Duration"),
     "macros not a mapping": ("macros: [a, b]\n" + M, "macros must be a mapping"),
     "model macros not a mapping": ("models:\n  m1:\n    cmd: x ${PORT}\n    macros: 3\n", "macros must be a mapping"),
-    "profiles map-shaped": ("profiles:\n  p:\n    a: b\n" + M, "cannot unmarshal !!map into []string"),
+    "profiles map-shaped without pins": ("profiles:\n  p:\n    a: b\n" + M, "profiles.p.pins must contain at least one entry"),
+    "profiles scalar": ("profiles:\n  p: x\n" + M, "cannot unmarshal !!str `x` into []string"),
     # --- globals ---
     "performance every below 5s": ("performance:\n  every: 4s\n" + M, "performance: every must be at least 5s, got 4s"),
     "performance every negative": ("performance:\n  every: -1m\n" + M, "performance: every must be at least 5s, got -1m0s"),
@@ -78,23 +79,22 @@ CASES = {
     "unknown macro name": (M + "    name: n ${nope}\n", "unknown macro '${nope}' found in m1.name"),
     "unknown macro description": (M + "    description: d ${nope}\n", "unknown macro '${nope}' found in m1.description"),
     "PID outside cmdStop": ("models:\n  m1:\n    cmd: x ${PORT} ${PID}\n", "unknown macro '${PID}' found in m1.cmd"),
-    "PORT in checkEndpoint": (M + "    checkEndpoint: /h/${PORT}\n",
-                              "macro '${PORT}' should have been substituted in m1.checkEndpoint"),
-    "PORT in stripParams": (M + "    filters:\n      stripParams: ${PORT}\n",
-                            "macro '${PORT}' should have been substituted in m1.filters.stripParams"),
+    "PORT in a peer": (M + "peers:\n  p:\n    proxy: http://h\n    models: [a]\n"
+                                    "    filters:\n      stripParams: ${PORT}\n",
+                                    "peers.p.filters.stripParams: unknown macro '${PORT}'"),
     "PORT in name without cmd port": ("models:\n  m1:\n    cmd: x\n    proxy: http://h:1\n    name: ${PORT}\n",
                                       "macro '${PORT}' should have been substituted in m1.name"),
     "unknown macro metadata": (M + "    metadata:\n      a: [x, '${nope}']\n", "model m1 metadata: unknown macro '${nope}'"),
     "env macro left in metadata": ("macros:\n  open: '${'\n" + M + "    metadata:\n      a: '${open}env.NOPE}'\n",
-                                   "model m1 metadata: environment variable 'NOPE' not set"),
+                                   "models.m1.metadata.a: environment variable 'NOPE' not set"),
     "unknown macro setParamsByID key": (M + "    filters:\n      setParamsByID:\n        '${nope}':\n          a: 1\n",
                                         "unknown macro '${nope}' found in model m1 filters.setParamsByID key"),
     "unknown macro setParamsByID value": (M + "    filters:\n      setParamsByID:\n        k:\n          a: ${nope}\n",
-                                          "model m1 filters.setParamsByID[k]: unknown macro '${nope}'"),
+                                          "model m1 filters.setParamsByID.k.a: unknown macro '${nope}'"),
     # --- models ---
     "model ttl negative": (M + "    ttl: -5\n", "model m1: invalid TTL value -5"),
     "model unloadTimeout negative": (M + "    unloadTimeout: -1\n", "model m1: invalid unloadTimeout value -1"),
-    "proxy PORT without cmd PORT": ("models:\n  model1:\n    cmd: srv --port 8080\n",
+    "proxy PORT without cmd PORT": ("models:\n  model1:\n    cmd: srv --port 8080\n    proxy: http://h:${PORT}\n",
                                     "model model1: proxy uses ${PORT} but cmd does not - ${PORT} is only available "
                                     "when used in cmd"),
     "invalid proxy URL": ("models:\n  m1:\n    cmd: x\n    proxy: 'http://[::1'\n",
@@ -125,8 +125,6 @@ CASES = {
         "models:\n  m1:\n    cmd: x ${PORT}\n    aliases: [a1]\n"
         "groups:\n  g1:\n    members: [m1]\n  g2:\n    members: [a1]\n",
         "model member m1 is used in multiple groups: g1 and g2"),
-    "unknown group member (ours: upstream fails at start)": (M + "groups:\n  g1:\n    members: [m1, ghost]\n",
-                                                             'group g1: no model config for "ghost"'),
     # --- matrix ---
     "matrix without sets": (M + "matrix:\n  vars: {a: m1}\n", "matrix: matrix must define at least one set"),
     "matrix without vars, unknown name": (M + "matrix:\n  sets: {s: a}\n", 'matrix: set "s": unknown var or model "a"'),
@@ -189,7 +187,7 @@ CASES = {
         "peers.p.filters.stripParams: unknown macro '${nope}'"),
     "peer setParams unknown macro": (
         M + "peers:\n  p:\n    proxy: http://h\n    models: [a]\n    filters:\n      setParams:\n        a: ['${nope}']\n",
-        "peers.p.filters.setParams: unknown macro '${nope}'"),
+        "peers.p.filters.setParams.a[0]: unknown macro '${nope}'"),
 }
 
 
@@ -232,3 +230,10 @@ def test_missing_file(tmp_path):
 def test_env_error_names_the_line():
     message = error_of("# ${env.NOPE} in a comment first\n" + M + "    cmdStop: stop ${env.NOPE}\n")
     assert message == "cfg.yaml:5: environment variable 'NOPE' is not set"
+
+
+def test_unknown_group_member_is_a_warning():
+    # upstream fails at start, even on its own config.example.yaml: we warn and drop it
+    c = load(M + "groups:\n  g1:\n    members: [m1, ghost]\n")
+    assert c.groups["g1"].members == ("m1",)
+    assert c.warnings == ('groups.g1.members: group g1: no model config for "ghost"; the member is ignored',)

@@ -151,6 +151,27 @@ def test_matrix_errors_name_the_routing_key_path():
     assert 'matrix: set "s": unknown var or model "nope"' in message
 
 
+def test_unknown_names_in_groups_and_priorities_are_ignored_with_a_warning():
+    # upstream refuses both, yet its own example config (which must load) has them
+    c = load("""
+        routing:
+          scheduler:
+            settings:
+              fifo:
+                priority: {nope: 1, b: 2}
+          router:
+            settings:
+              groups:
+                g: {swap: false, members: [a, ghost]}
+        """)
+    assert dict(c.routing.scheduler.fifo.priority) == {"b": 2}
+    assert c.groups["g"].members == ("a",)
+    assert ('routing.scheduler.settings.fifo.priority references unknown model "nope"; ignored'
+            in c.warnings)
+    assert ('routing.router.settings.groups.g.members: group g: no model config for "ghost"; '
+            "the member is ignored" in c.warnings)
+
+
 BOTH = ("config uses both the legacy top-level 'matrix'/'groups' keys and the new 'routing.router' "
         "block; please migrate the top-level keys into 'routing.router' and remove them")
 
@@ -173,16 +194,10 @@ ERRORS = {
         "config cannot use both 'groups' and 'matrix'"),
     "unknown scheduler": (
         "routing:\n  scheduler:\n    use: lifo\n", 'routing.scheduler.use: unknown scheduler "lifo" (valid: fifo)'),
-    "unknown priority model": (
-        "routing:\n  scheduler:\n    settings:\n      fifo:\n        priority: {nope: 1}\n",
-        'routing.scheduler.settings.fifo.priority references unknown model "nope"'),
     "priority not an int": (
         "routing:\n  scheduler:\n    settings:\n      fifo:\n        priority: {a: high}\n",
         "cannot unmarshal !!str `high` into int"),
     "routing not a mapping": ("routing: [a]\n", "cannot unmarshal !!seq into config.RoutingConfig"),
-    "routing groups member unknown": (
-        "routing:\n  router:\n    settings:\n      groups:\n        g: {members: [zz]}\n",
-        'routing.router.settings.groups.g.members: group g: no model config for "zz"'),
     "routing groups member twice": (
         "routing:\n  router:\n    settings:\n      groups:\n        g: {members: [a]}\n        h: {members: [a]}\n",
         "model member a is used in multiple groups: g and h"),
@@ -193,3 +208,14 @@ ERRORS = {
 def test_routing_errors(name):
     text, expected = ERRORS[name]
     assert expected in error_of(text)
+
+
+def test_unknown_priority_model_and_group_member_are_warnings():
+    # upstream refuses both, yet its own config.example.yaml has both: we warn and ignore them
+    c = load_config_text("models:\n  a:\n    cmd: srv ${PORT}\n"
+                         "routing:\n  scheduler:\n    settings:\n      fifo:\n        priority: {nope: 1, a: 2}\n"
+                         "  router:\n    settings:\n      groups:\n        g: {members: [a, zz]}\n")
+    assert c.routing.scheduler.fifo.priority == {"a": 2} and c.groups["g"].members == ("a",)
+    assert c.warnings == (
+        'routing.router.settings.groups.g.members: group g: no model config for "zz"; the member is ignored',
+        'routing.scheduler.settings.fifo.priority references unknown model "nope"; ignored')

@@ -277,7 +277,7 @@ def test_models_listing_shape_and_origin():
             data = json.loads(b)
             assert list(data) == ["data", "object"] and data["object"] == "list"
             ids = [r["id"] for r in data["data"]]
-            assert ids == ["a1", "m1", "remote-model"]
+            assert ids == ["a1", "m1", "peer1/remote-model"]
             alias, rec, remote = data["data"]
             assert list(rec) == ["id", "object", "created", "owned_by", "name", "description",
                                  "meta", "status"]

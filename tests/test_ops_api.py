@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from helpers import wait_until
-from httpkit import Proxy, config, model
+from httpkit import Proxy, SseReader, config, model
 
 from test_ops_prometheus import strict_parse, value_of
 
@@ -190,37 +190,6 @@ def test_prometheus_endpoint(proxy):
     assert "llamaswap_memory_total_bytes" in fams
 
 
-class SseReader:
-    def __init__(self, proxy):
-        self.conn = proxy.conn()
-        self.conn.request("GET", "/api/events")
-        self.resp = self.conn.getresponse()
-        self.buf = b""
-
-    def next(self) -> tuple[str, object]:
-        while b"\n\n" not in self.buf:
-            data = self.resp.read1(65536)
-            if not data:
-                raise EOFError
-            self.buf += data
-        raw, self.buf = self.buf.split(b"\n\n", 1)
-        head, data = raw.split(b"\n", 1)
-        assert head == b"event:message" and data.startswith(b"data:{")
-        env = json.loads(data[5:])
-        assert list(env) == ["type", "data"] and isinstance(env["data"], str)
-        return env["type"], json.loads(env["data"])
-
-    def until(self, pred, limit=500):
-        for _ in range(limit):
-            t, d = self.next()
-            if pred(t, d):
-                return t, d
-        raise AssertionError("event not seen")
-
-    def close(self):
-        self.conn.close()
-
-
 def test_events_initial_snapshot_and_live_updates(proxy):
     proxy.app.loggers.log.info("before connect")
     proxy.post("/v1/chat/completions", CHAT)
@@ -233,9 +202,10 @@ def test_events_initial_snapshot_and_live_updates(proxy):
         assert r.getheader("Content-Type") == "text/event-stream"
         assert r.getheader("Cache-Control") == "no-cache"
         assert r.getheader("X-Accel-Buffering") == "no"
-        first = [s.next() for _ in range(5)]
-        assert [t for t, _ in first] == ["logData", "logData", "modelStatus", "metrics",
-                                         "inflight"]
+        first = [s.next() for _ in range(6)]
+        assert [t for t, _ in first] == ["logData", "logData", "modelStatus", "profileChanged",
+                                         "metrics", "inflight"]
+        assert first.pop(3)[1] == {"active": None}
         assert first[0][1]["source"] == "proxy" and "before connect" in first[0][1]["data"]
         assert list(first[0][1]) == ["data", "source"]
         assert first[1][1]["source"] == "upstream"
@@ -245,12 +215,14 @@ def test_events_initial_snapshot_and_live_updates(proxy):
                              "unlisted": False, "peerID": "", "aliases": ["one"]}
         assert "aliases" not in models[0]
         assert len(first[3][1]) == 1 and first[3][1][0]["id"] == 0
-        assert first[4][1] == {"total": 0}
+        assert first[4][1] == {"operation": "snapshot", "total": 0}  # upstream's + ours
 
         proxy.post("/v1/chat/completions", CHAT)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 1})
+        _, up = s.until(lambda t, d: t == "inflight" and d["total"] == 1)
+        assert up["operation"] == "upsert" and up["request"]["model"] == "m1"
         s.until(lambda t, d: t == "metrics" and len(d) == 1 and d[0]["id"] == 1)
-        s.until(lambda t, d: t == "inflight" and d == {"total": 0})
+        _, gone = s.until(lambda t, d: t == "inflight" and d["total"] == 0)
+        assert gone == {"operation": "remove", "id": up["request"]["id"], "total": 0}
         proxy.request("POST", "/api/models/unload/m1")
         s.until(lambda t, d: t == "modelStatus"
                 and {m["id"]: m["state"] for m in d}["m1"] == "stopped")

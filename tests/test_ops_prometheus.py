@@ -12,7 +12,7 @@ import pytest
 
 from llamaswap.ops.activity import ActivityEntry, TokenMetrics
 from llamaswap.ops.events import ActivityRecorded, EventBus, SwapFinished
-from llamaswap.ops.inflight import InFlightCounter
+from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.prometheus import (RequestMetrics, SystemSampler, escape_label, render)
 
 from helpers import wait_until
@@ -219,7 +219,7 @@ def entry(model, status=200, inp=10, out=5, cached=-1, ms=1500):
 
 
 def make_app():
-    inflight = InFlightCounter()
+    inflight = InFlightTable()
     inflight.enter("m1")
     inflight.enter("m1")
     return SimpleNamespace(

@@ -4,33 +4,21 @@ sections 12 and 13): a real config file through the real loader, a real proxy an
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from helpers import free_port
+from helpers import demo_model_yaml
 from httpkit import Proxy
 from test_ops_api import SseReader
 
 from llamaswap.config import ConfigError, load_config_text
 from llamaswap.config.model import Capabilities
 
-PY = sys.executable
-
-
-def _model_yaml(mid: str, extra: str = "") -> str:
-    port = free_port()
-    return (f"  {mid}:\n"
-            f"    cmd: {PY} -m llamaswap.demo.backend --port {port} --model-id {mid} --quiet\n"
-            f"    proxy: http://127.0.0.1:{port}\n"
-            f"    unloadTimeout: 2\n" + extra)
-
-
 CAPS_CONFIG = """
 includeAliasesInList: true
 models:
 {vision}{whisper}{plain}""".format(
-    vision=_model_yaml("vision", """    name: "  Vision 7B  "
+    vision=demo_model_yaml("vision", """    name: "  Vision 7B  "
     aliases: [eyes]
     metadata:
       family: qwen
@@ -43,12 +31,12 @@ models:
       tools: true
       context: 32768
 """),
-    whisper=_model_yaml("whisper", """    capabilities:
+    whisper=demo_model_yaml("whisper", """    capabilities:
       in: [audio]
       out: [text]
       reranker: true
 """),
-    plain=_model_yaml("plain", """    metadata: {context_length: 7}
+    plain=demo_model_yaml("plain", """    metadata: {context_length: 7}
 """))
 
 
@@ -81,7 +69,7 @@ def test_capabilities_render_as_upstream():
     ("{context: -1}", "model m: capabilities.context: must be >= 0"),
 ])
 def test_capabilities_bad_input(block, message):
-    text = f"models:\n  m:\n    cmd: x\n    capabilities: {block}\n"
+    text = f"models:\n  m:\n    cmd: x ${{PORT}}\n    capabilities: {block}\n"
     with pytest.raises(ConfigError) as e:
         load_config_text(text, "caps.yaml")
     assert message in str(e.value) and "caps.yaml" in str(e.value)
@@ -90,7 +78,7 @@ def test_capabilities_bad_input(block, message):
 
 def test_capabilities_wrong_type_is_a_yaml_error():
     with pytest.raises(ConfigError) as e:
-        load_config_text("models:\n  m:\n    cmd: x\n    capabilities: {tools: maybe}\n")
+        load_config_text("models:\n  m:\n    cmd: x ${PORT}\n    capabilities: {tools: maybe}\n")
     assert "cannot unmarshal !!str `maybe` into bool" in str(e.value)
 
 

@@ -30,10 +30,11 @@ import time
 from matrix_oracle import random_dsl
 
 from llamaswap.config.matrix import compile_sets
-from llamaswap.config.model import GroupConfig, MatrixConfig
+from llamaswap.config.model import Config, GroupConfig, MatrixConfig, ModelConfig, SelectorConfig
 from llamaswap.router.core import (READY, ArmTimer, BackOff, CancelRestart, Log, Restart,
                                    RouterCore, RouterError, ShutdownAll, StartSwap, StopModels)
 from llamaswap.router.planners import GroupPlanner, MatrixPlanner
+from llamaswap.router.selectors import SelectorError, Selectors
 
 INTERLEAVINGS = int(os.environ.get("ROUTER_SIM_INTERLEAVINGS", "8000"))
 STEPS = 60
@@ -49,6 +50,8 @@ class SimRequest:
         self.status = "waiting"  # waiting | granted | failed | gone | done
         self.error: RouterError | None = None
         self.position = 0
+        self.choice = None  # the selector's Choice when the client asked for a selector
+        self.released = False
 
     def offer_grant(self) -> bool:
         if self.status == "gone":
@@ -113,6 +116,16 @@ def random_priority(rng: random.Random, models: list[str]) -> dict[str, int]:
     return {m: rng.choice([-1, 0, 1, 5]) for m in models if rng.random() < 0.6}
 
 
+def random_selectors(rng: random.Random, models: list[str]) -> Config:
+    """A few selectors over the models (pin, warm, spillover with a random reservation count)."""
+    selectors = {}
+    for i in range(rng.randint(0, 3)):
+        targets = tuple(rng.sample(models, rng.randint(1, len(models))))
+        strategy = rng.choice(["pin", "warm", "spillover", "spillover"])
+        selectors[f"sel{i}"] = SelectorConfig(f"sel{i}", strategy, targets, spillover=rng.randint(1, 3))
+    return Config(models={m: ModelConfig(id=m) for m in models}, selectors=selectors)
+
+
 class World:
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -138,6 +151,7 @@ class World:
         # what the router last published as grantable: handlers may take these grants
         # (claims) until the next command, which first reports every claim to the core
         self.published: frozenset[str] = frozenset()
+        self.selectors = Selectors(random_selectors(rng, self.models))
         self.queued_at: dict[int, int] = {}  # request -> when it joined the queue
         self.queue_seq = itertools.count()
         self.queued_time: dict[int, float] = {}  # rid -> when it joined the queue (maxWait)
@@ -215,7 +229,7 @@ class World:
                                     f"{req.model} waits for it")
         target = req.model
         waits = (any(core.in_flight.get(m) or m in core.retiring for m in evict) or colliding
-                 or core._blocked(target))
+                 or core._blocked(target) or self.extra_waits(req, evict))
         if not waits:
             raise Violation(f"starved request {req.rid} for {target} is still queued but "
                             f"nothing it must wait for remains")
@@ -232,6 +246,7 @@ class World:
 
     def check(self) -> None:
         core = self.core
+        self.check_reservations()
         for m, n in core.in_flight.items():
             if n <= 0:
                 raise Violation(f"in-flight count {n} for {m}")
@@ -321,12 +336,76 @@ class World:
 
     def new_request(self) -> None:
         model = self.rng.choice(self.models + ["nope"] if self.rng.random() < 0.05 else self.models)
+        choice = None
+        if self.selectors.config.selectors and self.rng.random() < 0.3:
+            choice = self.choose(self.rng.choice(sorted(self.selectors.config.selectors)))
+            if choice is None:
+                return
+            model = choice.target
         req = SimRequest(self, len(self.requests), model)
+        req.choice = choice
         self.requests.append(req)
         self.apply(self.core.request(req, self.now))
         if model in self.published and req.status != "granted":
             raise Violation(f"{model} was published as grantable but a request for it "
                             f"was not granted at once ({req.status})")
+
+    def state_of(self, model: str) -> str:
+        return self.core.state.get(model, "")
+
+    def choose(self, selector_id: str):
+        """What the request path does for a selector id; checks the strategy's promises
+        against the states it saw. None: no target could serve (503)."""
+        selector = self.selectors.config.selectors[selector_id]
+        before = self.selectors.in_flight(selector_id)
+        states = {t: self.state_of(t) for t in selector.targets}
+        try:
+            choice = self.selectors.choose(selector_id, self.state_of)
+        except SelectorError:
+            if selector.strategy != "spillover" or any(st != "stopping" for st in states.values()):
+                raise Violation(f"selector {selector_id} refused with targets {states}") from None
+            return None
+        target = choice.target
+        if selector.strategy == "pin" and target != selector.targets[0]:
+            raise Violation(f"pin selector {selector_id} chose {target}")
+        if selector.strategy == "warm":
+            for wanted in ("ready", "starting"):
+                first = next((t for t in selector.targets if states[t] == wanted), None)
+                if first is not None:
+                    if target != first:
+                        raise Violation(f"warm selector {selector_id} chose {target}, not {wanted} {first}")
+                    break
+        if selector.strategy == "spillover":
+            if states[target] == "stopping":
+                raise Violation(f"spillover {selector_id} chose {target}, which is stopping")
+            active = [t for t in selector.targets if states[t] in ("ready", "starting")
+                      or (states[t] != "stopping" and before.get(t, 0) > 0)]
+            cold = [t for t in selector.targets if t not in active and states[t] != "stopping"]
+            room = bool(active) and min(before.get(t, 0) for t in active) < selector.spillover
+            if room and target not in active:
+                raise Violation(f"spillover {selector_id} started {target} while {active} had room")
+            if not room and cold and target != cold[0]:
+                raise Violation(f"spillover {selector_id} chose {target}, not the first cold {cold[0]}")
+            if room and before.get(target, 0) != min(before.get(t, 0) for t in active):
+                raise Violation(f"spillover {selector_id} chose {target}, not the least busy of {active}")
+        return choice
+
+    def check_reservations(self) -> None:
+        """A handler releases its selector reservation when its request is over."""
+        for req in self.requests:
+            if req.choice is not None and not req.released and req.status in ("done", "failed", "gone"):
+                req.released = True
+                self.selectors.release(req.choice)
+        for sid, selector in self.selectors.config.selectors.items():
+            if selector.strategy != "spillover":
+                continue
+            held: dict[str, int] = {}
+            for req in self.requests:
+                if req.choice is not None and req.choice.selector_id == sid and not req.released:
+                    held[req.model] = held.get(req.model, 0) + 1
+            counts = {m: n for m, n in self.selectors.in_flight(sid).items() if n}
+            if counts != held:
+                raise Violation(f"spillover {sid} counts {counts}, requests holding {held}")
 
     def claim(self) -> None:
         """A handler serves a published model without asking; the core hears of it later."""
@@ -400,11 +479,31 @@ class World:
             if not self.max_wait:
                 self.queued_time = {}  # the bound counts from the reload that sets it
             self.max_wait = self.rng.choice([0, 0.5, 1, 3])
-        self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
+        self.apply(self.core.reconfigure(self.models, self.new_planner(),
                                          ttl=self.ttl, stop=stop, now=self.now, priority=self.priority,
                                          max_wait=self.max_wait, restart=self.restart))
         # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
         self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
+
+    # ---- hooks for worlds with more events (test_router_memory_simulation.py) ----------------
+
+    def extra_choices(self) -> list[tuple[str, int]]:
+        return []
+
+    def new_planner(self):
+        """The planner a random reconfigure brings."""
+        return random_planner(self.rng, self.models)
+
+    def do_extra(self, kind: str) -> None:
+        raise Violation(f"unknown step {kind}")
+
+    def extra_waits(self, req, evict) -> bool:
+        """Whether a world's own rules make a starved request wait."""
+        return False
+
+    def extra_step(self) -> bool:
+        """One more thing to do while quiescing; False when there is none."""
+        return False
 
     def random_step(self) -> None:
         rng = self.rng
@@ -429,7 +528,7 @@ class World:
             choices += [("crash", 2), ("unhealthy", 1)]
         if self.published:
             choices.append(("claim", 20))
-        choices += [("unload", 2), ("reconfigure", 1)]
+        choices += [("unload", 2), ("reconfigure", 1)] + self.extra_choices()
         kind = rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
         if kind == "request":
             self.new_request()
@@ -451,8 +550,10 @@ class World:
             self.unload()
         elif kind == "claim":
             self.claim()
-        else:
+        elif kind == "reconfigure":
             self.reconfigure()
+        else:
+            self.do_extra(kind)
         if kind != "claim":  # a claim changes no decision: the published set stays valid
             self.published = self.core.grantable()
         self.steps += 1
@@ -461,7 +562,9 @@ class World:
     def quiesce(self) -> None:
         """No new work: let every worker and every request finish."""
         for _ in range(10_000):
-            if self.swaps:
+            if self.extra_step():
+                pass
+            elif self.swaps:
                 self.finish_swap(next(iter(self.swaps)), True)
             elif self.stops:
                 token = next(t for t, s in self.stops.items() if self.stop_can_finish(s))
@@ -514,12 +617,16 @@ def run_interleaving(seed: int) -> int:
     return world.steps
 
 
-def test_random_interleavings_keep_every_invariant():
+def run_seeds(run, count: int, label: str) -> int:
+    """Run `count` interleavings from $ROUTER_SIM_SEED (default 0); the steps taken."""
     started = time.monotonic()
     steps = 0
     base = int(os.environ.get("ROUTER_SIM_SEED", "0"))
-    for seed in range(base, base + INTERLEAVINGS):
-        steps += run_interleaving(seed)
-    elapsed = time.monotonic() - started
-    print(f"\nrouter simulation: {INTERLEAVINGS} interleavings, {steps} steps, {elapsed:.1f}s")
-    assert steps > INTERLEAVINGS * 10
+    for seed in range(base, base + count):
+        steps += run(seed)
+    print(f"\n{label}: {count} interleavings, {steps} steps, {time.monotonic() - started:.1f}s")
+    return steps
+
+
+def test_random_interleavings_keep_every_invariant():
+    assert run_seeds(run_interleaving, INTERLEAVINGS, "router simulation") > INTERLEAVINGS * 10

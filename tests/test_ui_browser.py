@@ -221,7 +221,7 @@ def test_models_page_loads_and_unloads_live(proxy, browser):
         expect(row(page, "demo-hidden").locator("[role=alert]")).to_contain_text("load failed: ")
         expect(row(page, "demo-hidden").locator("[data-testid=state]")).to_have_text("stopped")
         page.uncheck("#show-unlisted")
-        peer = page.locator("#models-peer tr[data-model='big-remote-model']")
+        peer = page.locator("#models-peer tr[data-model='gpu-box/big-remote-model']")  # qualified, as upstream
         expect(peer).to_contain_text("remote · gpu-box")
         expect(peer.locator("button")).to_have_count(0)
 

@@ -1,7 +1,7 @@
 """Configuration: ``load_config(path) -> Config`` and the immutable data model."""
 
 from .errors import ConfigError
-from .loader import load_config, load_config_text
+from .loader import load_config, load_config_sources, load_config_text
 from .model import (
     DEFAULT_CONCURRENCY_LIMIT,
     DEFAULT_GROUP_ID,
@@ -13,6 +13,8 @@ from .model import (
     ModelConfig,
     PeerConfig,
     PerformanceConfig,
+    ProfileConfig,
+    SelectorConfig,
     Timeouts,
     freeze,
     thaw,
@@ -21,6 +23,7 @@ from .model import (
 __all__ = [
     "ConfigError",
     "load_config",
+    "load_config_sources",
     "load_config_text",
     "Config",
     "ModelConfig",
@@ -31,6 +34,8 @@ __all__ = [
     "Filters",
     "Timeouts",
     "PerformanceConfig",
+    "ProfileConfig",
+    "SelectorConfig",
     "freeze",
     "thaw",
     "DEFAULT_GROUP_ID",

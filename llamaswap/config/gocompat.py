@@ -234,3 +234,24 @@ def url_parse_error(raw: str) -> str | None:
         if port and not port[1:].isdigit() and port != ":":
             return fail(f"invalid port {go_quote(port)} after host")
     return None
+
+
+# Go's RE2 spellings that Python's re lacks or reads differently
+_POSIX_CLASSES = {"alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7F", "blank": "\\t ",
+                  "cntrl": "\\x00-\\x1F\\x7F", "digit": "0-9", "lower": "a-z", "space": "\\t\\n\\v\\f\\r ",
+                  "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+                  "graph": "!-~", "print": " -~", "punct": "!-/:-@\\[-`{-~"}
+_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
+
+
+def go_regexp(pattern: str) -> "re.Pattern[str]":
+    """Compile a Go regexp (RE2 syntax) with Python's re: ``\\z`` and the ``[[:alpha:]]``
+    classes are translated; raises re.error for a pattern neither accepts."""
+    def posix(m: "re.Match[str]") -> str:
+        chars = _POSIX_CLASSES.get(m.group(2))
+        if chars is None or m.group(1):  # unknown, or negated (Python has no way to say it)
+            raise re.error(f"invalid character class range: `{m.group(0)}`")
+        return chars
+    translated = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)
+    translated = _POSIX_CLASS.sub(posix, translated)
+    return re.compile(translated)

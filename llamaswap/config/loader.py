@@ -1,34 +1,41 @@
-"""load_config: YAML text in, validated immutable Config out.
+"""load_config: YAML in, validated immutable Config out.
 
-The pipeline follows upstream's LoadConfig step by step (env macros on the raw text, decode
-with defaults, global checks, aliases, macros per model in sorted id order, groups or
-matrix, preload, apiKeys, peers), so the first error a config hits is the one upstream
-would report, with upstream's text. Two additions, both failing at load what upstream only
-rejects when it starts a model or builds its router: an empty or unparsable ``cmd``, and a
-group member that is not a model.
+The pipeline follows upstream's LoadConfig step by step (env macros on the raw text, the
+-config-dir files merged (sources.py), the other macros and ${PORT} on the YAML tree
+(macros.py), decode with defaults, global checks, aliases, each model in sorted id order,
+groups or matrix, preload, apiKeys, peers), so the first error a config hits is the one
+upstream would report, with upstream's text. One addition fails at load what upstream only
+rejects when it starts a model: an empty or unparsable ``cmd``. Three things upstream
+refuses load with a warning, because upstream's own config.example.yaml has them: a group
+member or a queue priority naming no model, and a model with neither ``${PORT}`` nor a
+``proxy``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from . import apikeys
-from . import macros as mac
-from .command import split_command, strip_comments
+from .command import split_command
 from .envsubst import substitute_env
 from .errors import ConfigError
-from .gocompat import format_go_duration, go_quote, go_trim_space, parse_go_duration, url_parse_error
+from .gocompat import (format_go_duration, go_quote, go_regexp, go_trim_space, parse_go_duration,
+                       url_parse_error)
+from .macros import MacroEngine
 from .matrix import build_matrix
+from .memory import check_actions, load_memory_section, load_model_memory, never_fits, never_fits_message
+from .virtual import Names, build_profiles, build_selectors, decode_profiles, decode_selectors
 from .model import (
     DEFAULT_GROUP_ID,
     MODALITIES,
-    Capabilities,
     RESTART_POLICIES,
+    Capabilities,
     Config,
     FifoConfig,
     Filters,
@@ -39,8 +46,10 @@ from .model import (
     RoutingConfig,
     SchedulerConfig,
     Timeouts,
+    UpstreamConfig,
     freeze,
 )
+from .sources import NO_SOURCE, merge_sources, read_source, source_paths
 from .yamlio import Decoder, compose, is_null, scalar_tag_value, short_tag
 
 DEFAULT_UNLOAD_TIMEOUT = 5  # seconds; differences.md point 4
@@ -50,17 +59,17 @@ _PROTECTED_PARAMS = ("model",)
 _MIN_PERFORMANCE_EVERY_NS = 5_000_000_000
 _SCHEDULERS = ("fifo",)
 _ROUTERS = ("group", "matrix")
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
 
 
 def load_config(path: str, extra_models: Mapping[str, Node] | None = None) -> Config:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: open {path}: {(e.strerror or str(e)).lower()}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not valid UTF-8: {e}") from None
-    return load_config_text(text, path, extra_models=extra_models)
+    return _load_file(path, os.environ, extra_models)
+
+
+def _load_file(path: str, environ: Mapping[str, str],
+               extra_models: Mapping[str, Node] | None = None) -> Config:
+    return _Load(path, environ, extra_models).run(read_source(path, environ, mapping_only=False))
 
 
 def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None,
@@ -68,7 +77,23 @@ def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, st
     """Load a config from its text; ``path`` is used in messages and kept in Config.path.
     ``extra_models`` (id -> model node, from -models-dir) are added unless the config
     defines that id or alias itself."""
-    return _Load(path, os.environ if environ is None else environ, extra_models).run(text)
+    environ = os.environ if environ is None else environ
+    return _Load(path, environ, extra_models).run(compose(substitute_env(text, environ, path), path))
+
+
+def load_config_sources(config_path: str | None, config_dir: str | None,
+                        environ: Mapping[str, str] | None = None,
+                        extra_models: Mapping[str, Node] | None = None) -> Config:
+    """``-config`` and/or ``-config-dir`` (sources.py): the files merged, then loaded as one.
+    Config.path is the -config file, or the directory when there is none."""
+    environ = os.environ if environ is None else environ
+    if not config_dir:
+        if not config_path:
+            raise ConfigError(NO_SOURCE)
+        return _load_file(config_path, environ, extra_models)
+    roots = [root for root in (read_source(p, environ) for p in source_paths(config_path, config_dir))
+             if root is not None]
+    return _Load(config_path or config_dir, environ, extra_models).run(merge_sources(roots))
 
 
 # --- raw (decoded, not yet validated) pieces ---------------------------------------------
@@ -93,7 +118,6 @@ class _RawModel:
     strip_params: str = ""
     set_params: dict[str, Any] = field(default_factory=dict)
     set_params_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
-    macros: list[mac.Macro] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     send_loading_state: bool | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -102,6 +126,8 @@ class _RawModel:
     health_check_interval: float = 0
     health_check_failures: int = 3
     restart: str = "never"
+    sleep: str = ""
+    wake: str = ""
 
 
 @dataclass
@@ -150,10 +176,10 @@ class _Load:
 
     # --- pipeline ------------------------------------------------------------------------
 
-    def run(self, text: str) -> Config:
-        text = substitute_env(text, self.environ, self.source)
-        root = compose(text, self.source)
-        top = self.d.mapping(root, "(top level)", "config.Config")
+    def run(self, root: Node | None) -> Config:
+        """The composed document (env macros already substituted) to a Config."""
+        expanded = MacroEngine(self.d, self._start_port).run(self._with_extra_models(root))
+        top = self.d.mapping(expanded.root, "(top level)", "config.Config")
         d = self.d
 
         # decode everything first: type errors are YAML errors and come before validation
@@ -169,25 +195,23 @@ class _Load:
         store_path = None if is_null(store_node) else \
             d.string(d.mapping(store_node, "store", "config.Store").get("path"), "store.path")
         global_ttl = d.integer(top.get("globalTTL"), "globalTTL", 0)
-        start_port = d.integer(top.get("startPort"), "startPort", 5800)
+        start_port = self._start_port(top.get("startPort"))
         send_loading_state = d.boolean(top.get("sendLoadingState"), "sendLoadingState")
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
         raw_keys = apikeys.decode(d, top.get("apiKeys"))
-        global_macros = self._macro_list(top.get("macros"), "macros")
+        self.memory = load_memory_section(d, top.get("memory"))
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
-        taken = set(models).union(*(m.aliases for m in models.values()))
-        models.update((mid, self._model(mid, node)) for mid, node in self.extra_models.items()
-                      if mid not in taken)
-        profiles = {k: d.strings(v, f"profiles.{k}") for k, _, v in d.items(
-            top.get("profiles"), "profiles", "map[string][]string")}
+        legacy_profiles, raw_profiles = decode_profiles(d, top.get("profiles"))
+        raw_selectors = decode_selectors(d, top.get("selectors"))
         groups_node = top.get("groups")
         groups = {gid: self._group(gid, node) for gid, _, node in d.items(
             groups_node, "groups", "map[string]config.GroupConfig")}
         matrix_node = top.get("matrix")
         routing = self._routing(top.get("routing"))
         preload = self._preload(top.get("hooks"))
+        upstream = self._upstream(top.get("upstream"))
         peers = {pid: self._peer(pid, node) for pid, _, node in d.items(
             top.get("peers"), "peers", "config.PeerDictionaryConfig")}
 
@@ -198,8 +222,6 @@ class _Load:
         if perf_every_ns < _MIN_PERFORMANCE_EVERY_NS:
             raise self.fail(f"performance: every must be at least 5s, got {format_go_duration(perf_every_ns)}",
                             "performance.every", top.get("performance"))
-        if start_port < 1:
-            raise self.fail(f"startPort must be greater than 1 (got {start_port})", "startPort", top.get("startPort"))
         if global_ttl < 0:
             raise self.fail(f"globalTTL must be >= 0 (got {global_ttl})", "globalTTL", top.get("globalTTL"))
         if log_to_stdout not in _LOG_TO_STDOUT:
@@ -213,18 +235,12 @@ class _Load:
             store_path = self._store_path(store_path, store_node)
 
         aliases = self._aliases(models)
-        for name, value, node in global_macros:
-            self._check_macro(name, value, f"macros.{name}", node)
-
         built: dict[str, ModelConfig] = {}
-        next_port = start_port
         for mid in sorted(models):
-            model, used_port = self._resolve_model(
-                models[mid], models, aliases, [(n, v) for n, v, _ in global_macros], next_port,
+            built[mid] = self._resolve_model(
+                models[mid], models, aliases, expanded.ports.get(mid),
                 global_ttl=global_ttl, send_loading_state=send_loading_state,
                 health_check_timeout=health_check_timeout, unload_timeout=unload_timeout)
-            next_port += used_port
-            built[mid] = model
 
         # routing.router and the legacy top-level groups/matrix: one spelling or the other
         matrix_where, groups_where = "matrix", "groups"
@@ -246,14 +262,14 @@ class _Load:
                                 f"(valid: {', '.join(_ROUTERS)})", "routing.router.use", routing.router_node)
         if not is_null(matrix_node) and groups:
             raise self.fail("config cannot use both 'groups' and 'matrix'", "matrix", matrix_node)
-        warnings: list[str] = []
+        warnings: list[str] = list(expanded.warnings)
         matrix = None
         group_configs: dict[str, GroupConfig] = {}
         if not is_null(matrix_node):
             matrix = build_matrix(self.d, matrix_node, built, aliases, warnings, where=matrix_where)
         else:
-            group_configs = self._groups(groups, built, aliases, groups_node, groups_where)
-        scheduler = self._scheduler(routing, built, aliases)
+            group_configs = self._groups(groups, built, aliases, groups_node, groups_where, warnings)
+        scheduler = self._scheduler(routing, built, aliases, warnings)
 
         real_preload = []
         for name in preload:
@@ -264,10 +280,20 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
+        if self.memory is not None:
+            for mid in sorted(built):
+                over = never_fits(built[mid].memory, self.memory)
+                if over is not None:
+                    warnings.append("memory: " + never_fits_message(mid, *over, self.memory.headroom)
+                                    + "; its requests will get 503")
+
         api_keys, scoped_keys = apikeys.validate(d, raw_keys, top.get("apiKeys"))
 
-        peer_configs = {pid: self._resolve_peer(peers[pid], [(n, v) for n, v, _ in global_macros])
-                        for pid in sorted(peers)}
+        peer_configs = {pid: self._resolve_peer(peers[pid]) for pid in sorted(peers)}
+        self._check_peer_namespace(peer_configs, built, aliases, top.get("peers"))
+        names = Names(built, aliases, peer_configs)
+        selectors = build_selectors(d, raw_selectors, names, group_configs, matrix, warnings)
+        profiles = build_profiles(d, raw_profiles, names, selectors, warnings)
 
         # auto-aliases were appended to each model while resolving; the map is final now
         return Config(
@@ -295,9 +321,36 @@ class _Load:
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
-            has_profiles=bool(profiles),
+            memory=self.memory,
+            has_profiles=bool(legacy_profiles),
+            profiles=freeze(profiles),
+            selectors=freeze(selectors),
+            upstream=upstream,
             warnings=tuple(warnings),
         )
+
+    def _with_extra_models(self, root: Node | None) -> Node | None:
+        """``root`` with the -models-dir models added under ``models`` (before macros, so
+        they get ${PORT} like any other), except those whose id the config already uses as
+        a model id or alias."""
+        if not self.extra_models:
+            return root
+        d = self.d
+        top = list(d.items(root, "(top level)", "config.Config"))
+        models_node = next((v for name, _, v in top if name == "models"), None)
+        entries = list(d.items(models_node, "models", "map[string]config.ModelConfig"))
+        taken = {mid for mid, _, _ in entries}
+        for mid, _, node in entries:
+            fields = d.mapping(node, f"models.{mid}", "config.ModelConfig")
+            taken.update(d.strings(fields.get("aliases"), f"models.{mid}.aliases"))
+        pairs = [(k, v) for _, k, v in entries]
+        pairs += [(ScalarNode(_STR_TAG, mid), node) for mid, node in self.extra_models.items()
+                  if mid not in taken]
+        models = MappingNode(_MAP_TAG, pairs)
+        out = [(k, models if name == "models" else v) for name, k, v in top]
+        if models_node is None:
+            out.append((ScalarNode(_STR_TAG, "models"), models))
+        return MappingNode(_MAP_TAG, out)
 
     # --- decoding ----------------------------------------------------------------------
 
@@ -324,19 +377,11 @@ class _Load:
             raise self.d.type_error(every, "time.Duration", "performance.every")
         return disabled, ns
 
-    def _macro_list(self, node: Node | None, key: str) -> list[tuple[str, Any, Node]]:
-        """An ordered macro list; each entry keeps its node for error lines."""
-        if is_null(node):
-            return []
-        if not isinstance(node, MappingNode):
-            raise self.fail("macros must be a mapping", key, node)
-        return [(self.d.key_text(k, key), self.d.any(v, f"{key}.{k.value}"), k) for k, v in node.value]
-
-    def _check_macro(self, name: str, value: Any, key: str, node: Node, prefix: str = "") -> None:
-        try:
-            mac.validate_macro(name, value)
-        except mac.MacroError as e:
-            raise self.fail(f"{prefix}{e}", key, node) from None
+    def _start_port(self, node: Node | None) -> int:
+        start_port = self.d.integer(node, "startPort", 5800)
+        if start_port < 1:
+            raise self.fail(f"startPort must be greater than 1 (got {start_port})", "startPort", node)
+        return start_port
 
     def _timeouts(self, node: Node | None, key: str, defaults: Timeouts) -> Timeouts:
         fields = self.d.mapping(node, key, "config.TimeoutsConfig")
@@ -376,7 +421,6 @@ class _Load:
         raw.concurrency_limit = d.integer(f.get("concurrencyLimit"), f"{key}.concurrencyLimit")
         raw.strip_params, raw.set_params, raw.set_params_by_id = self._filters(
             f.get("filters"), f"{key}.filters", legacy=True)
-        raw.macros = [(n, v) for n, v, _ in self._macro_list(f.get("macros"), f"{key}.macros")]
         raw.metadata = d.any_map(f.get("metadata"), f"{key}.metadata")
         raw.send_loading_state = d.optional_bool(f.get("sendLoadingState"), f"{key}.sendLoadingState")
         raw.timeouts = self._timeouts(f.get("timeouts"), f"{key}.timeouts", Timeouts())
@@ -393,6 +437,8 @@ class _Load:
         if raw.restart not in RESTART_POLICIES:
             raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
                             f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
+        raw.sleep = d.string(f.get("sleep"), f"{key}.sleep")
+        raw.wake = d.string(f.get("wake"), f"{key}.wake")
         return raw
 
     def _capabilities(self, node: Node | None, key: str) -> Capabilities:
@@ -464,7 +510,7 @@ class _Load:
         return raw
 
     def _scheduler(self, routing: _RawRouting, models: Mapping[str, ModelConfig],
-                   aliases: Mapping[str, str]) -> SchedulerConfig:
+                   aliases: Mapping[str, str], warnings: list[str]) -> SchedulerConfig:
         use = routing.scheduler_use or "fifo"
         if use not in _SCHEDULERS:
             raise self.fail(f"routing.scheduler.use: unknown scheduler {go_quote(use)} "
@@ -475,7 +521,10 @@ class _Load:
             value, key_node = routing.priority[name]
             real = name if name in models else aliases.get(name)
             if real is None:
-                raise self.fail(f"{where} references unknown model {go_quote(name)}", f"{where}.{name}", key_node)
+                # upstream refuses this, even in its own config.example.yaml (priorities for
+                # models A-D it never defines): we warn and ignore the entry
+                warnings.append(f"{where} references unknown model {go_quote(name)}; ignored")
+                continue
             # a model's own id wins over one of its aliases written beside it
             if name == real or real not in routing.priority:
                 priority[real] = value
@@ -495,6 +544,18 @@ class _Load:
             "members": d.strings(f.get("members"), f"{key}.members"),
             "node": node,
         }
+
+    def _upstream(self, node: Node | None) -> UpstreamConfig:
+        fields = self.d.mapping(node, "upstream", "config.UpstreamConfig")
+        key = "upstream.ignorePaths"
+        patterns = []
+        for i, text in enumerate(self.d.strings(fields.get("ignorePaths"), key)):
+            try:
+                patterns.append(go_regexp(text))
+            except re.error as e:
+                raise self.fail(f"{key}: invalid regular expression {go_quote(text)}: error parsing "
+                                f"regexp: {e}", f"{key}[{i}]", fields["ignorePaths"].value[i]) from None
+        return UpstreamConfig(tuple(patterns)) if patterns else UpstreamConfig()
 
     def _preload(self, node: Node | None) -> list[str]:
         hooks = self.d.mapping(node, "hooks", "config.HooksConfig")
@@ -533,18 +594,18 @@ class _Load:
         return aliases
 
     def _resolve_model(self, raw: _RawModel, models: dict[str, _RawModel], aliases: dict[str, str],
-                       global_macros: list[mac.Macro], next_port: int, *, global_ttl: int,
-                       send_loading_state: bool, health_check_timeout: int,
-                       unload_timeout: float) -> tuple[ModelConfig, int]:
-        """One model, upstream's per-model steps in order; returns (config, ports used)."""
+                       port: int | None, *, global_ttl: int, send_loading_state: bool,
+                       health_check_timeout: int, unload_timeout: float) -> ModelConfig:
+        """One model (macros already expanded), upstream's per-model steps in order."""
         mid, key, node = raw.id, f"models.{raw.id}", raw.node
 
         def fail(message: str, sub: str | None = None) -> ConfigError:
             at = raw.fields.get(sub.split(".")[0], node) if sub else node
             return self.fail(message, f"{key}.{sub}" if sub else key, at)
 
-        cmd = strip_comments(raw.cmd)
-        cmd_stop = strip_comments(raw.cmd_stop)
+        cmd, cmd_stop, proxy = raw.cmd, raw.cmd_stop, raw.proxy
+        by_id = raw.set_params_by_id
+        sleep, wake = raw.sleep.strip(), raw.wake.strip()
         ttl = global_ttl if raw.ttl == -1 else raw.ttl
         if ttl < 0:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
@@ -558,57 +619,6 @@ class _Load:
                                f"must be one of: {', '.join(MODALITIES)}", f"capabilities.{side}")
         if caps.context < 0:
             raise fail(f"model {mid}: capabilities.context: must be >= 0", "capabilities.context")
-        for name, value in raw.macros:
-            self._check_macro(name, value, f"{key}.macros.{name}", node, prefix=f"model {mid}: ")
-
-        macros = mac.merge(mid, global_macros, raw.macros)
-        proxy, check_endpoint = raw.proxy, raw.check_endpoint
-        strip, name, description = raw.strip_params, raw.name, raw.description
-        by_id, metadata = raw.set_params_by_id, raw.metadata
-        for macro_name, value in reversed(macros):
-            cmd = mac.replace(cmd, macro_name, value)
-            cmd_stop = mac.replace(cmd_stop, macro_name, value)
-            proxy = mac.replace(proxy, macro_name, value)
-            check_endpoint = mac.replace(check_endpoint, macro_name, value)
-            strip = mac.replace(strip, macro_name, value)
-            name = mac.replace(name, macro_name, value)
-            description = mac.replace(description, macro_name, value)
-            by_id = {mac.replace(k, macro_name, value): mac.replace_in_value(v, macro_name, value)
-                     for k, v in by_id.items()}
-            metadata = mac.replace_in_value(metadata, macro_name, value)
-
-        port = None
-        if "${PORT}" in cmd:
-            port = next_port
-            cmd, cmd_stop, proxy, name, description = (
-                mac.replace(s, "PORT", port) for s in (cmd, cmd_stop, proxy, name, description))
-            metadata = mac.replace_in_value(metadata, "PORT", port)
-        elif "${PORT}" in proxy:
-            raise fail(f"model {mid}: proxy uses ${{PORT}} but cmd does not - ${{PORT}} is only "
-                       "available when used in cmd", "proxy")
-
-        for field_name, text in (("cmd", cmd), ("cmdStop", cmd_stop), ("proxy", proxy),
-                                 ("checkEndpoint", check_endpoint), ("filters.stripParams", strip),
-                                 ("name", name), ("description", description)):
-            for ref in mac.leftover(text):
-                if ref == "PID" and field_name == "cmdStop":
-                    continue  # filled in when the model is stopped
-                if ref in mac.RESERVED:
-                    raise fail(f"macro '${{{ref}}}' should have been substituted in {mid}.{field_name}", field_name)
-                raise fail(f"unknown macro '${{{ref}}}' found in {mid}.{field_name}", field_name)
-
-        problem = mac.nested_leftover(metadata, f"model {mid} metadata")
-        if problem:
-            raise fail(problem, "metadata")
-        for by_key in sorted(by_id):
-            refs = mac.leftover(by_key)
-            if refs:
-                raise fail(f"unknown macro '${{{refs[0]}}}' found in model {mid} filters.setParamsByID key",
-                           "filters.setParamsByID")
-            problem = mac.nested_leftover(by_id[by_key], f"model {mid} filters.setParamsByID[{by_key}]")
-            if problem:
-                raise fail(problem, f"filters.setParamsByID.{by_key}")
-
         model_aliases = list(raw.aliases)
         for by_key in sorted(by_id):
             if by_key == mid:
@@ -628,9 +638,13 @@ class _Load:
         problem = url_parse_error(proxy)
         if problem:
             raise fail(f"model {mid}: invalid proxy URL: {problem}", "proxy")
-        if raw.health_check_interval and check_endpoint.strip().lower() == "none":
+        if raw.health_check_interval and raw.check_endpoint.strip().lower() == "none":
             raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
                        "checkEndpoint is none", "healthCheckInterval")
+        problem = check_actions(mid, sleep, wake)
+        if problem:
+            raise fail(problem[1], problem[0])
+        memory = load_model_memory(self.d, raw.fields.get("memory"), mid, self.memory)
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -650,19 +664,19 @@ class _Load:
             proxy=proxy,
             aliases=tuple(model_aliases),
             env=tuple(raw.env),
-            check_endpoint=check_endpoint,
+            check_endpoint=raw.check_endpoint,
             ttl=ttl,
             unlisted=raw.unlisted,
             use_model_name=raw.use_model_name,
-            name=name,
-            description=description,
+            name=raw.name,
+            description=raw.description,
             concurrency_limit=raw.concurrency_limit,
             filters=Filters(
-                strip_params=sanitize_strip_params(strip),
+                strip_params=sanitize_strip_params(raw.strip_params),
                 set_params=freeze(_without_protected(raw.set_params)),
                 set_params_by_id=freeze({k: _without_protected(v) for k, v in sorted(by_id.items())}),
             ),
-            metadata=freeze(metadata),
+            metadata=freeze(raw.metadata),
             send_loading_state=send_loading_state if raw.send_loading_state is None else raw.send_loading_state,
             timeouts=raw.timeouts,
             health_check_timeout=health_check_timeout,
@@ -672,11 +686,15 @@ class _Load:
             health_check_interval=raw.health_check_interval,
             health_check_failures=raw.health_check_failures,
             restart=raw.restart,
+            memory=freeze(memory),
+            sleep=sleep,
+            wake=wake,
         )
-        return model, 1 if port is not None else 0
+        return model
 
     def _groups(self, groups: dict[str, dict[str, Any]], models: dict[str, ModelConfig],
-                aliases: dict[str, str], groups_node: Node | None, where: str = "groups") -> dict[str, GroupConfig]:
+                aliases: dict[str, str], groups_node: Node | None, where: str,
+                warnings: list[str]) -> dict[str, GroupConfig]:
         # model ids win over aliases, as in Config.real_model_name
         listed = {m if m in models else aliases.get(m, m) for g in groups.values() for m in g["members"]}
         groups = dict(groups)
@@ -702,41 +720,55 @@ class _Load:
                     owner[member] = gid
 
         check_members(lambda m: m)
-        # Upstream only finds an unknown member when it builds the router (exit 1 at start,
-        # reload refused); we report it at load. A member written as an alias means its model.
+        # Upstream only finds an unknown member when it builds the router, and then refuses to
+        # start, even on its own config.example.yaml (whose groups name models it never
+        # defines). We warn and leave the member out. A member written as an alias means its
+        # model.
         for gid in sorted(groups):
+            known = []
             for member in groups[gid]["members"]:
-                if member not in models and member not in aliases:
-                    raise self.fail(f"group {gid}: no model config for {go_quote(member)}",
-                                    f"{where}.{gid}.members", groups[gid]["node"])
+                if member in models or member in aliases:
+                    known.append(member)
+                else:
+                    warnings.append(f"{where}.{gid}.members: group {gid}: no model config for "
+                                    f"{go_quote(member)}; the member is ignored")
+            groups[gid] = {**groups[gid], "members": known}
         real = lambda m: m if m in models else aliases[m]  # noqa: E731
         check_members(real)
         return {gid: GroupConfig(id=gid, swap=g["swap"], exclusive=g["exclusive"], persistent=g["persistent"],
                                  members=tuple(real(m) for m in g["members"]))
                 for gid, g in groups.items()}
 
-    def _resolve_peer(self, raw: _RawPeer, global_macros: list[mac.Macro]) -> PeerConfig:
-        key = f"peers.{raw.id}"
-        api_key = mac.replace_all(raw.api_key, global_macros)
-        strip = mac.replace_all(raw.strip_params, global_macros)
-        set_params = mac.replace_all_in_value(raw.set_params, global_macros)
-        refs = mac.leftover(api_key)
-        if refs:
-            raise self.fail(f"{key}.apiKey: unknown macro '${{{refs[0]}}}'", f"{key}.apiKey")
-        refs = mac.leftover(strip)
-        if refs:
-            raise self.fail(f"{key}.filters.stripParams: unknown macro '${{{refs[0]}}}'", f"{key}.filters.stripParams")
-        problem = mac.nested_leftover(set_params, f"{key}.filters.setParams")
-        if problem:
-            raise self.fail(problem, f"{key}.filters.setParams")
+    def _check_peer_namespace(self, peers: Mapping[str, PeerConfig], models: Mapping[str, ModelConfig],
+                              aliases: Mapping[str, str], node: Node | None) -> None:
+        """Every ``peerID/modelID`` names one peer model and no local model or alias."""
+        owner: dict[str, tuple[str, str]] = {}
+        for pid in sorted(peers):
+            for model in dict.fromkeys(peers[pid].models):
+                fqn = f"{pid}/{model}"
+                if fqn in owner:
+                    first_peer, first_model = owner[fqn]
+                    raise self.fail(f"peer model name {go_quote(fqn)} is ambiguous between peers.{first_peer} "
+                                    f"model {go_quote(first_model)} and peers.{pid} model {go_quote(model)}",
+                                    f"peers.{pid}.models", node)
+                owner[fqn] = (pid, model)
+        for fqn in sorted(owner):
+            if fqn in models:
+                raise self.fail(f"model ID {go_quote(fqn)} conflicts with fully qualified peer model name",
+                                f"models.{fqn}", node)
+            if fqn in aliases:
+                raise self.fail(f"model {aliases[fqn]} alias {go_quote(fqn)} conflicts with fully qualified "
+                                "peer model name", f"models.{aliases[fqn]}.aliases", node)
+
+    def _resolve_peer(self, raw: _RawPeer) -> PeerConfig:
         return PeerConfig(
             id=raw.id,
             proxy=raw.proxy,
-            api_key=api_key,
+            api_key=raw.api_key,
             models=tuple(raw.models),
             filters=Filters(
-                strip_params=sanitize_strip_params(strip),
-                set_params=freeze(_without_protected(set_params)),
+                strip_params=sanitize_strip_params(raw.strip_params),
+                set_params=freeze(_without_protected(raw.set_params)),
                 set_params_by_id=freeze({k: _without_protected(v) for k, v in sorted(raw.set_params_by_id.items())}),
             ),
             timeouts=raw.timeouts,

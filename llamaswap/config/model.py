@@ -11,8 +11,9 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 DEFAULT_GROUP_ID = "(default)"
 DEFAULT_CONCURRENCY_LIMIT = 10
@@ -150,6 +151,9 @@ class ModelConfig:
     health_check_interval: float = 0  # seconds between probes while ready; 0 = no watch
     health_check_failures: int = 3  # consecutive failed probes that mark the backend dead
     restart: str = "never"  # "never" | "on-failure" | "always" (see RESTART_POLICIES)
+    memory: Mapping[str, int] = field(default_factory=_empty)  # declared need per device, bytes
+    sleep: str = ""  # "METHOD /path" or a command (macros expanded, ${PID} left); "" = cannot sleep
+    wake: str = ""  # set exactly when sleep is
 
     @property
     def effective_concurrency_limit(self) -> int:
@@ -223,6 +227,30 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """A runtime-selectable set of pins (``profiles.<id>`` in map shape)."""
+
+    id: str
+    description: str = ""
+    # requested id -> target (model, alias, peer model or selector); "" disables the id
+    pins: Mapping[str, str] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class SelectorConfig:
+    """A virtual model id (``selectors.<id>``) that picks one of its targets per request."""
+
+    id: str
+    strategy: str  # "pin" | "warm" | "spillover"
+    targets: tuple[str, ...]  # as written: a request's model becomes one of these
+    spillover: int = 1  # settings.spillover
+    name: str = ""
+    description: str = ""
+    unlisted: bool = False
+    metadata: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     id: str
     proxy: str
@@ -230,6 +258,29 @@ class PeerConfig:
     models: tuple[str, ...] = ()
     filters: Filters = field(default_factory=Filters)
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(response_header=60))
+
+
+class PeerModel(NamedTuple):
+    peer: PeerConfig
+    model_id: str  # the name the peer knows the model by
+
+    @property
+    def fqn(self) -> str:
+        return f"{self.peer.id}/{self.model_id}"
+
+
+def peer_namespace(peers: Mapping[str, PeerConfig]) -> dict[str, PeerModel]:
+    names: dict[str, PeerModel] = {}
+    bare: dict[str, list[PeerModel]] = {}
+    for pid in sorted(peers):
+        for model in dict.fromkeys(peers[pid].models):
+            route = PeerModel(peers[pid], model)
+            names.setdefault(route.fqn, route)  # an ambiguous FQN is a load error
+            bare.setdefault(model, []).append(route)
+    for model, routes in bare.items():
+        if len(routes) == 1 and model not in names:
+            names[model] = routes[0]
+    return names
 
 
 PLAIN_KEY_NAME = "-"  # the name shown for a plain-string key and for open access
@@ -269,6 +320,31 @@ class PerformanceConfig:
     every: float = 5.0  # seconds
 
 
+DEFAULT_IGNORE_PATHS = (r".*\.(js|json|css|png|gif|jpg|jpeg|ico|txt)$",)
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """The ``upstream:`` section: how ``/upstream/<model>/<path>`` behaves."""
+
+    # compiled `ignorePaths` (searched, unanchored, in the decoded path after the model);
+    # a match for a local model that is not ready answers 409 instead of starting it
+    ignore_paths: tuple[re.Pattern, ...] = tuple(re.compile(p) for p in DEFAULT_IGNORE_PATHS)
+
+    def ignores(self, path: str) -> bool:
+        return any(p.search(path) for p in self.ignore_paths)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The ``memory:`` section. A budget of None is ``auto`` (the device's detected total,
+    read when the proxy starts)."""
+
+    devices: Mapping[str, int | None] = field(default_factory=_empty)  # "gpu0"/"ram" -> bytes
+    headroom: int = 0  # bytes kept free on every managed device
+    every: float = 5.0  # seconds between measurements while models are resident
+
+
 @dataclass(frozen=True)
 class Config:
     path: str | None = None
@@ -296,14 +372,28 @@ class Config:
     preload: tuple[str, ...] = ()  # real model ids
     peers: Mapping[str, PeerConfig] = field(default_factory=_empty)  # sorted by id
     aliases: Mapping[str, str] = field(default_factory=_empty)  # alias -> real model id
-    has_profiles: bool = False  # the removed `profiles:` feature was present (warn)
+    memory: MemoryConfig | None = None  # None: no memory section, nothing is measured
+    has_profiles: bool = False  # list-shaped `profiles:` of the reference revision were present (warn)
+    profiles: Mapping[str, ProfileConfig] = field(default_factory=_empty)  # map-shaped ones, sorted by id
+    selectors: Mapping[str, SelectorConfig] = field(default_factory=_empty)  # sorted by id
     warnings: tuple[str, ...] = ()  # loaded, but worth a WARN line at startup and reload
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
 
     def real_model_name(self, name: str) -> str | None:
         """Model ids win over aliases, as upstream's RealModelName."""
         if name in self.models:
             return name
         return self.aliases.get(name)
+
+    @cached_property
+    def peer_names(self) -> Mapping[str, "PeerModel"]:
+        """Every name that routes to a peer (upstream-head.md section 8): ``peerID/modelID``
+        for each peer model, and the bare ``modelID`` when exactly one peer offers it and it is
+        not itself some peer's qualified name. Local ids and aliases win over these."""
+        return peer_namespace(self.peers)
+
+    def peer_model(self, name: str) -> "PeerModel | None":
+        return None if name in self.models or name in self.aliases else self.peer_names.get(name)
 
     def api_key_entries(self) -> tuple[ApiKey, ...]:
         """One ApiKey per key value, in ``apiKeys`` order: the object entry where there is

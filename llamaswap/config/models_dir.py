@@ -222,17 +222,17 @@ def _unreadable(file: str) -> str | None:
     return None
 
 
-def load(config_path: str | None, models_dir: ModelsDir):
-    """The -config file (if any) with the models of ``models_dir`` added; the scan's warnings
-    join the config's."""
-    from .loader import load_config, load_config_text
+def load(config_path: str | None, models_dir: ModelsDir, config_dir: str | None = None):
+    """The -config file and -config-dir (if any) with the models of ``models_dir`` added; the
+    scan's warnings join the config's."""
+    from .loader import load_config_sources, load_config_text
     from .yamlio import compose
     scan = models_dir.scan()
     source = f"-models-dir {models_dir.path}"
     root = compose(models_dir.models_yaml(scan), source)
     nodes = {key.value: value for key, value in root.value[0][1].value}
-    if config_path:
-        config = load_config(config_path, extra_models=nodes)
+    if config_path or config_dir:
+        config = load_config_sources(config_path, config_dir, extra_models=nodes)
     else:
         config = load_config_text("", path=source, extra_models=nodes)
     return dataclasses.replace(config, warnings=config.warnings + scan.warnings)

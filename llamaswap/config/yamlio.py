@@ -9,6 +9,7 @@ resolve plain scalars ourselves. Every node keeps its line for error messages.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from typing import Any, Iterator
@@ -44,9 +45,13 @@ _Loader = make_loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def compose(text: str, source: str) -> Node | None:
-    """Parse ``text`` into a node tree; a syntax error names line and column."""
+    """Parse ``text`` into a node tree; a syntax error names line and column. Every node's
+    ``start_mark.name`` is ``source``, so a tree merged from several files (-config-dir)
+    still knows where each value came from."""
+    stream = io.StringIO(text)
+    stream.name = source
     try:
-        return yaml.compose(text, Loader=_Loader)
+        return yaml.compose(stream, Loader=_Loader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -147,8 +152,11 @@ class Decoder:
         self.source = source
 
     def error(self, message: str, key: str | None = None, node: Node | None = None) -> ConfigError:
-        line = node.start_mark.line + 1 if node is not None and node.start_mark else None
-        return located(message, source=self.source, key=key, line=line)
+        """An error at ``node``: its own file (see compose) and line, else this decoder's."""
+        mark = node.start_mark if node is not None else None
+        if mark is None:
+            return located(message, source=self.source, key=key)
+        return located(message, source=mark.name or self.source, key=key, line=mark.line + 1)
 
     def type_error(self, node: Node, go_type: str, key: str) -> ConfigError:
         tag = short_tag(node)

@@ -125,8 +125,18 @@ def check(ctx, route=None) -> bool:
 def key_name(ctx) -> str:
     """The name of the request's key, for logs, activity and metrics: ``-`` for a plain key
     and for open access."""
-    key = ctx.state.get("key")
+    key = (getattr(ctx, "state", None) or {}).get("key")
     return key.name if key is not None else PLAIN_KEY_NAME
+
+
+def resolved_names(config, name: str) -> tuple[str, ...]:
+    """What a requested name resolves to, for the scope check: the local model id, or a peer
+    model's qualified name (``peer/model``) and the id the peer knows it by."""
+    real = config.real_model_name(name)
+    if real is not None:
+        return (real,)
+    route = config.peer_model(name)
+    return (route.fqn, route.model_id) if route is not None else ()
 
 
 def may_use(ctx, *names: str | None) -> bool:

@@ -45,6 +45,7 @@ class Extracted:
     extra: dict = field(default_factory=dict)
     why: str = ""  # when model is None: what was missing or malformed, for the error message
     status: int = 404  # when model is None: 404 (no model, upstream's), 400 (not JSON at all)
+    model_value: str | None = None  # multipart: the model field's new value (pin or selector)
 
     def close(self) -> None:
         if self.spool is not None:

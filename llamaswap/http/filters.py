@@ -79,15 +79,16 @@ def _assign(cur: Any, key: str, value: Any) -> None:
 
 
 def find_filters(app: Any, requested: str) -> tuple[Filters | None, str]:
-    """(filters, useModelName) for a requested name: local model/alias, then a peer model."""
+    """(filters, the model name to send) for a requested name: a local model or alias (its
+    useModelName), then a peer model (the id the peer knows when asked by ``peer/model``)."""
     cfg = app.config
     real = cfg.real_model_name(requested)
     if real is not None:
         m = cfg.models[real]
         return m.filters, m.use_model_name
-    for peer in cfg.peers.values():
-        if requested in peer.models:
-            return peer.filters, ""
+    route = cfg.peer_model(requested)
+    if route is not None:
+        return route.peer.filters, route.model_id if route.model_id != requested else ""
     return None, ""
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import itertools
 import threading
+from urllib.parse import parse_qsl, urlencode
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from llamaswap.http import auth, errors, extract, filters, listing
+from llamaswap.http import auth, errors, extract, filters, listing, virtual
 from llamaswap.http.forward import (append_error, body_bytes, body_stream, forward,
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import filter_accept_encoding
 
@@ -46,8 +47,9 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 NO_MODEL = "no model id could be identified"
 NOT_READY = "llama-swap-error: [{}] process is not ready"
 FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
-# A request that finds its backend gone (the connection refused, or dropped unanswered)
-# while the process is exiting raced the crash: it waits for the exit to be seen, then
+# A request that finds its backend gone (the connection refused, or dropped before a whole
+# answer, nothing sent to the client yet) while the process is exiting raced the crash, as
+# does one granted a backend that stopped being ready: it waits for the exit to be seen, then
 # starts the model again. A refused request never reached the backend, so it is always
 # safe to send again (CRASH_ATTEMPTS in all bounds a backend that keeps dying); a dropped
 # one may have caused the crash, so it is sent again at most DROPPED_RETRIES times. A
@@ -88,20 +90,30 @@ def _model_handler(source: str, strip_v: bool = False):
             ctx.send_error(400, f"error parsing multipart form: {e}")
             return
         except ValueError as e:
+            if isinstance(e, BadRequestBody):  # what follows on the connection is unframed
+                ctx.close_connection = True
             ctx.send_error(400, f"could not read request body: {e}")
             return
+        done = None
         try:
-            path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-            dispatch(ctx, ex, path)
+            sent = ex.model  # before a profile pin or a selector rewrites it: the key's scope
+            go_on, done = virtual.rewrite(ctx, ex)
+            if go_on:
+                path = ctx.raw_path[2:] if strip_v else ctx.raw_path
+                dispatch(ctx, ex, path, sent=sent if sent != ex.model else None)
         finally:
             ex.close()
+            if done is not None:
+                done()
     return handle
 
 
 def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
-             pinned: str | None = None) -> None:
+             pinned: str | None = None, sent: str | None = None) -> None:
     """Route one extracted request to its local model or peer (behaviour.md 4.1).
-    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection."""
+    ``pinned`` is a real local model id chosen by the caller (/upstream): no body inspection.
+    ``sent`` is the name the client sent when the caller resolved or rewrote it (the
+    /upstream path's alias, a profile pin, a selector): the API key's scope accepts it too."""
     app = ctx.app
     cfg = app.config
     requested = pinned or ex.model
@@ -110,14 +122,15 @@ def dispatch(ctx: RequestContext, ex: extract.Extracted, path: str,
         ctx.send_error(ex.status, f"{NO_MODEL}: {ex.why}" if ex.why else NO_MODEL)
         return
     real = pinned or cfg.real_model_name(requested)
-    if pinned is None and not auth.may_use(ctx, requested, real):
-        return  # 403 (/upstream checks the name in its path itself)
+    resolved = (real,) if real is not None else auth.resolved_names(cfg, requested)
+    if not auth.may_use(ctx, sent, requested, *resolved):
+        return  # 403 before anything starts
     target = path + ("?" + ctx.query_string if ctx.query_string else "")
     if real is None or real not in app.processes:
         peer = None
         peers = getattr(app, "peers", None)
         if real is None and peers is not None:
-            peer = peers.peer_for(requested)
+            peer = peers.route_for(requested)
         if peer is None:
             if real is not None:
                 ctx.send_error(404, f"no local server found for requested model: {requested}")
@@ -163,7 +176,8 @@ def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
         return body_bytes(ex.data or b"")
     length = _content_length(ctx)
     if ex.kind == "multipart":
-        replace = use_name.encode() if use_name and ex.value_span is not None else None
+        value = use_name or ex.model_value
+        replace = value.encode() if value is not None and ex.value_span is not None else None
         if replace is not None and length is not None:
             start, end = ex.value_span
             length += len(replace) - (end - start)
@@ -182,14 +196,19 @@ def _content_length(ctx: RequestContext) -> int | None:
         return None
 
 
-def _observer(ctx: RequestContext, model_id: str) -> Any:
+def _observer(ctx: RequestContext, model_id: str, path: str | None = None) -> Any:
+    """The activity meter; ``path``: the path recorded when it is not the request's own
+    (the inner path of /upstream/<model>/<path>)."""
     if ctx.method != "POST":
         return None  # upstream meters POST requests only
     activity = getattr(ctx.app, "activity", None)
     if activity is None:
         return None
     try:
-        return activity.observe(ctx, model_id)
+        meter = activity.observe(ctx, model_id)
+        if meter is not None and path is not None:
+            meter.set_path(path)
+        return meter
     except Exception:
         return None
 
@@ -207,19 +226,36 @@ def _metered_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def is_model_path(method: str, path: str) -> bool:
+    """A model-dispatched inference path (for /upstream/<model>/<path>: in-flight table and
+    activity, as upstream)."""
+    if method == "POST":
+        return path in _POST_PATHS
+    return method == "GET" and path in QUERY_PATHS
+
+
+_POST_PATHS = frozenset(JSON_PATHS + VERSIONLESS_PATHS + MULTIPART_PATHS)
+
+
 class _InFlight:
-    def __init__(self, app: Any, model: str):
-        self.counter = getattr(app, "inflight", None)
+    """The request in the in-flight table (``listed``: in the table, not only the count)."""
+
+    def __init__(self, app: Any, model: str, ctx: RequestContext, req_path: str,
+                 listed: bool = True):
+        self.table = getattr(app, "inflight", None)
         self.model = model
+        self.ctx = ctx if listed else None
+        self.req_path = req_path
+        self.entry = None
 
     def __enter__(self):
-        if self.counter is not None:
-            self.counter.enter(self.model)
+        if self.table is not None:
+            self.entry = self.table.enter(self.model, self.ctx, self.req_path)
         return self
 
     def __exit__(self, *exc):
-        if self.counter is not None:
-            self.counter.leave(self.model)
+        if self.table is not None:
+            self.table.leave(self.model, self.entry)
 
 
 def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, real: str,
@@ -237,8 +273,12 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
     try:
         body = _forward_body(ctx, ex, requested, rewrite=not pinned)
         headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=None)
-        with _InFlight(app, real):
-            observer = _observer(ctx, real) if not pinned else None
+        req_path = target.partition("?")[0]
+        # /upstream/<model>/<path> counts as a model request when <path> is one (upstream)
+        model_path = not pinned or is_model_path(ctx.method, req_path)
+        with _InFlight(app, real, ctx, req_path, listed=model_path):
+            observer = _observer(ctx, real, req_path if pinned else None) \
+                if model_path else None
             if observer is not None:
                 headers = _metered_headers(headers)
             dropped = 0
@@ -261,8 +301,8 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 try:
                     proc = grant.process
                     if _state(proc) != "ready":
-                        # it went down between the grant and here (a crash the router had
-                        # not heard of): nothing was sent, so ask the router again
+                        # it crashed (or began stopping) since the grant: nothing was sent,
+                        # so ask again; the router notices and starts it
                         if attempt < CRASH_ATTEMPTS:
                             continue
                         _reply_error(ctx, 503, NOT_READY.format(real), observer)
@@ -421,16 +461,24 @@ def _release_late_grant(ticket: Any) -> None:
         pass
 
 
-def serve_peer_path(ctx: RequestContext, requested: str, peer: Any, remainder: str) -> None:
+def serve_peer_path(ctx: RequestContext, requested: str, route: Any, remainder: str) -> None:
     """/upstream/<peer model>/<path>: the body passes untouched."""
     target = remainder + ("?" + ctx.query_string if ctx.query_string else "")
-    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, peer, target,
+    with_key_slot(ctx, _serve_peer, ctx, extract.Extracted(kind="none"), requested, route, target,
                   False)
 
 
-def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer: Any,
+def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, route: Any,
                 target: str, rewrite: bool = True, key_done: Any = None) -> None:
+    """Forward to a peer (``route``: a PeerModel). A qualified name (``peer/model``) reaches
+    the peer as the model id it knows, in the JSON body, the form or the query."""
     app = ctx.app
+    peer = route.peer
+    if rewrite and ex.kind in ("query", "form") and route.model_id != requested:
+        if ex.kind == "query":
+            target = target.partition("?")[0] + "?" + _with_model(ctx.query_string, route.model_id)
+        else:
+            ex.data = _with_model(ex.data.decode("latin-1"), route.model_id).encode("latin-1")
     body = _forward_body(ctx, ex, requested, rewrite=rewrite)
     pool = pool_for_peer(peer)
     extra: list[tuple[str, str]] = []
@@ -440,8 +488,11 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
         extra = [("Authorization", f"Bearer {peer.api_key}"), ("x-api-key", peer.api_key)]
     headers = request_headers(ctx, strip_auth=bool(app.config.api_keys), host=pool.host_header,
                               extra=extra, drop=drop)
-    with _InFlight(app, requested):
-        observer = _observer(ctx, requested)
+    req_path = target.partition("?")[0]
+    model_path = rewrite or is_model_path(ctx.method, req_path)
+    with _InFlight(app, requested, ctx, req_path, listed=model_path):
+        observer = _observer(ctx, requested, None if rewrite else req_path) \
+            if model_path else None
         if observer is not None:
             headers = _metered_headers(headers)
         out = forward(ctx, pool, pool.base_path + target, headers, body, observer=observer,
@@ -449,6 +500,13 @@ def _serve_peer(ctx: RequestContext, ex: extract.Extracted, requested: str, peer
                       on_backend_done=key_done)
     if out.error and not out.client_gone:
         app.loggers.log.warn(f"peer proxy error: {out.error}")
+
+
+def _with_model(query: str, model: str) -> str:
+    """A query string or urlencoded form with ``model`` replaced (keys sorted, as Go's
+    url.Values.Encode writes them)."""
+    pairs = [(k, model if k == "model" else v) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return urlencode(sorted(pairs, key=lambda kv: kv[0]))
 
 
 # ---- listing and health ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 from llamaswap.config.model import Capabilities, thaw
+from llamaswap.http import auth
 from llamaswap.http.context import RequestContext
 from llamaswap.ops import gojson
 
@@ -83,12 +84,44 @@ def model_records(app: Any, include_aliases: bool = False) -> list[dict]:
                 if alias:
                     records.append(record(alias, created, status,
                                           {"type": "alias", "modelID": mid}, **details))
-    for pid, peer in cfg.peers.items():
-        for pm in peer.models:
-            records.append(record(pm, created, "unloaded", {"type": "peer", "peerID": pid},
-                                  name=f"{pid}: {pm}"))
+    for pid, peer in cfg.peers.items():  # by qualified name only, always "unloaded"
+        for pm in dict.fromkeys(peer.models):
+            records.append(record(f"{pid}/{pm}", created, "unloaded",
+                                  {"type": "peer", "peerID": pid}, name=f"{pid}: {pm}"))
+    records.extend(_virtual_records(app, created))
     records.sort(key=lambda r: r["id"])
     return records
+
+
+def _virtual_records(app: Any, created: int) -> list[dict]:
+    """Selectors (unless unlisted) and, while a profile is active, its pins that name
+    nothing else (upstream-head.md sections 6 and 7)."""
+    cfg = app.config
+    processes = getattr(app, "processes", None) or {}
+    out = []
+
+    def warm(target: str) -> bool:
+        real = cfg.real_model_name(target)
+        process = processes.get(real) if real is not None else None
+        state = getattr(process.state, "value", process.state) if process is not None else ""
+        return state in ("ready", "starting")
+
+    for sid, sel in cfg.selectors.items():
+        if sel.unlisted:
+            continue
+        examined = sel.targets[:1] if sel.strategy == "pin" else sel.targets
+        kind: dict[str, Any] = {"type": "selector", "strategy": sel.strategy, "targets": list(sel.targets)}
+        if sel.strategy == "spillover":
+            kind["spillover"] = sel.spillover
+        out.append(record(sid, created, "loaded" if any(warm(t) for t in examined) else "unloaded", kind,
+                          name=sel.name, description=sel.description, metadata=sel.metadata))
+    profiles = getattr(app, "profiles", None)
+    pins = profiles.pins() if profiles is not None else {}
+    if pins:
+        named = set(cfg.models) | set(cfg.aliases) | set(cfg.selectors) | set(cfg.peer_names)
+        out.extend(record(pin, created, "unloaded", {"type": "profile"})
+                   for pin, target in pins.items() if target and pin not in named)
+    return out
 
 
 def scoped_records(app: Any, key: Any) -> list[dict]:
@@ -99,7 +132,7 @@ def scoped_records(app: Any, key: Any) -> list[dict]:
     for rec in model_records(app, include_aliases=True):
         name = rec["id"]
         real = cfg.real_model_name(name)
-        if not key.allows(name, real):
+        if not key.allows(name, *auth.resolved_names(cfg, name)):
             continue
         if real is not None and real != name and not cfg.include_aliases_in_list \
                 and key.allows(real):

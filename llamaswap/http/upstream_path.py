@@ -3,7 +3,9 @@
 The model is the longest run of leading path segments that names a local model or alias
 (ids may contain ``/``), else a peer's model; matching uses the raw path, so ``%2F`` in the
 remainder reaches the backend as sent. The bare model path is redirected to its trailing-slash
-form (301 for GET/HEAD, 308 otherwise). Any method; websocket upgrades are tunnelled.
+form (301 for GET/HEAD, 308 otherwise). Any method; websocket upgrades are tunnelled. A path
+matching ``upstream.ignorePaths`` (static assets by default) for a local model that is not
+ready answers 409 instead of starting it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from llamaswap.http import auth, extract
+from llamaswap.http import auth, extract, virtual
 from llamaswap.http.context import RequestContext
 from llamaswap.http.inference import dispatch, serve_peer_path
 
@@ -41,20 +43,21 @@ def find_model(raw_rest: str, is_known) -> tuple[str, str, str] | None:
 def handle_upstream(ctx: RequestContext) -> None:
     app = ctx.app
     cfg = app.config
-    raw_rest = ctx.raw_path[len(PREFIX):]
+    # the active profile's pins
+    raw_rest, pin = virtual.upstream_rest(app, ctx.raw_path[len(PREFIX):])
     found = find_model(raw_rest, lambda n: cfg.real_model_name(n) is not None)
     peer = None
     if found is None:
-        peer_models = {m: p for p in cfg.peers.values() for m in p.models}
-        found = find_model(raw_rest, lambda n: n in peer_models)
+        found = find_model(raw_rest, lambda n: cfg.peer_model(n) is not None)
         if found is None:
             ctx.send_error(404, f"model not found: no local model, alias or peer model in "
                                 f"path {ctx.raw_path}")
             return
-        peer = peer_models[found[0]]
+        peer = cfg.peer_model(found[0])
     name, raw_name, remainder = found
-    if not auth.may_use(ctx, name, None if peer is not None else cfg.real_model_name(name)):
-        return  # 403: the key may not use this model
+    real = cfg.real_model_name(name) if peer is None else None
+    if not auth.may_use(ctx, pin, name, *auth.resolved_names(cfg, name)):
+        return  # 403 before the redirect, the ignorePaths answer or the peer
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
         if ctx.query_string:
@@ -64,7 +67,16 @@ def handle_upstream(ctx: RequestContext) -> None:
     if peer is not None:
         serve_peer_path(ctx, name, peer, remainder)
         return
-    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=cfg.real_model_name(name))
+    if cfg.upstream.ignores(unquote(remainder)) and not _ready(app.processes.get(real)):
+        # a UI's asset or favicon request must not start (or swap in) a model
+        ctx.send_error(409, f"model {real} is not loaded; path matches upstream.ignorePaths")
+        return
+    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real, sent=pin or name)
+
+
+def _ready(process) -> bool:
+    state = getattr(process, "state", None)
+    return getattr(state, "value", state) == "ready"
 
 
 def handle_upstream_root(ctx: RequestContext) -> None:

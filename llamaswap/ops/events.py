@@ -34,6 +34,9 @@ class ActivityRecorded:
 @dataclass(frozen=True)
 class InFlightChanged:
     total: int
+    # today's upstream's table update: {"operation": "upsert", "request": {...}} or
+    # {"operation": "remove", "id": "..."} (ops/inflight.py); None for a bare count change
+    update: Any = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,13 @@ class SwapFinished:
     model: str
     seconds: float
     ok: bool
+
+
+@dataclass(frozen=True)
+class ProfileChanged:
+    """The active profile changed ("" when none is active)."""
+
+    active: str
 
 
 @dataclass(frozen=True)

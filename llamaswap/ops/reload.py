@@ -29,9 +29,9 @@ class Reloader:
     def __init__(self, holder: Any, path: str | None, *, load: Callable[[str], Any] | None = None,
                  preload: bool = True, snapshot: Callable[[], Hashable] | None = None):
         self.holder = holder
-        self.path = path  # None: no config file (only -models-dir)
+        self.path = path  # None: no config file (only -config-dir or -models-dir)
         self._load = load
-        self._snapshot = snapshot  # what the watcher also compares (the -models-dir files)
+        self._snapshot = snapshot  # what the watcher also compares (-config-dir, -models-dir)
         self._preload = preload
         self._lock = threading.Lock()
         self._running = False

@@ -3,9 +3,13 @@
 Each frame is exactly ``event:message\\ndata:<envelope>\\n\\n`` where the envelope is
 ``{"type":"<t>","data":"<JSON text>"}``; the types are ``logData``, ``modelStatus``,
 ``metrics`` and ``inflight`` (the reference revision's) and ``activity`` (today's upstream:
-``{"id":N}`` for each new activity row). On connect the client gets the proxy log history, the upstream
-log history, the model list, the whole activity ring and the in-flight total, in that order;
-then live updates. Every client reads from its own bounded queue (1024 messages, as upstream):
+``{"id":N}`` for each new activity row) and ``profileChanged`` (``{"active": <name>|null}``, followed
+by a ``modelStatus``). ``inflight`` carries today's upstream's table
+(``{"operation":"snapshot","requests":[...]}`` at connect and after lost messages, then
+``upsert`` and ``remove``) with the reference revision's ``total`` in the same object. On
+connect the client gets the proxy log history, the upstream log history, the model list, the
+active profile, the whole activity ring and the in-flight table, in that order; then live
+updates. Every client reads from its own bounded queue (1024 messages, as upstream):
 a client that stops reading loses messages (with a warning in the proxy log), never slows a
 backend, a request, or another client. Unlike upstream, a config reload keeps the stream open
 and sends a fresh ``modelStatus``.
@@ -21,7 +25,7 @@ from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
-                                  LogData, ProcessStateChanged)
+                                  LogData, ProcessStateChanged, ProfileChanged)
 
 SEND_BUFFER = 1024
 POLL = 0.25  # how often an idle stream checks for a departed client or a closing server
@@ -82,8 +86,8 @@ def model_status(app: Any) -> list[dict]:
             rec.update(restart_fields(p))
         out.append(rec)
     for pid in sorted(cfg.peers):
-        for model in cfg.peers[pid].models:
-            out.append({"id": model, "name": "", "description": "", "state": "",
+        for model in dict.fromkeys(cfg.peers[pid].models):
+            out.append({"id": f"{pid}/{model}", "name": "", "description": "", "state": "",
                         "unlisted": False, "peerID": pid})
     return out
 
@@ -92,9 +96,12 @@ def model_status_frame(app: Any) -> bytes:
     return frame("modelStatus", gojson.dumps(model_status(app)))
 
 
-def inflight_total(app: Any) -> int:
-    counter = getattr(app, "inflight", None)
-    return int(getattr(counter, "total", 0) or 0) if counter is not None else 0
+def inflight_frame(app: Any) -> bytes:
+    """The whole in-flight table: today's upstream's snapshot, with the reference revision's
+    total."""
+    table = getattr(app, "inflight", None)
+    snapshot = table.snapshot() if table is not None else {"operation": "snapshot", "total": 0}
+    return frame("inflight", gojson.dumps(snapshot))
 
 
 def metrics_json(app: Any) -> str:
@@ -112,6 +119,11 @@ def server_closing(ctx: Any) -> bool:
     return bool(getattr(getattr(ctx.handler, "server", None), "closing", False))
 
 
+def profile_frame(app: Any) -> bytes:
+    profiles = getattr(app, "profiles", None)
+    return frame("profileChanged", gojson.dumps({"active": (profiles.active if profiles else "") or None}))
+
+
 def event_frame(app: Any, event: Any) -> bytes | None:
     if isinstance(event, (ProcessStateChanged, ConfigChanged)):
         return model_status_frame(app)
@@ -122,8 +134,14 @@ def event_frame(app: Any, event: Any) -> bytes | None:
         # id; its UI pages /api/metrics/activity)
         return frame("metrics", "[" + event.entry.dumps() + "]") + \
             frame("activity", '{"id":%d}' % event.entry.id)
+    if isinstance(event, ProfileChanged):
+        return profile_frame(app) + model_status_frame(app)
     if isinstance(event, InFlightChanged):
-        return frame("inflight", gojson.dumps({"total": event.total}))
+        # one message for both readers: today's upstream reads the operation, the
+        # reference revision's UI the total
+        update = dict(event.update) if event.update else {}
+        update["total"] = event.total
+        return frame("inflight", gojson.dumps(update))
     return None  # ModelPreloaded and the rest are not forwarded, as upstream
 
 
@@ -156,16 +174,22 @@ def handle_events(ctx: Any) -> None:
         ctx.write(log_frame("proxy", loggers.proxy.history())
                   + log_frame("upstream", loggers.upstream.history())
                   + model_status_frame(app)
+                  + profile_frame(app)
                   + frame("metrics", metrics_json(app))
-                  + frame("inflight", gojson.dumps({"total": inflight_total(app)})))
+                  + inflight_frame(app))
         last_warn = [0.0]
 
         def render(event: Any, dropped: int) -> bytes | None:
-            if dropped and time.monotonic() - last_warn[0] > DROP_WARN_INTERVAL:
-                last_warn[0] = time.monotonic()
-                loggers.log.warn(f"handleAPIEvents sendBuffer full, dropped {dropped} "
-                                 "message(s) for a slow client")
-            return event_frame(current_app(ctx), event)
+            app_now = current_app(ctx)
+            data = event_frame(app_now, event)
+            if dropped:
+                if time.monotonic() - last_warn[0] > DROP_WARN_INTERVAL:
+                    last_warn[0] = time.monotonic()
+                    loggers.log.warn(f"handleAPIEvents sendBuffer full, dropped {dropped} "
+                                     "message(s) for a slow client")
+                # lost table updates: the whole table again, as upstream after an overflow
+                data = (data or b"") + inflight_frame(app_now)
+            return data
 
         pump(ctx, sub, render)
         ctx.finish()

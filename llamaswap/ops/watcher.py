@@ -98,3 +98,20 @@ class ConfigWatcher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._thread = None
+
+
+class DirSnapshot(NamedTuple):
+    exists: bool
+    files: tuple[tuple[str, Snapshot], ...] = ()  # (name, state) of each *.yml/*.yaml, sorted
+
+
+def take_dir_snapshot(path: str, log: Any = None) -> DirSnapshot:
+    """The -config-dir's YAML files (not recursive), as the loader picks them: a file added,
+    changed or removed gives another snapshot (ConfigWatcher's ``also``)."""
+    try:
+        names = sorted(e.name for e in os.scandir(path)
+                       if e.name.endswith((".yml", ".yaml")) and not e.is_dir())
+    except OSError:
+        return DirSnapshot(False)
+    files = tuple((n, s) for n in names if (s := take_snapshot(os.path.join(path, n), log)).exists)
+    return DirSnapshot(True, files)

@@ -1,30 +1,30 @@
-"""PeerDirectory: which remote peer serves a model id that is not local."""
+"""PeerDirectory: which remote peer serves a name that is not a local model or alias.
+
+Names are upstream's peer namespace (``Config.peer_names``): ``peerID/modelID`` always, and
+the bare ``modelID`` when exactly one peer offers it. A bare name two peers offer routes
+nowhere (404), as upstream.
+"""
 
 from __future__ import annotations
 
-from llamaswap.config.model import Config, PeerConfig
+from llamaswap.config.model import Config, PeerConfig, PeerModel
 
 
 class PeerDirectory:
-    """Peers are visited in sorted id order; a model listed by two peers goes to the first
-    (upstream logs a warning and skips the later one)."""
+    def __init__(self, config: Config, log=None):
+        self._names = config.peer_names
 
-    def __init__(self, config: Config, log):
-        self._by_model: dict[str, PeerConfig] = {}
-        for peer_id in sorted(config.peers):
-            peer = config.peers[peer_id]
-            for model in peer.models:
-                if model in self._by_model:
-                    log.warn(f"peer {peer_id}: model {model} already mapped to another peer, skipping")
-                    continue
-                self._by_model[model] = peer
+    def route_for(self, name: str) -> PeerModel | None:
+        """The peer and the model id it knows, for a name local models do not claim."""
+        return self._names.get(name)
 
-    def peer_for(self, model_id: str) -> PeerConfig | None:
-        return self._by_model.get(model_id)
+    def peer_for(self, name: str) -> PeerConfig | None:
+        route = self._names.get(name)
+        return route.peer if route is not None else None
 
-    def handles(self, model_id: str) -> bool:
-        return model_id in self._by_model
+    def handles(self, name: str) -> bool:
+        return name in self._names
 
     def model_ids(self) -> list[str]:
-        """Every model id some peer serves, sorted."""
-        return sorted(self._by_model)
+        """Every peer model's qualified name, sorted."""
+        return sorted({route.fqn for route in self._names.values()})
