@@ -20,6 +20,7 @@ from llamaswap.ops.events import EventBus, ProfileChanged
 from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.logs import Loggers, new_process_log
 from llamaswap.ops.performance import PerformanceMonitor
+from llamaswap.ops.timeline import timeline_for
 from llamaswap.process import Process
 from llamaswap.router import PeerDirectory, Router
 from llamaswap.router.profiles import ProfileSwitch
@@ -55,6 +56,7 @@ class App:
     @classmethod
     def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
         events = events if events is not None else EventBus()
+        timeline_for(events)  # the UI's history of state changes starts with the first one
         processes = _processes(config, loggers, events, keep={})
         router = Router(config, processes, log=loggers.log, events=events)
         router.start()
