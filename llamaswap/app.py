@@ -19,6 +19,7 @@ from llamaswap.ops.captures import CaptureStore
 from llamaswap.ops.events import EventBus, ProfileChanged
 from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.logs import Loggers, new_process_log
+from llamaswap.ops.memory_monitor import MemoryMonitor, state_path_for
 from llamaswap.ops.performance import PerformanceMonitor
 from llamaswap.ops.timeline import timeline_for
 from llamaswap.process import Process
@@ -32,7 +33,8 @@ class App:
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightTable,
                  started_at: float, performance: PerformanceMonitor | None = None,
-                 key_slots: Slots | None = None, active_profile: str = ""):
+                 key_slots: Slots | None = None, active_profile: str = "",
+                 memory: MemoryMonitor | None = None):
         self.config = config
         self.loggers = loggers
         self.events = events
@@ -45,6 +47,7 @@ class App:
         self.started_at = started_at
         # None when disabled at startup: a reload cannot turn it on (as upstream)
         self.performance = performance
+        self.memory = memory  # measures the backends (ops/memory_monitor.py)
         # requests in flight per API key (maxInFlight): kept across reloads, like inflight
         self.key_slots = key_slots if key_slots is not None else Slots()
         # runtime profile and selector state: what the request path reads before routing
@@ -57,8 +60,12 @@ class App:
     def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
         events = events if events is not None else EventBus()
         timeline_for(events)  # the UI's history of state changes starts with the first one
+        memory = MemoryMonitor(loggers.log, events, state_path=state_path_for(config.path),
+                               sqlite_path=config.store_path)
+        memory.configure(config)  # resolves auto budgets: a ConfigError stops the start here
         processes = _processes(config, loggers, events, keep={})
-        router = Router(config, processes, log=loggers.log, events=events)
+        router = Router(config, processes, log=loggers.log, events=events, memory=memory)
+        memory.attach(router, processes)
         router.start()
         captures = CaptureStore(config.capture_buffer, log=loggers.log)
         performance = None
@@ -73,7 +80,7 @@ class App:
                                         captures=captures, log=loggers.log,
                                         store_path=config.store_path),
                    captures=captures, inflight=InFlightTable(events), started_at=time.time(),
-                   performance=performance)
+                   performance=performance, memory=memory)
 
     def reload(self, config: Config) -> "App":
         """An App for `config`: unchanged models keep their Process; changed and removed
@@ -83,8 +90,12 @@ class App:
         # a replaced model keeps its log: open /logs/stream readers go on with the new process
         logs = {mid: proc.log for mid, proc in self.processes.items()}
         processes = _processes(config, self.loggers, self.events, keep, logs)
+        if self.memory is not None:
+            self.memory.configure(config)  # auto budgets read here, not on the router thread
         self.router.reconfigure(config, processes,
                                 stop=[mid for mid in self.processes if mid not in keep])
+        if self.memory is not None:
+            self.memory.attach(self.router, processes)
         # the history survives a reload (as upstream's store); a new store.path opens that
         # file and closes the old one, and so does the same path after it had failed (the
         # fault may be fixed); captures go with the ids of their store
@@ -110,7 +121,7 @@ class App:
                   peers=PeerDirectory(config, self.loggers.log), activity=activity,
                   captures=captures, inflight=self.inflight, started_at=self.started_at,
                   performance=self.performance, key_slots=self.key_slots,
-                  active_profile=self.profiles.active)
+                  active_profile=self.profiles.active, memory=self.memory)
         if self.profiles.active and not app.profiles.active:
             app._profile_changed("")
         return app
@@ -129,6 +140,8 @@ class App:
         if self.performance is not None:
             self.performance.stop()
         self.router.shutdown(grace)
+        if self.memory is not None:
+            self.memory.stop()  # and saves what was learned
         self.activity.close()
         from llamaswap.http.pool import close_peer_pools
         close_peer_pools()

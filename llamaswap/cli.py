@@ -183,7 +183,9 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
         try:
             app = App.build(config, loggers, events)
         except Exception as e:  # upstream: "failed to create server", exit 1
-            _err(f"failed to create server: {e}")
+            from llamaswap.config import ConfigError
+            # (a config that loaded but cannot run here: an `auto` memory budget unread)
+            _err(f"failed to {'load config' if isinstance(e, ConfigError) else 'create server'}: {e}")
             return 1
         holder = AppHolder(app)
         cert, key = opts["tls-cert-file"], opts["tls-key-file"]

@@ -6,6 +6,7 @@ checks the transition table, publishes ``ProcessStateChanged`` and logs the chan
 
     stopped --start--> starting --healthy--> ready --stop/exit--> stopping --> stopped
     starting --failed start--> stopped          starting --stop--> stopping --> stopped
+    ready --sleep--> sleeping --start (wake)--> starting     sleeping --stop/exit--> stopping
     stopped --shutdown--> shutdown (terminal)
     stopped --back_off--> backoff --start--> starting      backoff --stop/cancel--> stopped
 
@@ -15,6 +16,10 @@ backend with ``healthCheckInterval`` is probed by a :class:`procutil.HealthWatch
 fails ``healthCheckFailures`` times in a row the health listeners are told (the router then
 orders the stop). ``failure`` records the last crash, clean exit, failed health watch or
 failed start.
+
+A model with ``sleep``/``wake`` actions can sleep instead of stopping (vLLM's sleep mode,
+SGLang's memory release): the backend keeps running with its memory released. A sleep that
+fails stops it; a wake that fails stops it and starts it afresh, inside the same start().
 
 A backend that exits on its own while ready passes through ``stopping`` while what is left of
 its process group is cleared and it is reaped, so a start() in that window waits and then
@@ -33,6 +38,7 @@ from typing import Callable
 from llamaswap import procutil
 from llamaswap.config.command import split_command, strip_comments
 from llamaswap.config.errors import ConfigError
+from llamaswap.config.memory import parse_action
 from llamaswap.config.gocompat import go_duration
 from llamaswap.config.model import ModelConfig
 from llamaswap.ops.events import EventBus, HealthCheckFailed, ProcessStateChanged
@@ -59,13 +65,15 @@ class ProcessState(str, enum.Enum):
     STOPPING = "stopping"
     SHUTDOWN = "shutdown"
     BACKOFF = "backoff"
+    SLEEPING = "sleeping"
 
 
 S = ProcessState
 TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
     S.STOPPED: frozenset({S.STARTING, S.SHUTDOWN, S.BACKOFF}),
     S.STARTING: frozenset({S.READY, S.STOPPING, S.STOPPED}),
-    S.READY: frozenset({S.STOPPING}),
+    S.READY: frozenset({S.STOPPING, S.SLEEPING}),
+    S.SLEEPING: frozenset({S.STARTING, S.STOPPING}),
     S.STOPPING: frozenset({S.STOPPED}),
     S.SHUTDOWN: frozenset(),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
@@ -94,13 +102,14 @@ def check_transition(old: ProcessState, new: ProcessState) -> None:
 class StartError(Exception):
     """A start that did not reach ready. ``str()`` names the model and what failed."""
 
-    def __init__(self, message: str, *, aborted: bool = False):
+    def __init__(self, message: str, *, aborted: bool = False, retry: bool = False):
         super().__init__(message)
         self.message = message
         self.aborted = aborted
+        self.retry = retry  # a failed wake: the backend is stopped, start() starts it afresh
 
     def copy(self) -> "StartError":
-        return StartError(self.message, aborted=self.aborted)
+        return StartError(self.message, aborted=self.aborted, retry=self.retry)
 
 
 def _describe_exit(code: int | None) -> str:
@@ -145,6 +154,7 @@ class Process:
         self._child: procutil.Child | None = None
         self._closing = False
         self._stop_hooks: tuple[Callable[[], None], ...] = ()
+        self._start_hooks: tuple[Callable[[str], None], ...] = ()
         self._exit_listeners: tuple[Callable[[str, int | None], None], ...] = ()
         self._health_listeners: tuple[Callable[[str, str], None], ...] = ()
         self._watch: procutil.HealthWatch | None = None
@@ -213,20 +223,38 @@ class Process:
             return self._changed.wait_for(
                 lambda: self._state is not S.READY or self.pid != pid, timeout)
 
+    def add_start_hook(self, fn: Callable[[str], None]) -> None:
+        """``fn(model_id)`` runs in the starting thread right before a backend is spawned
+        (not before a wake): the memory monitor reads the GPUs there."""
+        self._start_hooks = self._start_hooks + (fn,)
+
     def start(self) -> None:
+        while True:
+            attempt = self._start_attempt()
+            if attempt is None:
+                return
+            attempt.done.wait()
+            if attempt.error is None:
+                return
+            if not attempt.error.retry:
+                raise attempt.error.copy()
+
+    def _start_attempt(self) -> _Attempt | None:
+        """Begin or join a start (a wake when sleeping); None when already ready."""
         with self._lock:
             while True:
                 if self._closing or self._state is S.SHUTDOWN:
                     raise StartError(f"[{self.model_id}] shutdown")
                 if self._state is S.READY:
-                    return
+                    return None
                 if self._state is S.STARTING:
                     attempt = self._attempt
                     assert attempt is not None
-                    break
+                    return attempt
                 if self._state is S.STOPPING:
                     self._changed.wait()
                     continue
+                run = self._run_wake if self._state is S.SLEEPING else self._run_start
                 attempt = _Attempt()
                 self._attempt = attempt
                 self.ready_at = None
@@ -235,17 +263,35 @@ class Process:
                 self._set_state(S.STARTING)
                 self._lock.release()
                 try:
-                    self._run_start(attempt)
+                    run(attempt)
                 except BaseException as exc:  # a bug: never leave joiners waiting forever
                     self._fail_start(attempt, attempt.child,
                                      StartError(f"[{self.model_id}] start failed: {exc!r}"))
                     raise
                 finally:
                     self._lock.acquire()
-                break
-        attempt.done.wait()
-        if attempt.error is not None:
-            raise attempt.error.copy()
+                return attempt
+
+    def sleep(self) -> bool:
+        """Put a ready backend to sleep with its ``sleep`` action (ready -> sleeping). A
+        sleep that fails or times out (or a model that cannot sleep) is stopped instead.
+        True when it sleeps."""
+        with self._lock:
+            if self._state is S.SLEEPING:
+                return True
+            child = self._child if self._state is S.READY else None
+        error = "it cannot sleep" if not self.config.sleep else None
+        if child is not None and error is None:
+            error = self._act("sleep", child)
+            with self._lock:
+                if (error is None and self._state is S.READY and self._child is child
+                        and not child.exited.is_set()):
+                    self._set_state(S.SLEEPING)
+                    return True
+        if child is not None and error is not None:
+            self._proxy_log.warn(f"<{self.model_id}> sleep failed ({error}); stopping it instead")
+        self.stop(self.config.unload_timeout)
+        return False
 
     def stop(self, grace: float) -> None:
         with self._lock:
@@ -306,6 +352,11 @@ class Process:
                 # an orphan or another program: its 200 would be taken for our backend's
                 self._proxy_log.warn(f"<{self.model_id}> something already listens on "
                                      f"{cfg.proxy} before the backend was started")
+            for hook in self._start_hooks:
+                try:
+                    hook(self.model_id)
+                except Exception as exc:  # a hook's bug must not fail the start
+                    self._proxy_log.error(f"<{self.model_id}> start hook failed: {exc!r}")
             env = procutil.build_env(cfg.env)
             try:
                 popen = self._spawner_or_default().spawn(cfg.argv, env)
@@ -337,13 +388,67 @@ class Process:
                     return
         self._fail_start(attempt, child, error)
 
-    def _wait_ready(self, attempt: _Attempt, child: procutil.Child) -> StartError | None:
+    def _run_wake(self, attempt: _Attempt) -> None:
+        """Runs in the thread of the start() that began the attempt; never raises. Sends
+        ``wake``, then waits for the health check as a start does."""
+        with self._lock:
+            child = self._child
+            attempt.child = child
+        attempt.spawned.set()
+        if child is None or child.exited.is_set():
+            error = "the backend had exited"
+        else:
+            self._proxy_log.info(f"<{self.model_id}> waking up")
+            since = time.monotonic()
+            error = self._act("wake", child)
+            if error is None:
+                failed = self._wait_ready(attempt, child, since)
+                if failed is None and not child.exited.is_set():
+                    with self._lock:
+                        if attempt.aborted or self._attempt is not attempt:
+                            return
+                        self.ready_at = time.time()
+                        self._set_state(S.READY)
+                        attempt.finish(None)
+                        return
+                error = failed.message if failed is not None else "the backend exited"
+        if attempt.aborted:
+            return  # the stop that aborted it finishes the attempt
+        self._fail_start(attempt, child, StartError(
+            f"[{self.model_id}] wake failed ({error}); stopping it and starting it again",
+            retry=True))
+
+    def _act(self, name: str, child: procutil.Child) -> str | None:
+        """Run the model's ``sleep`` or ``wake`` action; None on success, else what failed."""
+        text = getattr(self.config, name)
+        try:
+            action = parse_action(text)
+        except ValueError as exc:
+            return str(exc)
+        timeout = float(self.config.health_check_timeout)
+        if action.is_http:
+            url = procutil.health_url(self.config.proxy, action.path)
+            status = procutil.probe(url, timeout, method=action.method)
+            if status is None:
+                return f"{action.method} {action.path}: no answer within {timeout:g}s"
+            return None if 200 <= status < 300 else f"{action.method} {action.path} answered {status}"
+        try:
+            argv = split_command(strip_comments(action.command.replace("${PID}", str(child.pid))))
+        except ConfigError as exc:
+            return f"cannot parse {name}: {exc}"
+        code = procutil.run_stop_command(argv, child.env, timeout, self._spawner_or_default(),
+                                         self.log, self._report, label=name)
+        return None if code == 0 else f"{name} command {'could not start' if code is None else f'exited with code {code}'}"
+
+    def _wait_ready(self, attempt: _Attempt, child: procutil.Child,
+                    since: float | None = None) -> StartError | None:
         cfg = self.config
         if cfg.check_endpoint.strip().lower() == "none":
             return None
         url = procutil.health_url(cfg.proxy, cfg.check_endpoint)
         timeout = float(cfg.health_check_timeout)
-        deadline = child.started + timeout
+        since = child.started if since is None else since
+        deadline = since + timeout
         interval = PROBE_FIRST_INTERVAL
         while True:
             if attempt.aborted:
@@ -360,7 +465,7 @@ class Process:
                 return StartError(f"[{self.model_id}] health check timed out after "
                                   f"{go_duration(timeout)}" + self._tail_suffix(child))
             attempt.wake.wait(min(interval, left))
-            fast = time.monotonic() - child.started < FAST_PROBE_PERIOD
+            fast = time.monotonic() - since < FAST_PROBE_PERIOD
             interval = min(interval * 2, PROBE_FAST_MAX_INTERVAL if fast else PROBE_MAX_INTERVAL)
 
     def _exit_error(self, child: procutil.Child) -> StartError:
@@ -400,7 +505,8 @@ class Process:
             attempt = self._attempt
             if attempt is not None and attempt.child is child:
                 attempt.wake.set()
-            if self._child is not child or self._state is not S.READY or child.terminating:
+            if (self._child is not child or self._state not in (S.READY, S.SLEEPING)
+                    or child.terminating):
                 return
             self._set_state(S.STOPPING)
         child.terminate(self.config.unload_timeout, spawner=self._spawner,

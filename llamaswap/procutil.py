@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -192,27 +193,41 @@ def signal_group(pgid: int, sig: int) -> bool:
         return True
 
 
-def group_members(pgid: int) -> set[int] | None:
-    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
-    if not IS_LINUX:
-        return None
-    found = set()
+@dataclass(frozen=True)
+class ProcEntry:
+    ppid: int
+    pgid: int
+    sid: int
+
+
+def process_table(proc: str = "/proc") -> dict[int, ProcEntry]:
+    """pid -> (ppid, process group, session) of every live (non-zombie) process; empty
+    where /proc cannot be read."""
+    table: dict[int, ProcEntry] = {}
     try:
-        entries = os.listdir("/proc")
+        entries = os.listdir(proc)
     except OSError:
-        return None
+        return table
     for entry in entries:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
+        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
+            continue
+        table[int(entry)] = ProcEntry(int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def group_members(pgid: int) -> set[int] | None:
+    """Live (non-zombie) pids in process group `pgid`; None where /proc is unavailable."""
+    if not IS_LINUX or not os.path.isdir("/proc"):
+        return None
+    return {pid for pid, e in process_table().items() if e.pgid == pgid}
 
 
 def _group_empty(pgid: int) -> bool:
@@ -493,16 +508,19 @@ class Child:
 
 def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float,
                      spawner: Spawner, log: LogMonitor,
-                     report: Callable[[str, str], None]) -> int | None:
-    """Run cmdStop synchronously with the backend's environment; its output goes to `log`."""
+                     report: Callable[[str, str], None], label: str = "cmdStop") -> int | None:
+    """Run cmdStop (or another of the model's commands: `label`) synchronously with the
+    backend's environment; its output goes to `log`. Its exit code; None if it could not
+    start."""
     try:
         popen = spawner.spawn(argv, env)
     except OSError as exc:
-        report("error", f"cmdStop '{' '.join(argv)}' could not start: {exc}; sending SIGTERM")
+        report("error", f"{label} '{' '.join(argv)}' could not start: {exc}"
+                        + ("; sending SIGTERM" if label == "cmdStop" else ""))
         return None
-    child = Child(popen, env, log, name="cmdstop")
+    child = Child(popen, env, log, name=label.lower())
     if not child.exited.wait(timeout):
-        report("warn", f"cmdStop '{' '.join(argv)}' still running after {timeout:g}s, "
+        report("warn", f"{label} '{' '.join(argv)}' still running after {timeout:g}s, "
                        f"killing it")
         signal_group(child.pgid, SIGKILL)
         child.exited.wait(KILL_WAIT)
@@ -511,7 +529,7 @@ def run_stop_command(argv: Sequence[str], env: Mapping[str, str], timeout: float
     child.join_output(1.0)
     code = child.reap()
     if code:
-        report("warn", f"cmdStop '{' '.join(argv)}' exited with code {code}")
+        report("warn", f"{label} '{' '.join(argv)}' exited with code {code}")
     return code
 
 
@@ -539,14 +557,15 @@ def port_in_use(url: str, timeout: float = 0.2) -> bool:
         return False
 
 
-def probe(url: str, timeout: float) -> int | None:
-    """One GET; the status code, or None when nothing answered in time."""
-    return probe_detail(url, timeout)[0]
+def probe(url: str, timeout: float, method: str = "GET") -> int | None:
+    """One request (a GET unless `method`); the status code, or None when nothing answered
+    in time."""
+    return probe_detail(url, timeout, method)[0]
 
 
-def probe_detail(url: str, timeout: float) -> tuple[int | None, str]:
-    """One GET on its own connection (never a pooled one): (status, "") or (None, what went
-    wrong, e.g. "timed out after 1s")."""
+def probe_detail(url: str, timeout: float, method: str = "GET") -> tuple[int | None, str]:
+    """One request (a GET unless `method`) on its own connection (never a pooled one):
+    (status, "") or (None, what went wrong, e.g. "timed out after 1s")."""
     parts = urlsplit(url)
     conn_cls = (http.client.HTTPSConnection if parts.scheme == "https"
                 else http.client.HTTPConnection)
@@ -558,7 +577,7 @@ def probe_detail(url: str, timeout: float) -> tuple[int | None, str]:
     except (ValueError, http.client.HTTPException) as exc:
         return None, str(exc) or type(exc).__name__
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        conn.request(method, path, headers={"Connection": "close"})
         resp = conn.getresponse()
         resp.read(65536)
         return resp.status, ""

@@ -229,7 +229,7 @@ class World:
                                     f"{req.model} waits for it")
         target = req.model
         waits = (any(core.in_flight.get(m) or m in core.retiring for m in evict) or colliding
-                 or core._blocked(target))
+                 or core._blocked(target) or self.extra_waits(req, evict))
         if not waits:
             raise Violation(f"starved request {req.rid} for {target} is still queued but "
                             f"nothing it must wait for remains")
@@ -479,11 +479,31 @@ class World:
             if not self.max_wait:
                 self.queued_time = {}  # the bound counts from the reload that sets it
             self.max_wait = self.rng.choice([0, 0.5, 1, 3])
-        self.apply(self.core.reconfigure(self.models, random_planner(self.rng, self.models),
+        self.apply(self.core.reconfigure(self.models, self.new_planner(),
                                          ttl=self.ttl, stop=stop, now=self.now, priority=self.priority,
                                          max_wait=self.max_wait, restart=self.restart))
         # a reconfigure re-sorts the queue (rule Q3): that is its new arrival order
         self.queued_at = {req.rid: next(self.queue_seq) for req in self.core.queue}
+
+    # ---- hooks for worlds with more events (test_router_memory_simulation.py) ----------------
+
+    def extra_choices(self) -> list[tuple[str, int]]:
+        return []
+
+    def new_planner(self):
+        """The planner a random reconfigure brings."""
+        return random_planner(self.rng, self.models)
+
+    def do_extra(self, kind: str) -> None:
+        raise Violation(f"unknown step {kind}")
+
+    def extra_waits(self, req, evict) -> bool:
+        """Whether a world's own rules make a starved request wait."""
+        return False
+
+    def extra_step(self) -> bool:
+        """One more thing to do while quiescing; False when there is none."""
+        return False
 
     def random_step(self) -> None:
         rng = self.rng
@@ -508,7 +528,7 @@ class World:
             choices += [("crash", 2), ("unhealthy", 1)]
         if self.published:
             choices.append(("claim", 20))
-        choices += [("unload", 2), ("reconfigure", 1)]
+        choices += [("unload", 2), ("reconfigure", 1)] + self.extra_choices()
         kind = rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
         if kind == "request":
             self.new_request()
@@ -530,8 +550,10 @@ class World:
             self.unload()
         elif kind == "claim":
             self.claim()
-        else:
+        elif kind == "reconfigure":
             self.reconfigure()
+        else:
+            self.do_extra(kind)
         if kind != "claim":  # a claim changes no decision: the published set stays valid
             self.published = self.core.grantable()
         self.steps += 1
@@ -540,7 +562,9 @@ class World:
     def quiesce(self) -> None:
         """No new work: let every worker and every request finish."""
         for _ in range(10_000):
-            if self.swaps:
+            if self.extra_step():
+                pass
+            elif self.swaps:
                 self.finish_swap(next(iter(self.swaps)), True)
             elif self.stops:
                 token = next(t for t, s in self.stops.items() if self.stop_can_finish(s))
@@ -593,12 +617,16 @@ def run_interleaving(seed: int) -> int:
     return world.steps
 
 
-def test_random_interleavings_keep_every_invariant():
+def run_seeds(run, count: int, label: str) -> int:
+    """Run `count` interleavings from $ROUTER_SIM_SEED (default 0); the steps taken."""
     started = time.monotonic()
     steps = 0
     base = int(os.environ.get("ROUTER_SIM_SEED", "0"))
-    for seed in range(base, base + INTERLEAVINGS):
-        steps += run_interleaving(seed)
-    elapsed = time.monotonic() - started
-    print(f"\nrouter simulation: {INTERLEAVINGS} interleavings, {steps} steps, {elapsed:.1f}s")
-    assert steps > INTERLEAVINGS * 10
+    for seed in range(base, base + count):
+        steps += run(seed)
+    print(f"\n{label}: {count} interleavings, {steps} steps, {time.monotonic() - started:.1f}s")
+    return steps
+
+
+def test_random_interleavings_keep_every_invariant():
+    assert run_seeds(run_interleaving, INTERLEAVINGS, "router simulation") > INTERLEAVINGS * 10

@@ -29,6 +29,7 @@ from .gocompat import (format_go_duration, go_quote, go_regexp, go_trim_space, p
                        url_parse_error)
 from .macros import MacroEngine
 from .matrix import build_matrix
+from .memory import check_actions, load_memory_section, load_model_memory, never_fits, never_fits_message
 from .virtual import Names, build_profiles, build_selectors, decode_profiles, decode_selectors
 from .model import (
     DEFAULT_GROUP_ID,
@@ -125,6 +126,8 @@ class _RawModel:
     health_check_interval: float = 0
     health_check_failures: int = 3
     restart: str = "never"
+    sleep: str = ""
+    wake: str = ""
 
 
 @dataclass
@@ -197,6 +200,7 @@ class _Load:
         include_aliases = d.boolean(top.get("includeAliasesInList"), "includeAliasesInList")
         unload_timeout = d.number(top.get("unloadTimeout"), "unloadTimeout", 0)
         raw_keys = apikeys.decode(d, top.get("apiKeys"))
+        self.memory = load_memory_section(d, top.get("memory"))
         models = {mid: self._model(mid, node) for mid, _, node in d.items(
             top.get("models"), "models", "map[string]config.ModelConfig")}
         legacy_profiles, raw_profiles = decode_profiles(d, top.get("profiles"))
@@ -276,6 +280,13 @@ class _Load:
             elif name:  # upstream drops it without a word
                 warnings.append(f"hooks.on_startup.preload: unknown model {name!r} will not be preloaded")
 
+        if self.memory is not None:
+            for mid in sorted(built):
+                over = never_fits(built[mid].memory, self.memory)
+                if over is not None:
+                    warnings.append("memory: " + never_fits_message(mid, *over, self.memory.headroom)
+                                    + "; its requests will get 503")
+
         api_keys, scoped_keys = apikeys.validate(d, raw_keys, top.get("apiKeys"))
 
         peer_configs = {pid: self._resolve_peer(peers[pid]) for pid in sorted(peers)}
@@ -310,6 +321,7 @@ class _Load:
             preload=tuple(real_preload),
             peers=freeze(peer_configs),
             aliases=freeze(dict(sorted(aliases.items()))),
+            memory=self.memory,
             has_profiles=bool(legacy_profiles),
             profiles=freeze(profiles),
             selectors=freeze(selectors),
@@ -425,6 +437,8 @@ class _Load:
         if raw.restart not in RESTART_POLICIES:
             raise self.fail(f"model {mid}: restart must be one of {', '.join(RESTART_POLICIES)} "
                             f"(got {go_quote(raw.restart)})", f"{key}.restart", f.get("restart"))
+        raw.sleep = d.string(f.get("sleep"), f"{key}.sleep")
+        raw.wake = d.string(f.get("wake"), f"{key}.wake")
         return raw
 
     def _capabilities(self, node: Node | None, key: str) -> Capabilities:
@@ -591,6 +605,7 @@ class _Load:
 
         cmd, cmd_stop, proxy = raw.cmd, raw.cmd_stop, raw.proxy
         by_id = raw.set_params_by_id
+        sleep, wake = raw.sleep.strip(), raw.wake.strip()
         ttl = global_ttl if raw.ttl == -1 else raw.ttl
         if ttl < 0:
             raise fail(f"model {mid}: invalid TTL value {ttl}", "ttl")
@@ -626,6 +641,10 @@ class _Load:
         if raw.health_check_interval and raw.check_endpoint.strip().lower() == "none":
             raise fail(f"model {mid}: healthCheckInterval needs an endpoint to probe, but "
                        "checkEndpoint is none", "healthCheckInterval")
+        problem = check_actions(mid, sleep, wake)
+        if problem:
+            raise fail(problem[1], problem[0])
+        memory = load_model_memory(self.d, raw.fields.get("memory"), mid, self.memory)
 
         # Upstream accepts these at load and fails only when the model is started
         # ("unable to get sanitized command: empty command") or, for an unclosed quote,
@@ -667,6 +686,9 @@ class _Load:
             health_check_interval=raw.health_check_interval,
             health_check_failures=raw.health_check_failures,
             restart=raw.restart,
+            memory=freeze(memory),
+            sleep=sleep,
+            wake=wake,
         )
         return model
 

@@ -14,7 +14,8 @@ Order, as today's upstream:
    ``filters.setParamsByID`` keys are expanded too (other mapping keys never are).
 5. ``${PORT}`` is allocated from ``startPort`` in the same order, only to models whose
    ``cmd`` uses it, and applied to the whole model.
-6. Whatever placeholder is left is an error, except ``${PID}`` in ``cmdStop``.
+6. Whatever placeholder is left is an error, except ``${PID}`` in ``cmdStop``, ``sleep``
+   and ``wake`` (filled in when they run).
 
 A value that is exactly ``${m}`` takes the macro's type (``context: ${ctx}`` is an int);
 any other use interpolates text and gives a string. Anchors, aliases and ``<<`` merge keys
@@ -50,11 +51,11 @@ TOP_LEVEL_KEYS = (
     "metricsMaxInMemory", "captureBuffer", "store", "ui", "performance", "globalTTL",
     "unloadTimeout", "models", "profiles", "selectors", "routing", "groups", "matrix",
     "macros", "startPort", "hooks", "sendLoadingState", "includeAliasesInList", "apiKeys",
-    "peers", "upstream",
+    "peers", "upstream", "memory",
 )
 # model fields whose leftovers upstream reports as "found in <model>.<field>"
-_NAMED_FIELDS = ("cmd", "cmdStop", "proxy", "checkEndpoint", "filters.stripParams", "name",
-                 "description")
+_NAMED_FIELDS = ("cmd", "cmdStop", "sleep", "wake", "proxy", "checkEndpoint",
+                 "filters.stripParams", "name", "description")
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -334,7 +335,7 @@ class MacroEngine:
                     if field_name == "env":
                         continue  # the reference revision passed an unknown ${X} here through
                     self._leftovers(field_value, f"models.{mid}.{field_name}", mid, field_name,
-                                    allow_pid=field_name == "cmdStop")
+                                    allow_pid=field_name in ("cmdStop", "sleep", "wake"))
 
     def _leftovers(self, node: Node, path: str, mid: str | None = None, field_path: str = "",
                    allow_pid: bool = False) -> None:

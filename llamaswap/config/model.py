@@ -151,6 +151,9 @@ class ModelConfig:
     health_check_interval: float = 0  # seconds between probes while ready; 0 = no watch
     health_check_failures: int = 3  # consecutive failed probes that mark the backend dead
     restart: str = "never"  # "never" | "on-failure" | "always" (see RESTART_POLICIES)
+    memory: Mapping[str, int] = field(default_factory=_empty)  # declared need per device, bytes
+    sleep: str = ""  # "METHOD /path" or a command (macros expanded, ${PID} left); "" = cannot sleep
+    wake: str = ""  # set exactly when sleep is
 
     @property
     def effective_concurrency_limit(self) -> int:
@@ -333,6 +336,16 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """The ``memory:`` section. A budget of None is ``auto`` (the device's detected total,
+    read when the proxy starts)."""
+
+    devices: Mapping[str, int | None] = field(default_factory=_empty)  # "gpu0"/"ram" -> bytes
+    headroom: int = 0  # bytes kept free on every managed device
+    every: float = 5.0  # seconds between measurements while models are resident
+
+
+@dataclass(frozen=True)
 class Config:
     path: str | None = None
     health_check_timeout: int = 120
@@ -359,6 +372,7 @@ class Config:
     preload: tuple[str, ...] = ()  # real model ids
     peers: Mapping[str, PeerConfig] = field(default_factory=_empty)  # sorted by id
     aliases: Mapping[str, str] = field(default_factory=_empty)  # alias -> real model id
+    memory: MemoryConfig | None = None  # None: no memory section, nothing is measured
     has_profiles: bool = False  # list-shaped `profiles:` of the reference revision were present (warn)
     profiles: Mapping[str, ProfileConfig] = field(default_factory=_empty)  # map-shaped ones, sorted by id
     selectors: Mapping[str, SelectorConfig] = field(default_factory=_empty)  # sorted by id

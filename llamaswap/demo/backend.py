@@ -9,9 +9,16 @@ server was started for.
 
 Per-request knobs for tests ride in a JSON body field ``"demo"``:
 ``{"chunks": N, "chunk_delay": s, "sleep": s, "status": code, "die_after_chunks": N,
-"stop_listening": true, "hang": true}`` (``stop_listening``: after answering, close the
-listening socket and keep running, a server that refuses connections without exiting;
-``hang``: wedge the server from that request on, as ``--hang-after``).
+"stop_listening": true, "hang": true, "grow_gpu": bytes}`` (``stop_listening``: after
+answering, close the listening socket and keep running, a server that refuses connections
+without exiting; ``hang``: wedge the server from that request on, as ``--hang-after``;
+``grow_gpu``: the GPU memory it pretends to use grows by that much).
+
+Memory (``demo/memory.py``): ``--gpu-memory`` (and ``--gpu-memory-asleep``) is what it pretends
+to hold on ``--gpu`` for the fake ``nvidia-smi`` (``--cuda``: really allocated), ``--ram`` is
+really allocated. Sleep mode as vLLM's: ``POST /sleep?level=1``, ``POST /wake_up`` (takes
+``--wake-delay`` seconds, /health answers 503 meanwhile), ``GET /is_sleeping``;
+``--fail-sleep`` and ``--fail-wake`` make them answer 500.
 
 Run: ``python -m llamaswap.demo.backend --port 5800 --model-id demo``.
 """
@@ -30,6 +37,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from llamaswap.sizes import parse_size
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WORDS = ("This is a demo answer from {model}, a tiny stand-in for a real model, "
@@ -51,6 +60,16 @@ class Options(argparse.Namespace):
     chunk_delay: float
     chunks: int
     quiet: bool
+    gpu: int
+    gpu_memory: int
+    gpu_memory_asleep: int
+    ram: int
+    cuda: bool
+    fake_gpu_dir: str
+    wake_delay: float
+    sleep_delay: float
+    fail_sleep: bool
+    fail_wake: bool
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -75,6 +94,21 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between SSE chunks")
     p.add_argument("--chunks", type=int, default=0, help="SSE content chunks (0: one per word)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stdout")
+    p.add_argument("--gpu", type=int, default=0, help="the GPU index its memory is on")
+    p.add_argument("--gpu-memory", type=parse_size, default=0, metavar="SIZE",
+                   help="GPU memory it pretends to use while awake (e.g. 4GiB)")
+    p.add_argument("--gpu-memory-asleep", type=parse_size, default=0, metavar="SIZE",
+                   help="GPU memory it pretends to keep while asleep")
+    p.add_argument("--ram", type=parse_size, default=0, metavar="SIZE",
+                   help="RAM it really allocates (and touches)")
+    p.add_argument("--cuda", action="store_true",
+                   help="really allocate --gpu-memory with cuMemAlloc (libcuda.so.1)")
+    p.add_argument("--fake-gpu-dir", default="", metavar="DIR",
+                   help="the fake nvidia-smi state directory (default: $LLAMASWAP_FAKE_GPU_DIR)")
+    p.add_argument("--wake-delay", type=float, default=0.0, help="seconds a wake takes")
+    p.add_argument("--sleep-delay", type=float, default=0.0, help="seconds a sleep takes")
+    p.add_argument("--fail-sleep", action="store_true", help="POST /sleep answers 500")
+    p.add_argument("--fail-wake", action="store_true", help="POST /wake_up answers 500")
     return p.parse_args(argv, namespace=Options())
 
 
@@ -89,12 +123,14 @@ class DemoServer(ThreadingHTTPServer):
     # the default backlog of 5 resets bursts of concurrent clients (benchmarks, stress tests)
     request_queue_size = 128
 
-    def __init__(self, opts: Options):
+    def __init__(self, opts: Options, memory=None):
         self.opts = opts
         self.ready_at = time.monotonic() + opts.load_delay
         self.served = 0
         self.lock = threading.Lock()
         self.hung = threading.Event()
+        self.memory = memory
+        self.asleep = False
         super().__init__((opts.host, opts.port), DemoHandler)
 
     def count_request(self) -> int:
@@ -189,6 +225,9 @@ class DemoHandler(BaseHTTPRequestHandler):
     # -- verbs ------------------------------------------------------------------------
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
+        if path == "/is_sleeping":
+            self.send_json({"is_sleeping": self.server.asleep})
+            return
         if path == "/health":
             healthy = not self.server.opts.never_healthy and time.monotonic() >= self.server.ready_at
             if healthy:
@@ -213,6 +252,9 @@ class DemoHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.read_body()
         path = urlsplit(self.path).path
+        if path in ("/sleep", "/wake_up"):
+            self.sleep_or_wake(path == "/sleep")
+            return
         if path.startswith("/v1/audio/transcriptions"):
             self.transcribe(body)
             self.after_request()
@@ -226,6 +268,8 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.after_request()
             return
         knobs = req.get("demo") if isinstance(req.get("demo"), dict) else {}
+        if knobs.get("grow_gpu") and self.server.memory is not None:
+            self.server.memory.grow(int(knobs["grow_gpu"]))
         if knobs.get("hang"):
             log(f"demo backend {self.server.opts.model_id}: hanging")
             self.server.hung.set()
@@ -258,6 +302,28 @@ class DemoHandler(BaseHTTPRequestHandler):
     do_PATCH = do_DELETE = do_PUT
 
     # -- endpoints --------------------------------------------------------------------
+    def sleep_or_wake(self, sleep: bool) -> None:
+        """vLLM's sleep mode: /sleep releases the GPU memory, /wake_up takes it back."""
+        opts, server = self.server.opts, self.server
+        if (opts.fail_sleep if sleep else opts.fail_wake):
+            self.send_json({"error": {"message": f"demo: {'sleep' if sleep else 'wake'} failed",
+                                      "type": "demo", "code": 500}}, 500)
+            return
+        memory = server.memory
+        if sleep:
+            time.sleep(opts.sleep_delay)
+            server.asleep = True
+            if memory is not None:
+                memory.sleep()
+        else:
+            server.ready_at = time.monotonic() + opts.wake_delay  # /health: 503 meanwhile
+            time.sleep(opts.wake_delay)
+            server.asleep = False
+            if memory is not None:
+                memory.wake()
+        log(f"demo backend {opts.model_id}: {'asleep' if sleep else 'awake'}")
+        self.send_json({})
+
     def echo(self, body: bytes) -> None:
         parts = urlsplit(self.path)
         try:
@@ -476,9 +542,22 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.buffer.write(block[:left])
             left -= len(block)
         sys.stdout.buffer.flush()
+    memory = None
+    if opts.gpu_memory or opts.gpu_memory_asleep or opts.ram or opts.cuda:
+        # imported only when asked for: a lean backend exits fast on SIGTERM
+        from llamaswap.demo.memory import PretendMemory
+        try:
+            memory = PretendMemory(gpu=opts.gpu, awake=opts.gpu_memory,
+                                   asleep=opts.gpu_memory_asleep, ram=opts.ram,
+                                   state_dir=opts.fake_gpu_dir, cuda=opts.cuda)
+        except (OSError, RuntimeError) as exc:  # no libcuda, a CUDA error
+            sys.stderr.write(f"demo backend {opts.model_id}: cannot allocate memory: {exc}\n")
+            return 4
     try:
-        server = DemoServer(opts)
+        server = DemoServer(opts, memory)
     except OSError as exc:
+        if memory is not None:
+            memory.close()
         sys.stderr.write(f"demo backend {opts.model_id}: cannot listen on "
                          f"{opts.host}:{opts.port}: {exc}\n")
         return 2
@@ -493,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        if memory is not None:
+            memory.close()
     return 0
 
 

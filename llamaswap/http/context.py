@@ -9,6 +9,7 @@ import ``RequestContext`` and ``ClientGone`` from here while routes.py imports t
 from __future__ import annotations
 
 import json
+import re
 import select
 import socket
 import time
@@ -17,6 +18,9 @@ from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote
 
 from llamaswap.http import errors
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 
 
 class ClientGone(Exception):
@@ -61,7 +65,7 @@ class BodyReader:
         if not self._chunked:
             data = self._rfile.read(min(n, self._left))
             if not data:
-                raise ClientGone("request body ended early")
+                raise BadRequestBody(self._short())
             self._left -= len(data)
             self.done = self._left == 0
             self.consumed += len(data)
@@ -69,11 +73,11 @@ class BodyReader:
         if self._chunk_left == 0:
             line = self._rfile.readline(1024)
             if not line:
-                raise ClientGone("request body ended early")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise BadRequestBody("bad chunk size in request body") from None
+                raise BadRequestBody(self._short())
+            digits = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(digits):  # int() would also take "-5", "0x5", "1_0"
+                raise BadRequestBody("bad chunk size in request body")
+            size = int(digits, 16)
             if size == 0:
                 while True:  # trailers
                     t = self._rfile.readline(65537)
@@ -84,12 +88,19 @@ class BodyReader:
             self._chunk_left = size
         data = self._rfile.read(min(n, self._chunk_left))
         if not data:
-            raise ClientGone("request body ended early")
+            raise BadRequestBody(self._short())
         self._chunk_left -= len(data)
         if self._chunk_left == 0:
             self._rfile.readline(3)
         self.consumed += len(data)
         return data
+
+    def _short(self) -> str:
+        # the client may only have half-closed: it is told what was missing
+        if self._chunked:
+            return f"request body ended early (after {self.consumed} bytes, in a chunk)"
+        return (f"request body ended early ({self.consumed} of "
+                f"{self.consumed + self._left} bytes)")
 
     # read1 for code that wants "whatever is there, at most n"
     read1 = read

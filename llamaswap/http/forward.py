@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.errors import error_body
 
 HOP_BY_HOP = frozenset((
@@ -40,7 +40,7 @@ class Outcome:
     error: str | None = None  # backend failure, if any
     # with retry_unreachable, nothing was sent to the client and the request can be sent
     # again: "refused" (the connection was refused: the request never reached the backend)
-    # or "dropped" (a new connection closed before any answer: it may have)
+    # or "dropped" (a new connection closed before a whole answer: it may have)
     unreachable: str = ""
 
 
@@ -216,7 +216,8 @@ def forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tup
     sends its next request the moment it has the answer finds the model's slot free.
 
     ``retry_unreachable``: a backend that refuses the connection, or drops a new one before
-    any answer while the body can still be sent again, is not answered for: the outcome says
+    its answer is whole and before anything has gone to the client, while the body can
+    still be sent again, is not answered for: the outcome says
     ``unreachable`` and the caller answers or sends the request again (a crashed backend is
     started again); ``on_backend_done`` does not run then."""
     out = Outcome()
@@ -309,8 +310,10 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             if gone.is_set():
                 raise ClientGone()
             if not _relay_small(ctx, resp, status, rheaders, length, observer, on_backend_done):
-                return _fail(ctx, out, observer, 502,
-                             f"{error_prefix}{label}: backend response ended early")
+                message = f"{error_prefix}{label}: backend response ended early"
+                if retry_unreachable and body.replayable and not ctx.started:
+                    return _unreachable(out, "dropped", message)  # the client has nothing yet
+                return _fail(ctx, out, observer, 502, message)
             out.status = status
             pool.release(conn, not resp.will_close and resp.isclosed() and not cut_early)
             conn = None
@@ -375,6 +378,9 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
         ctx.mark_gone()
         _end(observer, "client disconnected")
         return out
+    except BadRequestBody as e:  # the dispatcher answers 400 (or cuts a started answer)
+        _end(observer, f"could not read request body: {e}")
+        raise
     finally:
         if watch is not None:
             watch.cancel()

@@ -9,10 +9,21 @@ interface that HTTP code uses: ``get``, ``get_all``, ``items``, ``keys``, ``valu
 from __future__ import annotations
 
 import http.client
+import re
 from typing import Iterator
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
+
+# strict (a client's request): field names are tokens, values hold no control characters but
+# tabs (RFC 9110 5.1, 5.5; Go's server refuses the rest)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# the fast path's checks cost about a microsecond: bytes.translate drops every byte allowed in
+# a block (leaving any control character), and names already seen valid are remembered
+_BLOCK_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7f or c in (9, 10, 13))
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 4096
 
 
 class HeaderError(Exception):
@@ -67,13 +78,14 @@ class Headers:
         return f"Headers({self._items!r})"
 
 
-def read_headers(fp, max_bytes: int = 1 << 20) -> Headers:
-    """Header lines up to the blank line. Raises HeaderError(431/400)."""
-    h = _read_buffered(fp)
-    return h if h is not None else _read_lines(fp, max_bytes)
+def read_headers(fp, max_bytes: int = 1 << 20, strict: bool = False) -> Headers:
+    """Header lines up to the blank line. Raises HeaderError(431/400). ``strict`` (a
+    request) also refuses invalid names and values, and a block cut short by end of input."""
+    h = _read_buffered(fp, strict)
+    return h if h is not None else _read_lines(fp, max_bytes, strict)
 
 
-def _read_buffered(fp) -> Headers | None:
+def _read_buffered(fp, strict: bool = False) -> Headers | None:
     """The usual case in one step: the whole block is already in the reader's buffer (it
     came in the same packet as the status or request line), with CRLF line ends and no
     continuation lines. None, with nothing consumed, for anything else."""
@@ -89,14 +101,17 @@ def _read_buffered(fp) -> Headers | None:
         return None
     block = buf[:end]
     if (block.count(b"\n") != block.count(b"\r\n") or b"\n " in block or b"\n\t" in block
-            or block.count(b"\n") >= MAX_HEADERS):
-        return None  # bare LF, folded lines or too many: the line reader's rules apply
+            or block.count(b"\n") >= MAX_HEADERS
+            or strict and (block.translate(None, _BLOCK_OK) or block.count(b"\r") != block.count(b"\n"))):
+        return None  # bare LF, folded lines, too many, invalid: the line reader's rules apply
     h = Headers()
     items, index = h._items, h._index
     for line in block.decode("latin-1").split("\r\n"):
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
             return None  # the line reader raises the error
+        if strict and name not in _GOOD_NAMES and not _good_name(name):
+            return None
         value = value.strip()
         items.append((name, value))
         key = name.lower()
@@ -109,7 +124,15 @@ def _read_buffered(fp) -> Headers | None:
     return h
 
 
-def _read_lines(fp, max_bytes: int) -> Headers:
+def _good_name(name: str) -> bool:
+    if not _TOKEN.fullmatch(name):
+        return False
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
+    return True
+
+
+def _read_lines(fp, max_bytes: int, strict: bool = False) -> Headers:
     h = Headers()
     total = 0
     last = None
@@ -120,7 +143,11 @@ def _read_lines(fp, max_bytes: int) -> Headers:
         total += len(line)
         if total > max_bytes:
             raise HeaderError(431, "Request Header Fields Too Large")
-        if line in (b"\r\n", b"\n", b""):
+        if line in (b"\r\n", b"\n"):
+            return h
+        if not line:
+            if strict:
+                raise HeaderError(400, "request headers ended early")
             return h
         text = line.decode("latin-1").rstrip("\r\n")
         if text[:1] in (" ", "\t"):
@@ -136,6 +163,10 @@ def _read_lines(fp, max_bytes: int) -> Headers:
         name, sep, value = text.partition(":")
         if not sep or not name or name != name.strip():
             raise HeaderError(400, f"bad header line {text[:40]!r}")
+        if strict and not _good_name(name):
+            raise HeaderError(400, f"invalid header name {name[:40]!r}")
+        if strict and _BAD_VALUE.search(value):
+            raise HeaderError(400, f"invalid header value for {name[:40]!r}")
         if len(h._items) >= MAX_HEADERS:
             raise HeaderError(431, "Too many headers")
         h.add(name, value.strip())

@@ -19,7 +19,7 @@ from llamaswap.http.forward import (append_error, body_bytes, body_stream, forwa
                                     request_headers)
 from llamaswap.http.loading import LoadingStream, is_loading_path
 from llamaswap.http.pool import pool_for_peer, pool_for_process, watch_disconnect
-from llamaswap.http.context import ClientGone, RequestContext
+from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
 from llamaswap.http.slots import Slots
 from llamaswap.ops.activity import filter_accept_encoding
 
@@ -47,8 +47,9 @@ QUERY_PATHS = ("/v1/audio/voices", "/sdapi/v1/loras", "/props")
 NO_MODEL = "no model id could be identified"
 NOT_READY = "llama-swap-error: [{}] process is not ready"
 FAST_GRANT = 0.005  # a grant quicker than this is not worth watching the client for
-# A request that finds its backend gone (the connection refused, or dropped unanswered)
-# while the process is exiting raced the crash: it waits for the exit to be seen, then
+# A request that finds its backend gone (the connection refused, or dropped before a whole
+# answer, nothing sent to the client yet) while the process is exiting raced the crash, as
+# does one granted a backend that stopped being ready: it waits for the exit to be seen, then
 # starts the model again. A refused request never reached the backend, so it is always
 # safe to send again (CRASH_ATTEMPTS in all bounds a backend that keeps dying); a dropped
 # one may have caused the crash, so it is sent again at most DROPPED_RETRIES times. A
@@ -89,6 +90,8 @@ def _model_handler(source: str, strip_v: bool = False):
             ctx.send_error(400, f"error parsing multipart form: {e}")
             return
         except ValueError as e:
+            if isinstance(e, BadRequestBody):  # what follows on the connection is unframed
+                ctx.close_connection = True
             ctx.send_error(400, f"could not read request body: {e}")
             return
         done = None
@@ -297,6 +300,10 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 try:
                     proc = grant.process
                     if _state(proc) != "ready":
+                        # it crashed (or began stopping) since the grant: nothing was sent,
+                        # so ask again; the router notices and starts it
+                        if attempt < CRASH_ATTEMPTS:
+                            continue
                         _reply_error(ctx, 503, NOT_READY.format(real), observer)
                         return
                     pid = proc.pid

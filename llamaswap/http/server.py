@@ -9,11 +9,14 @@ TLS handshakes happen in the connection's thread, so a slow client never blocks 
 
 from __future__ import annotations
 
+import re
+import select
 import socket
 import ssl
 import threading
 import time
 import traceback
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
@@ -27,6 +30,13 @@ from llamaswap.http.routes import RouteTable, build_routes
 HEADER_TIMEOUT = 30.0
 MAX_HEADER_BYTES = 1 << 20
 NO_ACCESS_LOG = ("/wol-health", "/api/performance", "/metrics")
+MAX_CONTENT_LENGTH = (1 << 63) - 1  # Go's int64
+LINGER = 0.5  # seconds a rejected client may take to read the answer before the socket closes
+LINGER_BYTES = 1 << 20
+
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ProxyHandler(BaseHTTPRequestHandler):
@@ -66,6 +76,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.waiting_since = time.monotonic()
         try:
             self.raw_requestline = self.rfile.readline(65537)
+            # RFC 9112 2.2: empty lines before a request line are ignored (a client may end
+            # a body with an extra CRLF)
+            for _ in range(4):
+                if self.raw_requestline not in (b"\r\n", b"\n"):
+                    break
+                self.raw_requestline = self.rfile.readline(65537)
         except OSError:
             self.close_connection = True
             return
@@ -73,9 +89,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if len(self.raw_requestline) > 65536:
-            self.requestline = self.request_version = ""
-            self.command = ""
-            self.send_error(414)
+            self.reject(414, "request line too long")
             return
         if not self.raw_requestline:
             self.close_connection = True
@@ -95,42 +109,69 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self.server.end_request()
 
     def parse_request(self) -> bool:
-        """The stdlib's request parsing with a cheap header reader (headers.py)."""
+        """The request line and headers, checked as Go's server checks them: what it would
+        refuse is answered here (``reject``) and never reaches the dispatcher."""
         self.command = None
-        self.request_version = version = self.default_request_version
+        self.request_version = "HTTP/1.1"  # for the stdlib's 100 Continue
         self.close_connection = True
         requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
         self.requestline = requestline
         words = requestline.split()
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self.send_error(400, f"Bad request line {requestline[:80]!r}")
+        if len(words) != 3:
+            self.reject(400, "malformed HTTP request")
             return False
         command, path, version = words
-        try:
-            major, minor = (int(x) for x in version[5:].split(".", 1))
-        except ValueError:
-            self.send_error(400, f"Bad request version {version!r}")
+        v = _VERSION.fullmatch(version)
+        if v is None:
+            self.reject(400, "malformed HTTP version")
             return False
-        if major != 1:
-            self.send_error(505, f"Invalid HTTP version ({version})")
+        if v.group(1) != "1":
+            self.reject(505, "unsupported protocol version")
+            return False
+        if not _METHOD.fullmatch(command):
+            self.reject(400, "invalid method")
+            return False
+        if _CONTROL.search(path) or not (path[0] == "/" or path == "*" or "://" in path
+                                         or command == "CONNECT"):
+            self.reject(400, "invalid request URI")
             return False
         self.command, self.path, self.request_version = command, path, version
-        if minor >= 1:
+        minor = v.group(2)
+        if minor != "0":
             self.close_connection = False
         try:
-            self.headers = read_headers(self.rfile, MAX_HEADER_BYTES)
+            self.headers = headers = read_headers(self.rfile, MAX_HEADER_BYTES, strict=True)
         except HeaderError as e:
-            self.send_error(e.status, str(e))
+            self.reject(e.status, str(e))
             return False
-        conntype = (self.headers.get("Connection") or "").lower()
+        problem = _framing_problem(headers, minor != "0")
+        if problem is not None:
+            self.reject(*problem)
+            return False
+        conntype = (headers.get("Connection") or "").lower()
         if "close" in conntype:
             self.close_connection = True
         elif "keep-alive" in conntype:
             self.close_connection = False
-        if (self.headers.get("Expect") or "").lower() == "100-continue" and minor >= 1:
+        if (headers.get("Expect") or "").lower() == "100-continue" and minor != "0":
             if not self.handle_expect_100():
                 return False
         return True
+
+    def reject(self, status: int, reason: str) -> None:
+        """Answer a request that cannot reach the dispatcher, as Go's server does (a
+        plain-text status and reason), then close: what follows cannot be framed. The
+        client gets a moment to read the answer before the socket closes."""
+        self.close_connection = True
+        phrase = HTTPStatus(status).phrase
+        body = f"{status} {phrase}: {reason}".encode("latin-1", "replace")
+        head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("latin-1")
+        try:
+            self.wfile.write(head + body)
+        except OSError:
+            return
+        _linger(self.connection)
 
     def handle_expect_100(self) -> bool:
         # the 100 goes out when the body is first read is what clients want, but sending it at
@@ -291,6 +332,7 @@ class ProxyServer(ThreadingHTTPServer):
             ctx.close_connection = True
             if not ctx.started:
                 ctx.send_error(400, f"could not read request body: {e}")
+                _linger(h.connection)
             else:
                 ctx.abort()
         except Exception as e:  # a bug: answer 500 if we still can, never kill the server
@@ -314,6 +356,52 @@ class ProxyServer(ThreadingHTTPServer):
                     h.close_connection = True
             if route is None or route.log:
                 _access_log(app, ctx)
+
+
+def _framing_problem(headers: Any, http11: bool) -> tuple[int, str] | None:
+    """(status, reason) when Host, Content-Length or Transfer-Encoding make the request
+    unreadable or ambiguous (Go's rules), else None."""
+    hosts = headers.get_all("Host")
+    if hosts is None:
+        if http11:
+            return 400, "missing required Host header"
+    elif len(hosts) > 1:
+        return 400, "too many Host headers"
+    te = headers.get_all("Transfer-Encoding")
+    if te is not None and http11:
+        if len(te) != 1 or te[0].strip().lower() != "chunked":
+            return 501, "unsupported transfer encoding"
+        return None  # chunked: any Content-Length is ignored
+    lengths = headers.get_all("Content-Length")
+    if lengths is not None:
+        first = lengths[0].strip()
+        if any(v.strip() != first for v in lengths[1:]):
+            return 400, "multiple Content-Length headers"
+        if not first.isdigit() or not first.isascii() or int(first) > MAX_CONTENT_LENGTH:
+            return 400, f"bad Content-Length {first[:40]!r}"
+    return None
+
+
+def _linger(sock) -> None:
+    """Half-close, then read what the client is still sending for up to LINGER seconds, so
+    that closing with unread bytes (which makes the kernel send a reset) does not destroy
+    the answer before the client has read it."""
+    if isinstance(sock, ssl.SSLSocket):
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER
+        got = 0
+        while got < LINGER_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                return
+            data = sock.recv(65536)
+            if not data:
+                return
+            got += len(data)
+    except OSError:
+        pass
 
 
 def _drain(ctx: RequestContext, limit: int = 1 << 16) -> None:

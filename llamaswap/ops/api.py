@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import llamaswap
 from llamaswap.http.context import ClientGone, RequestContext
 from llamaswap.http.upstream_path import find_model
-from llamaswap.ops import gojson, performance, prometheus, sse, ui
+from llamaswap.ops import gojson, memory_api, performance, prometheus, sse, ui
 from llamaswap.ops.activity import QueryError, parse_query
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.sse import current_app
@@ -47,6 +47,7 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/captures/{id}", api_capture)
     table.add("POST", "/api/inflight/{id}/cancel", api_cancel_inflight)
     table.add("GET", "/api/performance", api_performance, log=False)
+    table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
     from llamaswap.ops import profiles_api, timeline_api
     profiles_api.register(table)
@@ -72,6 +73,7 @@ def root_redirect(ctx: RequestContext) -> None:
 def running(ctx: RequestContext) -> None:
     app = ctx.app
     out = []
+    memory = memory_api.running_memory(app)
     for mid in sorted(app.processes):
         p = app.processes[mid]
         state = getattr(p.state, "value", p.state)
@@ -81,6 +83,8 @@ def running(ctx: RequestContext) -> None:
         record = {"model": mid, "state": state, "cmd": m.cmd, "proxy": m.proxy,
                   "ttl": m.ttl, "name": m.name, "description": m.description}
         record.update(restart_fields(p))
+        if mid in memory:
+            record["memory"] = memory[mid]  # bytes per managed device, as measured
         out.append(record)
     _json_line(ctx, {"running": out})
 

@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Any, Iterable, Sequence
 
-from llamaswap.ops.events import (ActivityRecorded, HealthCheckFailed, ModelRestarting, QueueWaited,
-                                  SwapFinished)
+from llamaswap.ops.events import (ActivityRecorded, HealthCheckFailed, ModelRestarting,
+                                  ProcessStateChanged, QueueWaited, SwapFinished)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MB = 1024 * 1024
@@ -27,7 +27,7 @@ MB = 1024 * 1024
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LOAD_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 QUEUE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff")
+STATES = ("stopped", "starting", "ready", "stopping", "shutdown", "backoff", "sleeping")
 
 
 def escape_label(value: str) -> str:
@@ -58,16 +58,23 @@ class Exposition:
     """Writes metric families: each name once, HELP and TYPE first, then its samples."""
 
     def __init__(self) -> None:
-        self._out: list[str] = []
+        self._out: list = []  # text, or a family's list of lines (so later samples can join it)
+        self._families: dict[str, list[str]] = {}
 
     def family(self, name: str, kind: str, help_text: str,
                samples: Iterable[tuple[Sequence[tuple[str, str]], float]]) -> None:
+        """A family's samples; a name written again adds its samples to the first block
+        (``llamaswap_memory_used_bytes`` is upstream's system gauge and, with a device
+        label, memory-aware swapping's)."""
         samples = list(samples)
         if not samples:
             return
-        self._out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        lines = self._families.get(name)
+        if lines is None:
+            lines = self._families[name] = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
+            self._out.append(lines)
         for labels, value in samples:
-            self._out.append(f"{name}{_labels(labels)} {format_value(value)}\n")
+            lines.append(f"{name}{_labels(labels)} {format_value(value)}\n")
 
     def histogram(self, name: str, help_text: str, buckets: Sequence[float],
                   series: Iterable[tuple[Sequence[tuple[str, str]], "Histogram"]]) -> None:
@@ -87,7 +94,7 @@ class Exposition:
             self._out.append(f"{name}_count{_labels(labels)} {h.count}\n")
 
     def text(self) -> str:
-        return "".join(self._out)
+        return "".join(part if isinstance(part, str) else "".join(part) for part in self._out)
 
 
 class Histogram:
@@ -127,6 +134,8 @@ class RequestMetrics:
         self.durations: dict[str, Histogram] = {}
         self.loads: dict[tuple[str, str], int] = {}
         self.load_durations: dict[str, Histogram] = {}
+        self.sleeps: dict[str, int] = {}
+        self.wakes: dict[str, int] = {}
         self.restarts: dict[tuple[str, str], int] = {}
         self.health_failures: dict[str, int] = {}
         self.queue_waits: dict[str, Histogram] = {}
@@ -146,6 +155,12 @@ class RequestMetrics:
                 self.cached_tokens[model] = (self.cached_tokens.get(model, 0)
                                              + max(0, t.cache_tokens))
                 _observe(self.durations, model, REQUEST_BUCKETS, e.duration_ms / 1000.0)
+        elif isinstance(event, ProcessStateChanged):
+            counter = (self.sleeps if event.new == "sleeping" else
+                       self.wakes if event.old == "sleeping" and event.new == "starting" else None)
+            if counter is not None:
+                with self._lock:
+                    counter[event.model] = counter.get(event.model, 0) + 1
         elif isinstance(event, SwapFinished):
             with self._lock:
                 key = (event.model, "success" if event.ok else "failure")
@@ -169,7 +184,7 @@ class RequestMetrics:
         wake-up for every event on the bus (several per request)."""
         self._bus = bus
         bus.add_listener(self.handle, (ActivityRecorded, SwapFinished, QueueWaited,
-                                       HealthCheckFailed, ModelRestarting))
+                                       HealthCheckFailed, ModelRestarting, ProcessStateChanged))
 
     def detach(self) -> None:
         if self._bus is not None:
@@ -200,6 +215,12 @@ class RequestMetrics:
                        "Model loads (swaps) by model and result",
                        [((("model", m), ("result", r)), n)
                         for (m, r), n in sorted(self.loads.items())])
+            out.family("llamaswap_model_sleeps_total", "counter",
+                       "Times a model was put to sleep instead of stopped",
+                       [((("model", m),), n) for m, n in sorted(self.sleeps.items())])
+            out.family("llamaswap_model_wakes_total", "counter",
+                       "Times a sleeping model was woken for a request",
+                       [((("model", m),), n) for m, n in sorted(self.wakes.items())])
             out.histogram("llamaswap_model_load_duration_seconds",
                           "Time from load start until the model was ready", LOAD_BUCKETS,
                           [((("model", m),), h) for m, h in sorted(self.load_durations.items())])
@@ -425,7 +446,7 @@ def write_app_state(out: Exposition, app: Any, proc: str = "/proc") -> None:
         for s in STATES:
             states.append(((("model", model_id), ("state", s)), 1 if s == state else 0))
         pid = getattr(p, "pid", None)
-        if pid and state in ("starting", "ready", "stopping"):
+        if pid and state in ("starting", "ready", "stopping", "sleeping"):
             info = read_process(pid, proc)
             if info is not None:
                 rss.append(((("model", model_id),), info["rss_bytes"]))
@@ -466,6 +487,8 @@ def render(app: Any, requests: RequestMetrics | None, system: SystemSampler | No
     write_proxy_process(out, proc)
     if app is not None:
         write_app_state(out, app, proc)
+        from llamaswap.ops.memory_api import write_metrics
+        write_metrics(out, app)
     if requests is not None:
         requests.write(out)
     return out.text()

@@ -7,18 +7,24 @@ with ``model``, ``offer_grant() -> bool``, ``offer_error(err) -> bool`` and
 that nobody receives is never counted as in flight.
 
 Decision tree for a request for model m (upstream's, re-run in order over the queue
-whenever a swap ends, a stop ends or a model's last request ends):
+whenever a swap ends, a stop ends, a model's last request ends or a measurement comes in):
   1. m unknown -> 404.
   1a. m is fenced for a starved request (fairness, below) -> wait in the queue.
   2. a swap for m is active -> join it (one load serves every waiter).
   3. m is being stopped or drained by an explicit order -> wait in the queue.
-  4. evict = planner.eviction_for(m, running).
+  4. plan = the planner's plan for m (planners.plan_for): its evictions and their reasons.
+  4a. the plan refuses m (with memory: it can never fit) -> 503 naming model, device, need
+      and budget.
   5. m ready, nothing to evict, no collision -> grant now (fast path).
-  6. collision with an active swap (we would evict its target, or it evicts m) -> queue.
-  7. we would evict a model with requests in flight (or one being drained) -> queue.
+  6. collision with an active swap (we would evict its target, or it evicts m), or the plan
+     says wait (a model that is never evicted for memory is still loading) -> queue.
+  7. we would evict a model with requests in flight, one being drained, or one whose first
+     measurement has not come in yet -> queue.
   7a. a starved request would have to evict m (or m's swap would evict its target) -> queue:
       a younger request must not add to what the starved one waits for.
-  8. otherwise start a swap; swaps that do not collide run in parallel.
+  8. otherwise start a swap; swaps that do not collide run in parallel. An evicted model
+     that can sleep (``sleep``/``wake`` configured) is put to sleep instead of stopped,
+     unless the plan says it must stop; a request for a sleeping model wakes it (a swap).
 
 Queue order (upstream's fifo scheduler with ``routing.scheduler.settings.fifo.priority``):
   Q1. a request that must wait is inserted before the first queued request whose model has
@@ -58,6 +64,11 @@ Restart policy (per model: never, on-failure, always; the backend's own failures
       model at once, and the pending restart finds it running and does nothing.
   R5. unload, a reload that changes or removes the model (or sets its policy to never) and
       shutdown call a pending restart off.
+
+Memory (with a ``memory:`` section; ``router/memory.py``): a measurement of a resident
+model raises its learned need (``NeedLearned`` for the store) and, when the models on a
+device now count more than its budget allows, idle others are put to sleep or stopped,
+least recently used first, with the reason "memory" (the growth rule).
 """
 
 from __future__ import annotations
@@ -66,12 +77,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import AbstractSet, Iterable, Mapping, Protocol
 
-from llamaswap.router.planners import eviction_reasons
+from llamaswap.router.planners import Plan, PlanContext, plan_for
+from llamaswap.sizes import format_size
 
 STOPPED = "stopped"
 STARTING = "starting"
 READY = "ready"
 STOPPING = "stopping"
+SLEEPING = "sleeping"
 RESTART_FIRST_DELAY = 1.0  # seconds (R2)
 RESTART_MAX_DELAY = 300.0
 RESTART_RESET_AFTER = 600.0  # seconds ready after which the backoff starts again from 1 s
@@ -124,6 +137,7 @@ class StartSwap:
     model: str
     evict: tuple[str, ...]
     reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
+    sleep: tuple[str, ...] = ()  # of `evict`: put these to sleep instead of stopping them
 
 
 @dataclass(frozen=True)
@@ -139,6 +153,7 @@ class StopModels:
     reason: str
     grace: float | None = None
     after_swaps: tuple[int, ...] = ()
+    sleep: tuple[str, ...] = ()  # of `models`: put these to sleep instead of stopping them
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,15 @@ class ArmTimer:
     deadline: float
     token: int
     kind: str = "ttl"
+
+
+@dataclass(frozen=True)
+class NeedLearned:
+    """A measurement raised the learned need of (model, command): remember it."""
+    model: str
+    command: str
+    asleep: bool
+    need: Mapping[str, int] = field(hash=False)
 
 
 @dataclass(frozen=True)
@@ -199,6 +223,7 @@ class _Swap:
     evict: frozenset[str]
     waiters: list
     gens: dict[str, int]  # generation of each evicted model when the swap marked it stopping
+    sleep: frozenset[str] = frozenset()  # of evict: put to sleep, not stopped
 
 
 @dataclass
@@ -213,10 +238,13 @@ class RouterCore:
     def __init__(self, models: Iterable[str], planner, *, ttl: Mapping[str, float] | None = None,
                  ready: AbstractSet[str] = frozenset(), now: float = 0.0,
                  priority: Mapping[str, int] | None = None, max_wait: float = 0.0,
-                 restart: Mapping[str, str] | None = None):
+                 restart: Mapping[str, str] | None = None,
+                 sleepable: AbstractSet[str] = frozenset(), book=None):
         self.planner = planner
         self._priority: dict[str, int] = dict(priority or {})
         self.max_wait = max_wait  # seconds; 0: no bound (fairness rules off)
+        self.sleepable = frozenset(sleepable)
+        self.book = book  # router.memory.MemoryBook when memory is managed, else None
         self._ids = itertools.count(1)
         self.models: set[str] = set(models)
         self._ttl: dict[str, float] = dict(ttl or {})
@@ -225,6 +253,7 @@ class RouterCore:
         self.active: dict[str, _Swap] = {}  # target model -> swap
         self._swap_ids: dict[int, str] = {}  # swap id -> target model (active swaps)
         self._cancelled: dict[int, dict[str, int]] = {}  # cancelled swap id -> its evictions' gens
+        self._cancelled_target: dict[int, str] = {}  # cancelled swap id -> the model it loads
         self._cancel_blocked: dict[str, set[int]] = {}  # model -> cancelled swaps still stopping it
         self.in_flight: dict[str, int] = {}
         self.queue: list = []
@@ -251,8 +280,10 @@ class RouterCore:
     # ---- read-only views ---------------------------------------------------------------
 
     def running(self) -> frozenset[str]:
-        """Models running or committed to run: what planners must take into account."""
-        alive = {m for m, s in self.state.items() if s != STOPPED}
+        """Models running or committed to run: what planners must take into account. A
+        sleeping model is not running (a planner already evicted it); only the memory
+        planner counts it, through its PlanContext."""
+        alive = {m for m, s in self.state.items() if s != STOPPED and s != SLEEPING}
         return frozenset(alive | set(self.active) | self.retiring)
 
     def priority_of(self, model: str) -> int:
@@ -313,6 +344,8 @@ class RouterCore:
         for a decision; it counts as granted from the moment it was taken."""
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
         self._ttl_token.pop(model, None)
+        if self.book is not None:
+            self.book.last_used[model] = now
         return self._take()
 
     def give_up(self, req, now: float) -> list:
@@ -329,6 +362,8 @@ class RouterCore:
         count = self.in_flight.get(model, 0) - 1
         if count < 0:
             raise AssertionError(f"request_done for {model!r} without a request in flight")
+        if self.book is not None:
+            self.book.last_used[model] = now
         if count:
             self.in_flight[model] = count
             return self._take()
@@ -340,8 +375,12 @@ class RouterCore:
         self._drain(now)
         return self._take(now)
 
-    def swap_done(self, swap_id: int, error: str | None, now: float) -> list:
+    def swap_done(self, swap_id: int, error: str | None, now: float,
+                  asleep: AbstractSet[str] = frozenset()) -> list:
+        """A swap worker finished: `error` None when the target is ready; `asleep`: the
+        evicted models that went to sleep (the others were stopped)."""
         if swap_id in self._cancelled:
+            self._cancelled_target.pop(swap_id, None)
             for m, gen in self._cancelled.pop(swap_id).items():
                 blockers = self._cancel_blocked.get(m)
                 if blockers is not None:
@@ -349,7 +388,7 @@ class RouterCore:
                     if not blockers:
                         del self._cancel_blocked[m]
                 if self._gen.get(m) == gen:
-                    self._set_state(m, STOPPED)
+                    self._put_down(m, m in asleep, now)
             self._drain(now)
             return self._take(now)
         model = self._swap_ids.pop(swap_id, None)
@@ -358,12 +397,14 @@ class RouterCore:
         swap = self.active.pop(model)
         for m in swap.evict:
             if self._gen.get(m) == swap.gens[m]:
-                self._set_state(m, STOPPED)
+                self._put_down(m, m in asleep, now)
         if error is None:
             self._set_state(model, READY)
+            if self.book is not None and self.planner_needs_measuring(model):
+                self.book.pending.add(model)
             self._ready_since[model] = now
             for req in swap.waiters:
-                self._grant(req, model)
+                self._grant(req, model, now)
             if not self.in_flight.get(model):
                 self._arm_ttl(model, now)
         else:
@@ -375,7 +416,8 @@ class RouterCore:
         self._drain(now)
         return self._take(now)
 
-    def stops_done(self, token: int, now: float) -> list:
+    def stops_done(self, token: int, now: float, asleep: AbstractSet[str] = frozenset()) -> list:
+        """A stop order finished; `asleep`: the models it put to sleep."""
         order = self._orders.pop(token, None)
         if order is None:
             return self._take()
@@ -386,9 +428,12 @@ class RouterCore:
             pending = self._orders_of.get(m, set())
             pending.discard(token)
             if self._gen.get(m) == order.gens.get(m):
-                self._set_state(m, STOPPED)
-                if ran is not None:
-                    self._restart_after(m, "health", now, ran)
+                if m in asleep:
+                    self._put_down(m, True, now)
+                else:
+                    self._set_state(m, STOPPED)
+                    if ran is not None:
+                        self._restart_after(m, "health", now, ran)
             if not pending:
                 self._orders_of.pop(m, None)
                 if m in self.retiring:
@@ -397,13 +442,15 @@ class RouterCore:
         return self._take(now)
 
     def ttl_expired(self, model: str, token: int, now: float) -> list:
-        if (self._ttl_token.get(model) != token or self.state.get(model) != READY
+        if (self._ttl_token.get(model) != token or self.state.get(model) not in (READY, SLEEPING)
                 or self.in_flight.get(model) or model in self.active or self._blocked(model)):
             return self._take()
         del self._ttl_token[model]
         ttl = self._ttl.get(model, 0)
         self._effects.append(Log("info", f"{model} Unloading model, TTL of {_seconds(ttl)}s reached"))
         self._order_stop((model,), "ttl", None)
+        if self.book is not None:
+            self._drain(now)  # a model waiting to be measured no longer holds up the queue
         return self._take(now)
 
     def timer_expired(self, kind: str, model: str, token: int, now: float) -> list:
@@ -417,9 +464,9 @@ class RouterCore:
         return self.ttl_expired(model, token, now)
 
     def process_exited(self, model: str, now: float, code: int | None = None) -> list:
-        """The backend exited on its own while ready (`code`: its exit status, None when
-        not known yet)."""
-        if self.state.get(model) == READY and model not in self.active:
+        """The backend exited on its own while ready or asleep (`code`: its exit status,
+        None when not known yet)."""
+        if self.state.get(model) in (READY, SLEEPING) and model not in self.active:
             self._set_state(model, STOPPED)
             self._drain(now)
             ran = now - self._ready_since.get(model, now)
@@ -487,9 +534,29 @@ class RouterCore:
         self._effects.append(ShutdownAll(token, grace))
         return token, self._take()
 
+    def measured(self, model: str, usage: Mapping[str, int], asleep: bool, now: float) -> list:
+        """A reading of what `model` uses on the managed devices it could measure (bytes),
+        taken while it was ready (or asleep). Raises its learned need, and applies the
+        growth rule when the devices now count more than their budgets allow."""
+        book = self.book
+        if book is None or model not in self.models:
+            return self._take()
+        book.pending.discard(model)
+        key = self.planner.policy.key(model)
+        learned = book.learn(key, usage, asleep)
+        if learned is not None:
+            self._effects.append(NeedLearned(model, key[1], asleep, learned))
+        if self.state.get(model) == (SLEEPING if asleep else READY) and model not in self.active:
+            book.usage[model] = {d: int(v) for d, v in usage.items()}
+            (book.usage_asleep.add if asleep else book.usage_asleep.discard)(model)
+            self._relieve(model)
+        self._drain(now)
+        return self._take(now)
+
     def reconfigure(self, models: Iterable[str], planner, *, ttl: Mapping[str, float],
                     stop: Iterable[str], now: float, priority: Mapping[str, int] | None = None,
-                    max_wait: float | None = None, restart: Mapping[str, str] | None = None) -> list:
+                    max_wait: float | None = None, restart: Mapping[str, str] | None = None,
+                    sleepable: AbstractSet[str] | None = None) -> list:
         """Route with a new config. Models in `stop` (and removed ones) are drained: no new
         grants, their in-flight requests finish, then their old process is stopped.
         `max_wait` None keeps the current bound."""
@@ -525,6 +592,8 @@ class RouterCore:
                 self._ttl_token.pop(m, None)
                 self._arm_ttl(m, now)
         self.planner = planner
+        if sleepable is not None:
+            self.sleepable = frozenset(sleepable)
         for m in new_models:
             if m not in self.state:
                 self.state[m] = STOPPED
@@ -562,19 +631,25 @@ class RouterCore:
             return True
         if self._blocked(model):
             return False
-        running = self.running()
-        evict = frozenset(self.planner.eviction_for(model, running)) - {model}
+        plan = self._plan(model)
+        if plan.refuse is not None:
+            req.set_position(0)
+            req.offer_error(RouterError(503, plan.refuse))
+            return True
+        evict = plan.evict
         collides = self._collides(model, evict)
         if self.state[model] == READY and not evict and not collides:
-            self._grant(req, model)
+            self._grant(req, model, now)
             return True
-        if collides:
+        if collides or plan.wait:
             return False
         if any(self.in_flight.get(m) or m in self.retiring for m in evict):
             return False
+        if self.book is not None and evict & self._memory_busy():
+            return False
         if starved is not None and req is not starved and self._crowds(starved.model, model, evict):
             return False
-        self._start_swap(model, evict, [req])
+        self._start_swap(model, plan, [req])
         return True
 
     def _crowds(self, starved: str, model: str, evict: frozenset[str]) -> bool:
@@ -585,6 +660,32 @@ class RouterCore:
         return starved in evict or model in self.planner.eviction_for(
             starved, self.running() | {model})
 
+    def _plan(self, model: str, running: AbstractSet[str] | None = None) -> Plan:
+        """The planner's answer for `model` (rule 4); `running` defaults to running()."""
+        running = self.running() if running is None else running
+        if self.book is None:
+            return plan_for(self.planner, model, running, PlanContext())
+        sleeping = frozenset(m for m, s in self.state.items() if s == SLEEPING)
+        busy = frozenset(set(self.in_flight) | set(self.active) | self.retiring
+                         | self._memory_busy())
+        stopping = frozenset(set(self._orders_of) | {m for sw in self.active.values()
+                                                     for m in sw.evict})
+        held = frozenset(set(self._orders_of) | set(self._cancelled_target.values()))
+        return plan_for(self.planner, model, running,
+                        PlanContext(sleeping=sleeping, busy=busy | held, stopping=stopping,
+                                    held=held))
+
+    def _memory_busy(self) -> set[str]:
+        """Models memory may not count as freed yet: not measured since they became ready,
+        the target of a cancelled swap whose worker may still start it, or one whose stop
+        order has not finished."""
+        return self.book.pending | set(self._cancelled_target.values()) | set(self._orders_of)
+
+    def planner_needs_measuring(self, model: str) -> bool:
+        """Whether the memory planner does not know `model`'s need on some device yet."""
+        unknown = getattr(self.planner, "unknown_need", None)
+        return bool(unknown is not None and unknown(model))
+
     def _blocked(self, model: str) -> bool:
         return model in self.retiring or model in self._orders_of or model in self._cancel_blocked
 
@@ -594,17 +695,21 @@ class RouterCore:
                 return True
         return False
 
-    def _start_swap(self, model: str, evict: frozenset[str], waiters: list) -> None:
+    def _start_swap(self, model: str, plan: Plan, waiters: list) -> None:
+        evict = plan.evict
         swap_id = next(self._ids)
         description = None
         describe = getattr(self.planner, "describe_swap", None)
         if describe is not None:
             description = describe(model, self.running() - set(self.active))
+        was_asleep = {m for m in evict if self.state.get(m) == SLEEPING}
         gens = {m: self._set_state(m, STOPPING) for m in evict}
         for m in evict:
             self._ttl_token.pop(m, None)
         self._set_state(model, STARTING)
-        self.active[model] = _Swap(swap_id, model, evict, waiters, gens)
+        sleep = tuple(sorted(m for m in evict if m in self.sleepable and m not in plan.stop
+                             and m not in was_asleep))
+        self.active[model] = _Swap(swap_id, model, evict, waiters, gens, frozenset(sleep))
         self._swap_ids[swap_id] = model
         if description is not None:
             self._effects.append(Log(*description))
@@ -613,14 +718,16 @@ class RouterCore:
         if self.starved is not None and self.starved in waiters:
             reasons = {m: "maxwait" for m in evict}  # F3: the bound forced these stops
         else:
-            reasons = eviction_reasons(self.planner, model, evict)
-        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons))
+            reasons = dict(plan.reasons)
+        self._effects.append(StartSwap(swap_id, model, tuple(sorted(evict)), reasons, sleep))
 
-    def _grant(self, req, model: str) -> None:
+    def _grant(self, req, model: str, now: float) -> None:
         req.set_position(0)
         if req.offer_grant():
             self.in_flight[model] = self.in_flight.get(model, 0) + 1
             self._ttl_token.pop(model, None)
+            if self.book is not None:
+                self.book.last_used[model] = now
 
     def _drain(self, now: float) -> None:
         while self.queue and not self.shutting_down:
@@ -664,7 +771,49 @@ class RouterCore:
             self.state[model] = state
         if state != READY:
             self._ttl_token.pop(model, None)
+            if self.book is not None:
+                self.book.pending.discard(model)
+                if state != STOPPING:  # a reading belongs to the level it was taken at
+                    self.book.usage.pop(model, None)
+                    self.book.usage_asleep.discard(model)
         return self._gen[model]
+
+    def _put_down(self, model: str, asleep: bool, now: float) -> None:
+        """An eviction or stop order ended: the model is asleep or stopped."""
+        if asleep:
+            self._set_state(model, SLEEPING)
+            self._arm_ttl(model, now)
+        else:
+            self._set_state(model, STOPPED)
+
+    def _relieve(self, grown: str) -> None:
+        """The growth rule: back under every budget by putting idle others down."""
+        levels, idle = {}, []
+        for m, st in self.state.items():
+            if st == STOPPED:
+                continue
+            levels[m] = "asleep" if st == SLEEPING else "awake"
+            if (st in (READY, SLEEPING) and not self.in_flight.get(m) and m not in self.active
+                    and not self._blocked(m) and m not in self.book.pending):
+                idle.append(m)
+        for swap in self.active.values():  # as the swap planned them: down before it loads
+            for m in swap.evict:
+                levels[m] = "asleep" if m in swap.sleep else "gone"
+        over, lowered = self.planner.relieve(levels, idle, grown)
+        if not over:
+            return
+        what = "; ".join(f"{d}: {format_size(u)} counted with headroom > budget {format_size(b)}"
+                         for d, u, b in over)
+        if not lowered:
+            self._effects.append(Log("warn", f"memory: over budget after measuring {grown} "
+                                             f"({what}), and no idle model to evict"))
+            return
+        down = sorted(lowered)
+        sleep = tuple(m for m in down if lowered[m] == "asleep")
+        self._effects.append(Log("warn", f"memory: over budget after measuring {grown} ({what}); "
+                                         f"evicting least recently used idle "
+                                         f"{' '.join(down)}"))
+        self._order_stop(tuple(down), "memory", None, sleep=sleep)
 
     def _arm_ttl(self, model: str, now: float) -> None:
         ttl = self._ttl.get(model, 0)
@@ -674,14 +823,14 @@ class RouterCore:
             self._effects.append(ArmTimer(model, now + ttl, token))
 
     def _order_stop(self, models: tuple[str, ...], reason: str, grace: float | None,
-                    after_swaps: tuple[int, ...] = ()) -> int:
+                    after_swaps: tuple[int, ...] = (), sleep: tuple[str, ...] = ()) -> int:
         token = next(self._ids)
         order = _Order(token, models, reason)
         for m in models:
             order.gens[m] = self._set_state(m, STOPPING)
             self._orders_of.setdefault(m, set()).add(token)
         self._orders[token] = order
-        self._effects.append(StopModels(token, models, reason, grace, after_swaps))
+        self._effects.append(StopModels(token, models, reason, grace, after_swaps, sleep))
         return token
 
     def _cancel_swap(self, swap: _Swap) -> int:
@@ -689,6 +838,7 @@ class RouterCore:
         del self.active[swap.model]
         del self._swap_ids[swap.swap_id]
         self._cancelled[swap.swap_id] = dict(swap.gens)
+        self._cancelled_target[swap.swap_id] = swap.model
         for m in swap.evict:
             self._cancel_blocked.setdefault(m, set()).add(swap.swap_id)
         return swap.swap_id
@@ -745,14 +895,17 @@ class RouterCore:
         self._effects.append(Log("info", f"router: restarting model {model} after a failure "
                                          f"({reason}, attempt {attempt})"))
         self._effects.append(Restart(model, reason, attempt))
-        self._start_swap(model, frozenset(), [])
+        self._start_swap(model, Plan(), [])
 
     def _restart_hold(self, model: str) -> str | None:
         """What stands in the way of restarting a stopped `model` (R3), or None."""
         if self._blocked(model):
             return "it is being stopped"
         running = self.running()
-        evict = frozenset(self.planner.eviction_for(model, running)) - {model}
+        plan = self._plan(model, running)
+        if plan.refuse is not None or plan.wait:
+            return plan.refuse or "it has to wait for memory"
+        evict = plan.evict
         if evict:
             return f"it would evict {' '.join(sorted(evict))}"
         if self._collides(model, evict):

@@ -21,9 +21,10 @@ from typing import Callable, Mapping, Sequence
 from llamaswap.config.model import Config
 from llamaswap.ops.events import (EventBus, ModelRestarting, ModelStopping, QueueLengthChanged,
                                   QueueWaited, SwapFinished)
-from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, Restart, RouterCore,
-                                   RouterError, ShutdownAll, StartSwap, StopModels,
+from llamaswap.router.core import (ArmTimer, BackOff, CancelRestart, Log, NeedLearned, Restart,
+                                   RouterCore, RouterError, ShutdownAll, StartSwap, StopModels,
                                    shutting_down_error)
+from llamaswap.router.memory import MemoryBook
 from llamaswap.router.planners import planner_for
 
 _WAITING, _GRANTED, _FAILED, _ABANDONED, _DONE = "waiting", "granted", "failed", "abandoned", "done"
@@ -179,20 +180,28 @@ class Ticket:
 
 class Router:
     def __init__(self, config: Config, processes: Mapping[str, object], *, log,
-                 events: EventBus | None = None, clock: Callable[[], float] = time.monotonic):
+                 events: EventBus | None = None, clock: Callable[[], float] = time.monotonic,
+                 memory=None):
+        """`memory`: the edge that measures (ops.memory_monitor.MemoryMonitor): it gives the
+        budgets (``budgets_for(config)``, no I/O), what was learned before
+        (``initial_learned()``) and takes what is learned now (``learned(...)``, never
+        blocks); None: no memory management."""
         self.config = config
         self._processes = dict(processes)
         self._log = log
         self._events = events
         self._clock = clock
+        self._memory = memory
+        self._book = MemoryBook(*memory.initial_learned()) if memory is not None else None
         # SimpleQueue: put and get are single C calls (queue.Queue runs a Python Condition)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._core = RouterCore(
-            self._processes, planner_for(config),
+            self._processes, self._planner_for(config),
             ttl={m: p.config.ttl for m, p in self._processes.items()},
             ready={m for m, p in self._processes.items() if _state(p) == "ready"},
             now=clock(), priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(self._processes))
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(self._processes),
+            sleepable=_sleepable(self._processes), book=self._book_for(config))
         self._startup_effects = self._core._take()
         self._timers: list = []
         self._seq = itertools.count()
@@ -291,6 +300,20 @@ class Router:
                 return
             self._commands.put(("reconfigure", config, dict(processes), list(stop), done))
         done.wait()
+
+    def measured(self, model_id: str, usage: Mapping[str, int], asleep: bool) -> None:
+        """A reading of what a resident model uses (bytes per managed device), from the
+        memory monitor's thread."""
+        self._commands.put(("measured", model_id, dict(usage), asleep))
+
+    def inspect(self, fn: Callable[[RouterCore], object], timeout: float = 5.0) -> object:
+        """``fn(core)`` run on the router thread (a consistent read of routing state for
+        /api/memory and /metrics); None when the router does not answer in time."""
+        box: list = []
+        done = threading.Event()
+        self._commands.put(("inspect", fn, box, done))
+        done.wait(timeout)
+        return box[0] if box else None
 
     def queue_length(self) -> int:
         return self._core.queue_length()
@@ -407,14 +430,14 @@ class Router:
         elif kind == "give_up":
             self._apply(core.give_up(command[1], now))
         elif kind == "swap_done":
-            _, swap_id, model, error, seconds = command
+            _, swap_id, model, error, seconds, asleep = command
             self._swap_finished.pop(swap_id, None)
             if self._events is not None:
                 self._events.publish(SwapFinished(model, seconds, error is None))
-            self._apply(core.swap_done(swap_id, error, now))
+            self._apply(core.swap_done(swap_id, error, now, asleep))
         elif kind == "stops_done":
-            token = command[1]
-            self._apply(core.stops_done(token, now))
+            token, asleep = command[1], command[2]
+            self._apply(core.stops_done(token, now, asleep))
             for model in [m for m in self._retired if m not in core.retiring]:
                 del self._retired[model]
             event = self._calls.pop(token, None)
@@ -445,6 +468,15 @@ class Router:
             token, effects = core.shutdown(grace, now)
             self._calls[token] = done
             self._apply(effects)
+        elif kind == "measured":
+            _, model, usage, asleep = command
+            self._apply(core.measured(model, usage, asleep, now))
+        elif kind == "inspect":
+            _, fn, box, done = command
+            try:
+                box.append(fn(core))
+            finally:
+                done.set()
         elif kind == "shutdown_done":
             event = self._calls.pop(command[1], None)
             if event is not None:
@@ -457,7 +489,7 @@ class Router:
         the cleanup); never fast-path a request to it. Every stop the core orders marks
         the model stopping first, so a ready model whose process is not ready crashed."""
         process = self._processes.get(model)
-        if (process is not None and self._core.state.get(model) == "ready"
+        if (process is not None and self._core.state.get(model) in ("ready", "sleeping")
                 and _state(process) in ("stopping", "stopped")):
             self._noticed.add(id(process))
             self._stopped_itself(model, "crash")
@@ -480,12 +512,27 @@ class Router:
         self._ttls = _ttls(processes)
         self._all_models = frozenset(processes)
         self._listen(processes)
+        self._core.book = self._book_for(config)
         self._apply(self._core.reconfigure(
-            processes, planner_for(config), ttl={m: p.config.ttl for m, p in processes.items()},
+            processes, self._planner_for(config),
+            ttl={m: p.config.ttl for m, p in processes.items()},
             stop=sorted(retire), now=now, priority=config.routing.scheduler.fifo.priority,
-            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(processes)))
+            max_wait=config.routing.scheduler.fifo.max_wait, restart=_restart(processes),
+            sleepable=_sleepable(processes)))
         for model in [m for m in self._retired if m not in self._core.retiring]:
             del self._retired[model]
+        # forget the processes of earlier configs (one per changed model per reload, kept
+        # forever before: the soak benchmark's slow RSS rise)
+        live = {id(p) for p in processes.values()} | {id(p) for p in self._retired.values()}
+        self._listening = {k: p for k, p in self._listening.items() if k in live}
+
+    def _planner_for(self, config: Config):
+        if self._memory is None or config.memory is None:
+            return planner_for(config)
+        return planner_for(config, (self._memory.budgets_for(config), self._book))
+
+    def _book_for(self, config: Config) -> MemoryBook | None:
+        return self._book if config.memory is not None else None
 
     def _apply(self, effects: list) -> None:
         for effect in effects:
@@ -516,6 +563,8 @@ class Router:
                     self._events.publish(ModelRestarting(effect.model, effect.reason, effect.attempt))
             elif isinstance(effect, Log):
                 getattr(self._log, effect.level)(effect.message)
+            elif isinstance(effect, NeedLearned) and self._memory is not None:
+                self._memory.learned(effect.model, effect.command, effect.asleep, effect.need)
 
     def _publish_queue_length(self) -> None:
         length = self._core.queue_length()
@@ -573,14 +622,15 @@ class Router:
         def work() -> None:
             started = time.monotonic()
             error = None
+            asleep: set = set()
             try:
-                _stop_all(evict, None, self._log)
+                asleep = _stop_all(evict, None, self._log, sleep=effect.sleep)
                 target.start()
             except Exception as exc:
                 error = str(exc) or type(exc).__name__
             finally:
                 self._post(("swap_done", effect.swap_id, effect.model, error,
-                            time.monotonic() - started))
+                            time.monotonic() - started, frozenset(asleep)))
                 finished.set()
 
         _spawn(work, f"swap-{effect.model}")
@@ -591,15 +641,17 @@ class Router:
         waits = [self._swap_finished[s] for s in effect.after_swaps if s in self._swap_finished]
 
         def work() -> None:
+            asleep: set = set()
             try:
-                _stop_all(processes, effect.grace, self._log)
+                asleep = _stop_all(processes, effect.grace, self._log, sleep=effect.sleep)
                 if waits:
                     # A cancelled swap may still have been about to start one of these.
                     for event in waits:
                         event.wait()
                     _stop_all(processes, effect.grace, self._log)
+                    asleep = set()
             finally:
-                self._post(("stops_done", effect.token))
+                self._post(("stops_done", effect.token, frozenset(asleep)))
 
         _spawn(work, f"stop-{effect.reason}")
 
@@ -638,13 +690,25 @@ def _spawn(fn, name: str) -> None:
     threading.Thread(target=fn, name=name, daemon=True).start()
 
 
-def _stop_all(processes: list, grace: float | None, log, terminal: bool = False) -> None:
-    """Stop every process in parallel (each with its own unload_timeout unless `grace`)."""
+def _sleepable(processes: Mapping[str, object]) -> frozenset[str]:
+    return frozenset(m for m, p in processes.items() if getattr(p.config, "sleep", ""))
+
+
+def _stop_all(processes: list, grace: float | None, log, terminal: bool = False,
+              sleep: Sequence[str] = ()) -> set:
+    """Stop every process in parallel (each with its own unload_timeout unless `grace`);
+    those named in `sleep` are put to sleep instead (a failed sleep stops them). The ids
+    of the processes that went to sleep."""
+    asleep = set()
+
     def stop(process) -> None:
         wait = process.config.unload_timeout if grace is None else grace
         try:
             if terminal:
                 process.shutdown(wait)
+            elif process.model_id in sleep:
+                if process.sleep():
+                    asleep.add(process.model_id)
             else:
                 process.stop(wait)
         except Exception as exc:
@@ -652,10 +716,11 @@ def _stop_all(processes: list, grace: float | None, log, terminal: bool = False)
 
     if len(processes) == 1:
         stop(processes[0])
-        return
+        return asleep
     threads = [threading.Thread(target=stop, args=(p,), name=f"stop-{p.model_id}", daemon=True)
                for p in processes]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return asleep

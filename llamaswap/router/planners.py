@@ -10,9 +10,10 @@ word that says why its evictions stop a model; "swap" when it has none).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Mapping, Protocol
 
-from llamaswap.config.model import Config, GroupConfig, MatrixConfig
+from llamaswap.config.model import DEFAULT_GROUP_ID, Config, GroupConfig, MatrixConfig
 from llamaswap.router.solver import MatrixSolver, Solution
 
 _NO_GROUP = GroupConfig(id="", swap=False, exclusive=False, persistent=False)
@@ -25,6 +26,44 @@ class Planner(Protocol):
 
 
 DEFAULT_REASON = "swap"
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What the core knows beyond `running` that a planner with a ``plan`` method may use:
+    models asleep (not in `running`), models that must not be stopped under a request or a
+    load (busy: a stop would wait for them), models already being stopped, and models the
+    core counts stopped that may still hold memory (a stop order not finished, a cancelled
+    load whose worker may still start them)."""
+
+    sleeping: frozenset[str] = frozenset()
+    busy: frozenset[str] = frozenset()
+    stopping: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()  # not running, yet may still hold memory (see core)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planner's full answer for one target.
+
+    `evict`: models to stop (or put to sleep) first, with their `reasons`. `stop`: evicted
+    models that can sleep but must stop (sleeping would not free enough). `refuse`: the
+    target cannot be started (503, this message). `wait`: not now; ask again later."""
+
+    evict: frozenset[str] = frozenset()
+    reasons: Mapping[str, str] = field(default_factory=dict, hash=False)
+    stop: frozenset[str] = frozenset()
+    refuse: str | None = None
+    wait: bool = False
+
+
+def plan_for(planner, target: str, running: AbstractSet[str], ctx: PlanContext) -> Plan:
+    """The planner's ``plan`` when it has one, else its evictions with their reasons."""
+    plan = getattr(planner, "plan", None)
+    if plan is not None:
+        return plan(target, running, ctx)
+    evict = frozenset(planner.eviction_for(target, running)) - {target}
+    return Plan(evict, eviction_reasons(planner, target, evict))
 
 
 def eviction_reasons(planner, target: str, evict: AbstractSet[str]) -> dict[str, str]:
@@ -122,8 +161,18 @@ def _go_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def planner_for(config: Config) -> Planner:
-    """The matrix planner when the config has a matrix, else the group planner."""
-    if config.matrix is not None:
-        return MatrixPlanner(config.matrix)
-    return GroupPlanner(config.groups)
+def planner_for(config: Config, memory=None) -> Planner:
+    """The matrix planner when the config has a matrix, else the group planner; with a
+    ``memory`` section (and `memory`, the router's ``(budgets, book)``) the memory planner
+    composed after it. Then models of the implicit default group no longer swap one at a
+    time: memory decides for them."""
+    groups = config.groups
+    if config.memory is not None and memory is not None and DEFAULT_GROUP_ID in groups:
+        groups = dict(groups)
+        groups[DEFAULT_GROUP_ID] = replace(groups[DEFAULT_GROUP_ID], swap=False, exclusive=False)
+    inner = MatrixPlanner(config.matrix) if config.matrix is not None else GroupPlanner(groups)
+    if config.memory is None or memory is None:
+        return inner
+    from llamaswap.router.memory import MemoryPlanner, MemoryPolicy
+    budgets, book = memory
+    return MemoryPlanner(inner, MemoryPolicy.from_config(config, budgets), book)

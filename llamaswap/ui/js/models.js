@@ -70,8 +70,10 @@ function stateBadge(state) {
 function localRow(m) {
   const busy = pending.get(m.id);
   const state = m.state || "unknown";
-  const canLoad = !busy && (state === "stopped" || state === "backoff" || state === "unknown");
-  const canUnload = !busy && (state === "ready" || state === "starting" || state === "backoff");
+  const canLoad = !busy && (state === "stopped" || state === "backoff" || state === "unknown"
+    || state === "sleeping");
+  const canUnload = !busy && (state === "ready" || state === "starting" || state === "backoff"
+    || state === "sleeping");
   const err = errors.get(m.id);
   return h(
     "tr",
