@@ -16,8 +16,8 @@ import uuid
 import pytest
 
 from helpers import wait_until
-from uikit import (API_KEY, ARTIFACTS, TIMEOUT_MS, Proxy, expect, launch, open_page, row,
-                   shoot, sync_api)
+from uikit import (API_KEY, ARTIFACTS, TIMEOUT_MS, Proxy, browser, expect, open_page,  # noqa: F401
+                   playwright, row, shoot)
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +35,6 @@ def auth_proxy(tmp_path_factory):
     yield p
     p.stop()
 
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture
-def browser(playwright):
-    # One browser per test: its renderer processes are gone when the test ends, which the
-    # leak check in conftest.py verifies.
-    b = launch(playwright)
-    yield b
-    b.close()
 
 
 # -- tests ----------------------------------------------------------------------------------

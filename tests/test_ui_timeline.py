@@ -16,7 +16,7 @@ from datetime import datetime
 import pytest
 
 from helpers import free_port
-from uikit import ARTIFACTS, Proxy, expect, launch, open_page, shoot, sync_api
+from uikit import ARTIFACTS, Proxy, browser, expect, open_page, playwright, shoot  # noqa: F401
 
 from llamaswap.demo.config import free_port_range
 from llamaswap.ops.activity.record import ActivityEntry, TokenMetrics
@@ -69,18 +69,6 @@ def busy(tmp_path_factory):
     yield p
     p.stop()
 
-
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_api.sync_playwright() as pw:
-        yield pw
-
-
-@pytest.fixture
-def browser(playwright):
-    b = launch(playwright)
-    yield b
-    b.close()
 
 
 def rows(page):

@@ -153,6 +153,22 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+# Fixtures for the test modules to import (``from uikit import browser, playwright``).
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture
+def browser(playwright):
+    # One browser per test: its renderer processes are gone when the test ends, which the
+    # leak check in conftest.py verifies.
+    b = launch(playwright)
+    yield b
+    b.close()
+
+
 def open_page(browser, url: str, **context_args):
     context = browser.new_context(viewport={"width": 1280, "height": 800}, **context_args)
     context.set_default_timeout(TIMEOUT_MS)

@@ -48,6 +48,16 @@ export function clockLabel(t, step) {
   return `${hh}:${mm}:${String(d.getSeconds()).padStart(2, "0")}`;
 }
 
+// 1234567 -> "1.2M": axis labels stay narrow whatever the values.
+export function compact(v) {
+  const a = Math.abs(v);
+  if (a >= 1e9) return `${+(v / 1e9).toFixed(1)}G`;
+  if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
+  if (a >= 1e4) return `${+(v / 1e3).toFixed(0)}k`;
+  if (a >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
+  return `${+v.toFixed(a < 10 && a % 1 ? 1 : 0)}`;
+}
+
 // A round upper bound and tick step for values up to max.
 export function niceScale(max, ticks = 4) {
   if (!(max > 0)) return { max: 1, step: 0.25 };
@@ -78,7 +88,7 @@ const M = { left: 48, right: 12, top: 10, bottom: 24 };
 export function lineChart(spec) {
   const width = Math.max(200, spec.width || 600);
   const height = spec.height || 180;
-  const fmt = spec.format || ((v) => String(Math.round(v)));
+  const fmt = spec.format || compact;
   const series = spec.series.filter((se) => se.points.length);
   let top = spec.yMax || 0;
   for (const se of series) for (const p of se.points) if (p[1] > top) top = p[1];
@@ -98,16 +108,21 @@ export function lineChart(spec) {
   }
   const lines = series.map((se) => {
     let d = "";
-    let prev = null;
+    const runs = []; // each unbroken stretch of points; a lone point is drawn as a dot
     for (const [t, v] of se.points) {
       if (t < spec.t0 - (spec.gap || 0) || t > spec.t1 + (spec.gap || 0)) continue;
-      const jump = prev === null || (spec.gap && t - prev > spec.gap);
-      d += `${jump ? "M" : "L"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
-      prev = t;
+      const run = runs[runs.length - 1];
+      if (!run || (spec.gap && t - run[run.length - 1][0] > spec.gap)) runs.push([[t, v]]);
+      else run.push([t, v]);
     }
-    const dots = spec.dots ? se.points.filter(([t]) => t >= spec.t0 && t <= spec.t1)
-      .map(([t, v]) => s("circle", { cx: x(t).toFixed(1), cy: y(v).toFixed(1), r: 2.2, fill: se.color })) : [];
-    return s("g", {}, spec.dots ? null : s("path", { d, fill: "none", stroke: se.color, "stroke-width": 1.6, "stroke-linejoin": "round" }), dots);
+    const dots = [];
+    for (const run of runs) {
+      run.forEach(([t, v], i) => {
+        d += `${i ? "L" : "M"}${x(t).toFixed(1)},${y(v).toFixed(1)}`;
+      });
+      if (run.length === 1) dots.push(s("circle", { cx: x(run[0][0]).toFixed(1), cy: y(run[0][1]).toFixed(1), r: 2.5, fill: se.color }));
+    }
+    return s("g", {}, s("path", { d, fill: "none", stroke: se.color, "stroke-width": 1.6, "stroke-linejoin": "round" }), dots);
   });
   const cursor = s("line", { class: "cursor", y1: M.top, y2: height - M.bottom, visibility: "hidden" });
   const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "chart-svg", role: "img",
@@ -165,7 +180,8 @@ export function legend(series) {
     h("span", { class: "legend-item" }, swatch(se.color), se.name)));
 }
 
-// A horizontal bar split into segments [{label, value, color, title, hatch}] out of total.
+// A horizontal bar split into segments [{label, value, color, title, hatch, cls}] out of
+// total (a `cls` segment takes its colour from the stylesheet).
 export function segmentBar(segments, total, { height = 18, label } = {}) {
   const width = 1000; // scaled to the container by CSS
   let at = 0;
@@ -175,7 +191,7 @@ export function segmentBar(segments, total, { height = 18, label } = {}) {
     const w = (Math.min(seg.value, Math.max(0, total - at)) / total) * width;
     if (w <= 0) continue;
     parts.push(s("rect", { x: (at / total) * width, y: 0, width: w, height, fill: seg.color,
-      class: seg.hatch ? "seg hatch" : "seg", "data-label": seg.label },
+      class: `seg${seg.hatch ? " hatch" : ""}${seg.cls ? ` ${seg.cls}` : ""}`, "data-label": seg.label },
     s("title", {}, seg.title || seg.label)));
     at += seg.value;
   }

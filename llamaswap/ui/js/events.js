@@ -14,6 +14,7 @@ export const store = {
   retryIn: 0,
   attempts: 0,
   models: [],
+  modelsAt: 0,
   metrics: [], // oldest first
   inflight: 0,
   inflightTable: new Map(), // id -> upstream's in-flight entry
@@ -98,6 +99,7 @@ function handle(raw) {
   switch (envelope.type) {
     case "modelStatus":
       store.models = Array.isArray(data) ? data : [];
+      store.modelsAt = Date.now(); // restartIn counts from here
       emit("models");
       break;
     case "logData": {
@@ -119,10 +121,11 @@ function handle(raw) {
       break;
     case "inflight":
       store.inflight = Number(data.total) || 0;
+      // _seen: when elapsed_ms was true, so pages can count on from there
       if (data.operation === "snapshot") {
-        store.inflightTable = new Map((data.requests || []).map((r) => [r.id, r]));
+        store.inflightTable = new Map((data.requests || []).map((r) => [r.id, { ...r, _seen: Date.now() }]));
       } else if (data.operation === "upsert" && data.request) {
-        store.inflightTable.set(data.request.id, data.request);
+        store.inflightTable.set(data.request.id, { ...data.request, _seen: Date.now() });
       } else if (data.operation === "remove") {
         store.inflightTable.delete(data.id);
       }

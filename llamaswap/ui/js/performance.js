@@ -23,11 +23,16 @@ export async function available() {
   }
 }
 
-let spanMin = Number(localStorage.getItem("llamaswap.performance.span")) || 15;
-if (!SPANS.includes(spanMin)) spanMin = 15;
+let spanMin = Number(localStorage.getItem("llamaswap.performance.span")) || 5;
+if (!SPANS.includes(spanMin)) spanMin = 5;
 
 const mean = (xs) => (xs && xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
 const fmtPct = (v) => `${Math.round(v)}%`;
+// Memory charts count in GiB (or MiB below 2 GiB), so the axis gets round numbers.
+function memAxis(totalMB) {
+  if (totalMB >= 2048) return { div: 1024, format: (v) => `${+v.toFixed(v < 10 && v % 1 ? 1 : 0)} GiB` };
+  return { div: 1, format: (v) => `${Math.round(v)} MiB` };
+}
 const fmtMB = (v) => (v >= 1024 ? `${(v / 1024).toFixed(v >= 10240 ? 0 : 1)} GiB` : `${Math.round(v)} MiB`);
 
 export function mount(root) {
@@ -107,12 +112,13 @@ export function mount(root) {
     cards.push(card("CPU", cur ? `${fmtPct(mean(cur.cpu_util_per_core))} · load ${cur.load_avg_1.toFixed(2)}` : "",
       lineChart({ t0, t1, series: cpu, yMax: 100, format: fmtPct, width: half, height: 170, gap, label: "CPU use" })));
     const memTotal = cur ? cur.mem_total_mb : 0;
+    const ax = memAxis(memTotal);
     const mem = [
-      { name: "used", color: colorFor(1), points: inView.map((x) => [x.t, x.mem_used_mb]) },
-      { name: "swap used", color: colorFor(3), points: inView.map((x) => [x.t, x.swap_used_mb]).filter((p) => p[1] > 0) },
+      { name: "used", color: colorFor(1), points: inView.map((x) => [x.t, x.mem_used_mb / ax.div]) },
+      { name: "swap used", color: colorFor(3), points: inView.map((x) => [x.t, x.swap_used_mb / ax.div]).filter((p) => p[1] > 0) },
     ];
     cards.push(card("RAM", cur ? `${fmtMB(cur.mem_used_mb)} of ${fmtMB(memTotal)}` : "",
-      lineChart({ t0, t1, series: mem, yMax: memTotal, format: fmtMB, width: half, height: 170, gap, label: "RAM used" }),
+      lineChart({ t0, t1, series: mem, yMax: memTotal / ax.div, format: ax.format, width: half, height: 170, gap, label: "RAM used" }),
       legend(mem.filter((se) => se.points.length))));
 
     const byId = new Map();
@@ -124,8 +130,8 @@ export function mount(root) {
     for (const [id, list] of [...byId.entries()].sort((a, b) => a[0] - b[0])) {
       const g = list.filter((x) => x.t >= t0 - gap);
       const now = list[list.length - 1];
-      const one = (name, key, color, yMax, format) => lineChart({
-        t0, t1, series: [{ name, color, points: g.map((x) => [x.t, x[key]]) }], yMax, format,
+      const one = (name, key, color, yMax, format, div = 1) => lineChart({
+        t0, t1, series: [{ name, color, points: g.map((x) => [x.t, x[key] / div]) }], yMax, format,
         width: quarter, height: 130, gap, label: `GPU ${id} ${name}`,
       });
       cards.push(h("section", { class: "card perf-gpu", "data-gpu": String(id) },
@@ -134,7 +140,8 @@ export function mount(root) {
             `${fmtPct(now.gpu_util_pct)} · ${fmtMB(now.mem_used_mb)} / ${fmtMB(now.mem_total_mb)} · ${now.temp_c} °C · ${Math.round(now.power_draw_w)} W`)),
         h("div", { class: "perf-grid" },
           h("div", {}, h("h3", {}, "Utilisation"), one("utilisation", "gpu_util_pct", colorFor(0), 100, fmtPct)),
-          h("div", {}, h("h3", {}, "Memory"), one("memory", "mem_used_mb", colorFor(1), now.mem_total_mb, fmtMB)),
+          h("div", {}, h("h3", {}, "Memory"), one("memory", "mem_used_mb", colorFor(1),
+            now.mem_total_mb / memAxis(now.mem_total_mb).div, memAxis(now.mem_total_mb).format, memAxis(now.mem_total_mb).div)),
           h("div", {}, h("h3", {}, "Temperature"), one("temperature", "temp_c", colorFor(6), 90, (v) => `${Math.round(v)} °C`)),
           h("div", {}, h("h3", {}, "Power"), one("power", "power_draw_w", colorFor(4), 0, (v) => `${Math.round(v)} W`)))));
     }
