@@ -249,7 +249,7 @@ def test_activity_pages_filters_and_speed_chart(proxy, browser):
         page.select_option("#activity-range", "15m")
         expect(page.locator("#activity-chart svg.chart-svg path")).to_have_count(1)  # one model
         expect(page.locator("#activity-chart .legend")).to_contain_text("chat-b")
-        shoot(page, "activity-filtered", "activity")
+        shoot(page, "activity-filtered", "activity-filtered")
 
         # the time range is the server's: a custom range in the past has nothing
         page.select_option("#activity-range", "custom")
@@ -355,7 +355,7 @@ def test_new_pages_at_phone_width_in_the_dark(proxy, browser):
             page.goto(f"{proxy.base}/ui/#{route}")
             expect(page.locator(ready).first).to_be_visible()
             assert page.evaluate("document.documentElement.scrollWidth") <= 390, route
-            shoot(page, f"phone-{route.strip('/')}")
+            shoot(page, f"phone-{route.strip('/')}", "timeline-phone" if route == "/timeline" else None)
         page.set_viewport_size({"width": 1280, "height": 800})
         page.goto(f"{proxy.base}/ui/#/timeline")
         page.click("button[data-span='5']")

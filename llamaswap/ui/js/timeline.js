@@ -205,7 +205,7 @@ export function mount(root) {
   let hoverAt = null; // [x, y] in CSS pixels
   let colors = null;
   let layout = null; // what the last draw placed, for hover
-  const stats = (window.__timeline = { draws: 0, drawMs: [] });
+  const stats = (window.__timeline = { draws: 0, drawMs: [], shownAfterMs: {} });
 
   function span() {
     return spanMin * 60000;
@@ -344,6 +344,8 @@ export function mount(root) {
         ctx.fillText(shown, lx, y + LABEL_Y);
         const width = ctx.measureText(shown).width;
         rowInfo.labels.push({ x0: lx, x1: lx + width, band: b, text });
+        // how long after the change its label was first drawn (tests report it)
+        if (!(c.seq in stats.shownAfterMs)) stats.shownAfterMs[c.seq] = Date.now() - c.t;
         freeFrom = lx + width + 8;
       }
       // request ticks: at most one per pixel column and colour, drawn as runs of columns;
