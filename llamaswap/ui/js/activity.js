@@ -347,7 +347,9 @@ export function mount(root) {
     keyList.append(h("option", { value: k }));
   }
 
+  let chartSeq = 0; // as seq, for the chart's answers
   async function loadChart() {
+    const mine = ++chartSeq;
     const [start, end] = rangeBounds();
     const t1 = end ?? Date.now();
     let t0 = start;
@@ -359,7 +361,7 @@ export function mount(root) {
       }
       const q = new URLSearchParams({ start: new Date(t0).toISOString(), end: new Date(t1).toISOString() });
       const got = await getJSON(`/api/timeline?${q}`);
-      if (!alive) return;
+      if (!alive || mine !== chartSeq) return;
       const f = got.requests.fields;
       const idx = Object.fromEntries(f.map((name, i) => [name, i]));
       const rows = got.requests.rows
@@ -376,7 +378,7 @@ export function mount(root) {
         empty: "No request with a generation speed in this range.",
       }), legend(series));
     } catch (err) {
-      chartNote.textContent = `could not load the chart: ${err.message}`;
+      if (mine === chartSeq) chartNote.textContent = `could not load the chart: ${err.message}`;
     }
   }
 
