@@ -210,6 +210,19 @@ def test_slots_come_back_after_a_backend_crash_and_after_refusals(proxy):
     assert [chat(proxy, LIMITED, "m1")[0] for _ in range(2)] == [200, 200]
 
 
+def test_in_flight_table_names_the_key_and_a_cancel_gives_the_slot_back(proxy):
+    s = Stream(proxy, LIMITED, "m1")
+    assert s.status == 200
+    requests = proxy.app.inflight.snapshot()["requests"]
+    assert [(r["model"], r["key"]) for r in requests] == [("m1", "limited")]
+    assert LIMITED not in json.dumps(requests, default=str)
+    target = f"/api/inflight/{requests[0]['id']}/cancel"
+    assert proxy.request("POST", target, headers=bearer(LIMITED))[0] == 403  # not an admin key
+    assert proxy.request("POST", target, headers=bearer(OPS))[0] == 200
+    assert wait_until(lambda: slots(proxy, LIMITED) == 0)
+    s.abort()
+
+
 def test_model_concurrency_limit_refusal_gives_the_key_slot_back():
     key = ApiKey(LIMITED, "limited", max_in_flight=5)
     with Proxy(keyed_config(model("m1", concurrency_limit=1), scoped=(key,))) as p:
@@ -533,3 +546,59 @@ def test_no_key_value_appears_in_any_log_capture_record_or_event():
     assert b'llamaswap_key_inflight_requests{key="limited"} 0' in texts["/metrics"]
     assert b'\\"key\\":\\"team-a\\"' in texts["/api/events"]  # a metrics message's row
     assert b" key=team-a" in texts["proxy and upstream logs"]
+
+
+# ---- selectors and profile pins ------------------------------------------------------------
+
+def test_scope_by_selector_and_by_profile_pin():
+    import textwrap
+    from test_routing_e2e import models_yaml
+    from llamaswap.config import load_config_text
+    text = textwrap.dedent("""\
+        apiKeys:
+          - sk-admin-1
+          - {key: sk-sel-2, name: by-selector, models: [smart]}
+          - {key: sk-target-3, name: by-target, models: [b]}
+          - {key: sk-pin-4, name: by-pin, models: [llm]}
+        routing:
+          router:
+            settings:
+              groups:
+                all: {swap: false, exclusive: false, members: [a, b, c]}
+        selectors:
+          smart: {strategy: pin, targets: [b]}
+          other: {strategy: pin, targets: [c]}
+        profiles:
+          coding:
+            pins: {llm: a}
+        """) + models_yaml("a", "b", "c")
+    with Proxy(load_config_text(text, "keys.yaml", environ={})) as p:
+        def served(key, mid):
+            status, _, body = chat(p, key, mid)
+            return status, body["model"] if status == 200 else body["error"]["message"]
+
+        def ids(key):
+            _, _, body = p.request("GET", "/v1/models", headers=bearer(key))
+            return [r["id"] for r in json.loads(body)["data"]]
+
+        assert served("sk-sel-2", "smart") == (200, "b")  # the selector's name was sent
+        assert served("sk-sel-2", "b") == (403, "API key by-selector may not use model b")
+        assert served("sk-sel-2", "other") == (403, "API key by-selector may not use model other")
+        assert served("sk-target-3", "smart") == (200, "b")  # the model it resolves to
+        assert served("sk-target-3", "other") == (403, "API key by-target may not use model other")
+        assert p.app.processes["c"].pid is None
+        assert ids("sk-sel-2") == ["smart"] and ids("sk-target-3") == ["b"]
+
+        assert served("sk-pin-4", "llm")[0] == 404  # no profile active: not a model
+        status, _, _ = p.request("PUT", "/api/profiles/active", b'{"name": "coding"}',
+                                 {"Content-Type": "application/json", **bearer("sk-pin-4")})
+        assert status == 403  # an operations route
+        status, _, _ = p.request("PUT", "/api/profiles/active", b'{"name": "coding"}',
+                                 {"Content-Type": "application/json", **bearer("sk-admin-1")})
+        assert status == 200
+        assert served("sk-pin-4", "llm") == (200, "a")  # the pin's name was sent
+        assert ids("sk-pin-4") == ["llm"]
+        assert served("sk-pin-4", "a") == (403, "API key by-pin may not use model a")
+        assert p.request("GET", "/upstream/llm/echo", headers=bearer("sk-pin-4"))[0] == 200
+        assert p.request("GET", "/upstream/a/echo", headers=bearer("sk-pin-4"))[0] == 403
+        assert p.request("GET", "/upstream/llm/echo", headers=bearer("sk-target-3"))[0] == 403

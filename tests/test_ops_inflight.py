@@ -97,7 +97,9 @@ def test_cancel_a_streaming_request_mid_stream():
         assert e["resp_headers"]["Content-Type"].startswith("text/event-stream")
         assert e["metadata"] == {"fifo_priority": "0"} and e["elapsed_ms"] >= 0
         assert list(e) == ["id", "timestamp", "model", "req_path", "method", "req_headers",
-                           "remote_ip", "resp_headers", "resp_bytes", "elapsed_ms", "metadata"]
+                           "remote_ip", "resp_headers", "resp_bytes", "elapsed_ms", "metadata",
+                           "key"]  # upstream's fields, then the API key's name (ours)
+        assert e["key"] == "-"
         assert backend_connections(m1.port) >= 1
 
         status, headers, body = p.request("POST", f"/api/inflight/{e['id']}/cancel")

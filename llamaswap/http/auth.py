@@ -125,7 +125,7 @@ def check(ctx, route=None) -> bool:
 def key_name(ctx) -> str:
     """The name of the request's key, for logs, activity and metrics: ``-`` for a plain key
     and for open access."""
-    key = ctx.state.get("key")
+    key = (getattr(ctx, "state", None) or {}).get("key")
     return key.name if key is not None else PLAIN_KEY_NAME
 
 

@@ -96,10 +96,11 @@ def _model_handler(source: str, strip_v: bool = False):
             return
         done = None
         try:
+            sent = ex.model  # before a profile pin or a selector rewrites it: the key's scope
             go_on, done = virtual.rewrite(ctx, ex)
             if go_on:
                 path = ctx.raw_path[2:] if strip_v else ctx.raw_path
-                dispatch(ctx, ex, path)
+                dispatch(ctx, ex, path, sent=sent if sent != ex.model else None)
         finally:
             ex.close()
             if done is not None:

@@ -43,7 +43,8 @@ def find_model(raw_rest: str, is_known) -> tuple[str, str, str] | None:
 def handle_upstream(ctx: RequestContext) -> None:
     app = ctx.app
     cfg = app.config
-    raw_rest = virtual.upstream_rest(app, ctx.raw_path[len(PREFIX):])  # the active profile's pins
+    # the active profile's pins
+    raw_rest, pin = virtual.upstream_rest(app, ctx.raw_path[len(PREFIX):])
     found = find_model(raw_rest, lambda n: cfg.real_model_name(n) is not None)
     peer = None
     if found is None:
@@ -55,7 +56,7 @@ def handle_upstream(ctx: RequestContext) -> None:
         peer = cfg.peer_model(found[0])
     name, raw_name, remainder = found
     real = cfg.real_model_name(name) if peer is None else None
-    if not auth.may_use(ctx, name, *auth.resolved_names(cfg, name)):
+    if not auth.may_use(ctx, pin, name, *auth.resolved_names(cfg, name)):
         return  # 403 before the redirect, the ignorePaths answer or the peer
     if remainder == "":
         location = f"{PREFIX}{raw_name.strip('/')}/"
@@ -70,7 +71,7 @@ def handle_upstream(ctx: RequestContext) -> None:
         # a UI's asset or favicon request must not start (or swap in) a model
         ctx.send_error(409, f"model {real} is not loaded; path matches upstream.ignorePaths")
         return
-    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real, sent=name)
+    dispatch(ctx, extract.Extracted(kind="none"), remainder, pinned=real, sent=pin or name)
 
 
 def _ready(process) -> bool:

@@ -52,22 +52,23 @@ def rewrite(ctx: RequestContext, ex: Extracted) -> tuple[bool, Callable[[], None
     return True, (lambda: selectors.release(choice)) if choice.reserved else None
 
 
-def upstream_rest(app: Any, raw_rest: str) -> str:
+def upstream_rest(app: Any, raw_rest: str) -> tuple[str, str | None]:
     """The raw ``/upstream/`` remainder with its longest pinned model prefix replaced by the
-    pin's target ("" when the pin disables the id)."""
+    pin's target ("" when the pin disables the id), and that pin (None when none applied:
+    the API key's scope accepts the pin's name as the name sent)."""
     switch = getattr(app, "profiles", None)
     pins = switch.pins() if switch is not None else None
     if not pins:
-        return raw_rest
+        return raw_rest, None
     found = upstream_pin(unquote(raw_rest), pins)
     if found is None:
-        return raw_rest
+        return raw_rest, None
     pin, target = found
     if not target:
-        return ""
+        return "", pin
     segments = raw_rest.split("/")
     kept = segments[pin.count("/") + 1:]
-    return "/".join([quote(target, safe="/")] + kept)
+    return "/".join([quote(target, safe="/")] + kept), pin
 
 
 def _state_of(app: Any, target: str) -> str:

@@ -23,6 +23,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from llamaswap.http.auth import key_name
 from llamaswap.ops.captures import header_map
 from llamaswap.ops.events import EventBus, InFlightChanged
 
@@ -63,6 +64,7 @@ class InFlightEntry:
                "elapsed_ms": max(0, int((time.monotonic() - self.started) * 1000))}
         if metadata:
             out["metadata"] = dict(sorted(metadata.items()))
+        out["key"] = key_name(ctx)  # the API key's name (ours, last)
         return out
 
 
