@@ -208,6 +208,7 @@ def test_in_flight_per_model_and_cancel_ends_the_stream(proxy, browser):
         flight = page.locator("#inflight-rows tr")
         expect(flight).to_have_count(1)
         expect(flight.first).to_contain_text("chat-a")
+        expect(flight.first.locator("td[data-label=Key]")).to_have_text("bob")  # its name, never the key
         shoot(page, "activity-inflight")
         flight.first.get_by_role("button", name="Cancel").click()
         assert stream.ended.wait(10)  # the client's stream ends at once, cut short
