@@ -250,7 +250,9 @@ def test_activity_pages_filters_and_speed_chart(proxy, browser):
         page.select_option("#activity-range", "15m")
         expect(page.locator("#activity-chart svg.chart-svg path")).to_have_count(1)  # one model
         expect(page.locator("#activity-chart .legend")).to_contain_text("chat-b")
-        shoot(page, "activity-filtered", "activity-filtered")
+        # the chart counts every row the filters match (the server's figure, as the table's)
+        expect(page.locator("#activity-count")).to_have_text("8 requests")
+        expect(page.locator(".chart-card .perf-head")).to_contain_text("8 requests with a speed")
 
         # the time range is the server's: a custom range in the past has nothing
         page.select_option("#activity-range", "custom")
@@ -259,7 +261,10 @@ def test_activity_pages_filters_and_speed_chart(proxy, browser):
         page.locator("#activity-to").dispatch_event("change")
         expect(page.locator("#activity-count")).to_have_text("0 requests")
         expect(page.locator("#activity-chart")).to_contain_text("No request with a generation speed")
-        page.select_option("#activity-range", "all")
+        page.select_option("#activity-range", "all")  # all time: from the oldest matching row
+        expect(page.locator(".chart-card .perf-head")).to_contain_text("8 requests with a speed")
+        expect(page.locator("#activity-chart svg.chart-svg path")).to_have_count(1)
+        shoot(page, "activity-filtered", "activity-filtered")
         page.select_option("#activity-model", "")
         page.fill("#activity-key", "")
         page.locator("#activity-key").dispatch_event("change")
