@@ -59,6 +59,21 @@ def test_a_swap_records_the_eviction_its_reason_and_the_load_time(bus):
     assert bus.published == got  # each change is announced once, as it happens
 
 
+def test_a_model_put_to_sleep_by_a_swap_is_named_asleep_on_the_start(bus):
+    tl = Timeline(bus, clock=Clock())
+    bus.publish(ProcessStateChanged("a", "stopped", "starting"))
+    bus.publish(ProcessStateChanged("a", "starting", "ready"))
+    bus.publish(ModelStopping("a", "group", "b"))
+    bus.publish(ModelStopping("c", "memory", "b"))
+    bus.publish(ProcessStateChanged("a", "ready", "sleeping"))  # `sleep` instead of a stop
+    bus.publish(ProcessStateChanged("c", "ready", "stopping"))
+    bus.publish(ProcessStateChanged("b", "stopped", "starting"))
+    got = tl.changes()["changes"]
+    assert (got[2]["state"], got[2]["reason"], got[2]["for"]) == ("sleeping", "group", "b")
+    assert got[-1]["evicted"] == [{"model": "a", "reason": "group", "asleep": True},
+                                  {"model": "c", "reason": "memory"}]
+
+
 def test_a_crash_reported_after_the_exit_updates_that_change(bus):
     clock = Clock()
     tl = Timeline(bus, clock=clock)

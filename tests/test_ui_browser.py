@@ -43,6 +43,10 @@ def test_models_page_loads_and_unloads_live(proxy, browser):
     page = open_page(browser, proxy.base + "/ui/#/models")
     try:
         expect(page.locator("#conn")).to_have_text("live")
+        # no memory section, profiles or selectors here: once asked, their cards stay away
+        expect(page.locator(".model-extras")).to_have_attribute("data-answered", "memory profiles selectors")
+        for card in ("#memory-card", "#profile-card", "#selectors-card"):
+            expect(page.locator(card)).to_have_count(0)
         chat = row(page, "demo-chat")
         expect(chat.locator("[data-testid=state]")).to_have_text("stopped")
         expect(chat).to_contain_text("Demo Chat")
