@@ -208,6 +208,8 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
             return 1
         start_preload(app)
         scheme = "https" if use_tls else "http"
+        if listen.endswith(":0"):  # the port the system chose, where clients can reach it
+            listen = f"{listen[:-1]}{server.port}"
         log.info(f"llama-swap listening{' with TLS' if use_tls else ''} on {scheme}://{listen}")
         if demo:
             from llamaswap.demo.config import banner
