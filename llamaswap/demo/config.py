@@ -51,6 +51,9 @@ def free_port_range(count: int, attempts: int = 50) -> int:
 
 def _is_free(port: int) -> bool:
     with socket.socket() as s:
+        # as the backends bind (SO_REUSEADDR): a port whose old connections linger in
+        # TIME_WAIT is free for them, and a busy machine has thousands of those
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
