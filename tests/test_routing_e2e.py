@@ -11,6 +11,8 @@ import threading
 import pytest
 from helpers import free_port, wait_until
 from httpkit import Proxy, SseReader, raw_socket
+from memkit import MemoryProxy, write_config
+from test_memory_sleep import sleepy
 
 from llamaswap.config import load_config_text
 from llamaswap.ops.events import ProcessStateChanged, ProfileChanged
@@ -177,6 +179,28 @@ def test_spillover_starts_the_next_target_when_the_first_is_full():
         first.close()
         second.close()
         assert wait_until(lambda: not any(p.app.selectors.in_flight("balanced").values()), 10)
+
+
+def test_warm_wakes_a_sleeping_target_rather_than_load_a_cold_one(tmp_path):
+    """No target ready or starting: upstream's warm loads its first target; here a target
+    that is asleep comes first (a wake is a fraction of a load)."""
+    extra = """
+        groups:
+          one: {members: [a, b, c]}
+        selectors:
+          coder: {strategy: warm, targets: [c, a]}
+        """
+    path = write_config(tmp_path, {"a": sleepy(), "b": sleepy(), "c": {}}, "", textwrap.dedent(extra))
+    with MemoryProxy(path) as p:
+        assert p.chat("a")[0] == 200
+        pid_a = p.pid("a")
+        assert p.chat("b")[0] == 200 and p.state("a") == "sleeping"
+        status, answer = p.chat("coder")
+        assert status == 200 and answer["model"] == "a"
+        assert p.pid("a") == pid_a and p.state("b") == "sleeping"  # woken, not loaded again
+        assert "c" not in [e.model for e in p.changes]  # the cold first target never started
+        status, answer = p.chat("coder")  # a is ready now: the first ready target
+        assert status == 200 and answer["model"] == "a"
 
 
 # ---- profiles ---------------------------------------------------------------------------------
