@@ -179,7 +179,12 @@ def test_errors_name_the_file_line_and_key_path_once():
     assert error_of("selectors:\n  ' ': {strategy: pin, targets: [b]}\n") == \
         "cfg.yaml:2: selectors: selector names cannot be empty"
     assert error_of("selectors:\n  s:\n    strategy: pin\n    targets: [t]\n  t: {strategy: pin, targets: [a]}\n") \
-        == 'cfg.yaml:3: selectors.s.targets[0] references selector "t"; selector chaining is not supported'
+        == 'cfg.yaml:4: selectors.s.targets[0] references selector "t"; selector chaining is not supported'
     assert error_of("profiles:\n  '': {pins: {a: b}}\n") == "cfg.yaml:2: profiles: profile names cannot be empty"
     assert error_of("profiles:\n  p:\n    pins: {x: ghost}\n") == \
         'cfg.yaml:3: profiles.p.pins.x references unknown model "ghost"'
+    # a target or a pin is pointed at on its own line
+    assert error_of("selectors:\n  s:\n    strategy: warm\n    targets:\n      - a\n      - r1\n") == \
+        'cfg.yaml:6: selectors.s.targets[1] must resolve to a local model for strategy "warm"'
+    assert error_of("profiles:\n  p:\n    pins:\n      a: b\n      remote/r1: a\n") == \
+        'cfg.yaml:5: profiles.p.pins.remote/r1: profile p pin "remote/r1" conflicts with fully qualified peer model name'
