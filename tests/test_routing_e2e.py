@@ -127,6 +127,10 @@ def test_pin_and_warm_selectors_rewrite_the_model_wherever_the_request_names_it(
         # warm: a comes first, but b is the one loaded
         status, _h, body = p.post("/infill", {"model": "coder"})
         assert json.loads(body)["model"] == "b"
+        # the rest of the body reaches the backend byte for byte
+        raw = b'{"prompt": "caf\\u00e9 \\"q\\"",\n  "model" : "planner"}'
+        status, _h, body = p.request("POST", "/infill", raw, {"Content-Type": "application/json"})
+        assert status == 200 and json.loads(body)["body"] == raw.decode().replace("planner", "b")
         # ?model= on a GET route
         status, _h, body = p.request("GET", "/v1/audio/voices?model=planner&x=1")
         assert status == 200 and json.loads(body)["query_params"] == {"model": ["b"], "x": ["1"]}
