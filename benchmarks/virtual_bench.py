@@ -7,8 +7,8 @@ per request for ``http.virtual.rewrite`` on a JSON request (the loop's own cost 
 - a profile active whose pins do not name the model;
 - a request for a pin selector (the body is re-encoded with the target);
 - a request for a spillover selector, its reservation released (choose + release);
-- a pin selector on a long chat (about 100 KB and 1 MB of messages, the model key last as
-  the OpenAI SDK writes it): the model value spliced into the body as received, against
+- a pin selector on a short chat and a long one (about 100 KB and 1 MB of messages, the
+  model key last as the OpenAI SDK writes it): the model value spliced into the body as received, against
   re-encoding the whole parsed body (what every selector request paid before), A/B in one run.
 """
 
@@ -80,11 +80,11 @@ def main() -> None:
     print(f"profile active, pins not matching: {per_request(app_for(config, 'p'), 'fast'):.2f} us/request")
     print(f"pin selector: {per_request(app_for(config), 'pin'):.2f} us/request")
     print(f"spillover selector: {per_request(app_for(config), 'pool'):.2f} us/request")
-    for messages, size in ((160, "100 KB"), (1600, "1 MB")):
-        spliced = per_request(app_for(config), "pin", messages=messages, n=300)
+    for messages, size, n in ((1, "short", N // 5), (160, "100 KB", 300), (1600, "1 MB", 30)):
+        spliced = per_request(app_for(config), "pin", messages=messages, n=n)
         splice, virtual.filters.with_model = virtual.filters.with_model, _no_splice
         try:
-            encoded = per_request(app_for(config), "pin", messages=messages, n=300)
+            encoded = per_request(app_for(config), "pin", messages=messages, n=n)
         finally:
             virtual.filters.with_model = splice
         print(f"pin selector, {size} chat: spliced {spliced:.1f} us/request, re-encoded {encoded:.1f} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from json.encoder import encode_basestring
 from typing import Any
 
 from llamaswap.config.model import Filters, thaw
@@ -139,19 +140,19 @@ def with_model(data: bytes, old: str, new: str) -> bytes | None:
     replaced by `new` and every other byte kept (as upstream's sjson edit does): a fraction
     of re-encoding a long chat. None when the top-level key cannot be told apart for sure
     (``"model"`` written more than once anywhere, or spelled with escapes): then encode."""
-    found = _MODEL_TEXT.finditer(data)
-    key = next(found, None)
-    if key is None or next(found, None) is not None or _MODEL_LETTER_ESCAPE.search(data):
+    key = _MODEL_TEXT.search(data)
+    if key is None or _MODEL_TEXT.search(data, key.end()) or _MODEL_LETTER_ESCAPE.search(data):
         return None
     # The top-level key is spelled literally (no escapes), so the one literal "model" is it;
     # its value must be `old`.
     value = _AFTER_KEY.match(data, key.end())
     if value is None:
         return None
+    raw = value.group(1)
     try:
-        if json.loads(b'"' + value.group(1) + b'"') != old:
+        if (json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()) != old:
             return None
-        replacement = json.dumps(new, ensure_ascii=False).encode("utf-8")
+        replacement = encode_basestring(new).encode()
     except (ValueError, UnicodeError):
         return None
-    return data[:value.start(1) - 1] + replacement + data[value.end(1) + 1:]
+    return b"".join((data[:value.start(1) - 1], replacement, data[value.end(1) + 1:]))
