@@ -58,6 +58,17 @@ def test_spillover_targets_in_a_group_without_swap_and_peers():
     assert c.selectors["balanced"].targets == ("a", "b", "r1")
 
 
+def test_spillover_targets_in_no_group_under_a_memory_section():
+    """With memory:, models in no group run side by side as memory allows, so spillover
+    may spread over them; an explicit swapping group still refuses it."""
+    memory = "memory:\n  devices: {ram: 8GiB}\n"
+    spill = "selectors:\n  s: {strategy: spillover, targets: [a, b]}\n"
+    assert load(memory + spill).selectors["s"].targets == ("a", "b")
+    assert "selectors.s spillover targets must share a group with swap: false" in error_of(spill)
+    assert "selectors.s spillover targets must share a group with swap: false" in error_of(
+        memory + "groups:\n  g: {members: [a, b]}\n" + spill)
+
+
 def test_spillover_targets_in_one_matrix_set():
     c = load("""
         routing:

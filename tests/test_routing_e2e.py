@@ -207,6 +207,23 @@ def test_warm_wakes_a_sleeping_target_rather_than_load_a_cold_one(tmp_path):
         assert status == 200 and answer["model"] == "a"
 
 
+def test_spillover_over_models_in_no_group_when_memory_decides(tmp_path):
+    """With a memory: section, ungrouped models run side by side as memory allows, so a
+    spillover selector over them starts the second while the first is busy."""
+    memory = "memory:\n  devices: {ram: 8GiB}\n"
+    extra = "selectors:\n  pool: {strategy: spillover, targets: [a, b]}\n"
+    declared = {"yaml": "memory: {ram: 64MiB}"}
+    path = write_config(tmp_path, {"a": declared, "b": declared}, memory, extra)
+    with MemoryProxy(path) as p:
+        first = open_stream(p.port, "pool")
+        second = open_stream(p.port, "pool")
+        assert p.app.selectors.in_flight("pool") == {"a": 1, "b": 1}
+        assert (p.state("a"), p.state("b")) == ("ready", "ready")
+        first.close()
+        second.close()
+        assert wait_until(lambda: not any(p.app.selectors.in_flight("pool").values()), 10)
+
+
 # ---- profiles ---------------------------------------------------------------------------------
 
 PROFILES = """

@@ -18,8 +18,8 @@ from typing import Any, Mapping
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .gocompat import go_quote, go_trim_space
-from .model import (GroupConfig, MatrixConfig, PeerConfig, ProfileConfig, SelectorConfig, freeze,
-                    peer_namespace)
+from .model import (DEFAULT_GROUP_ID, GroupConfig, MatrixConfig, PeerConfig, ProfileConfig,
+                    SelectorConfig, freeze, peer_namespace)
 from .yamlio import Decoder, is_null
 
 STRATEGIES = ("pin", "warm", "spillover")
@@ -95,7 +95,9 @@ def decode_profiles(d: Decoder, node: Node | None) -> tuple[dict[str, list[str]]
 
 def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
                     groups: Mapping[str, GroupConfig], matrix: MatrixConfig | None,
-                    warnings: list[str]) -> dict[str, SelectorConfig]:
+                    warnings: list[str], memory: bool = False) -> dict[str, SelectorConfig]:
+    """``memory``: the config has a ``memory:`` section, so models of the implicit default
+    group run side by side as memory allows (router.planners.planner_for)."""
     out = {}
     for sid in sorted(raw):
         sel = raw[sid]
@@ -157,7 +159,7 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
                 if model in seen:
                     raise fail(f"{key}.targets contains duplicate resolved model {go_quote(model)}", f"{key}.targets")
                 seen.add(model)
-            problem = _coexistence_problem(sid, local, groups, matrix)
+            problem = _coexistence_problem(sid, local, groups, matrix, memory)
             if problem:
                 raise fail(problem, f"{key}.targets")
 
@@ -169,7 +171,7 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
 
 
 def _coexistence_problem(sid: str, targets: list[str], groups: Mapping[str, GroupConfig],
-                         matrix: MatrixConfig | None) -> str | None:
+                         matrix: MatrixConfig | None, memory: bool) -> str | None:
     """Spillover targets run side by side, so the router must let them (upstream's check)."""
     if len(targets) <= 1:
         return None
@@ -183,7 +185,7 @@ def _coexistence_problem(sid: str, targets: list[str], groups: Mapping[str, Grou
     gid = group_of.get(targets[0])
     if gid is None:
         return f"selectors.{sid} target {go_quote(targets[0])} is not in a routing group"
-    if groups[gid].swap:
+    if groups[gid].swap and not (memory and gid == DEFAULT_GROUP_ID):
         return f"selectors.{sid} spillover targets must share a group with swap: false"
     if any(group_of.get(t) != gid for t in targets[1:]):
         return f"selectors.{sid} spillover targets must share one routing group"
