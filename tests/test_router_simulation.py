@@ -369,7 +369,7 @@ class World:
         if selector.strategy == "pin" and target != selector.targets[0]:
             raise Violation(f"pin selector {selector_id} chose {target}")
         if selector.strategy == "warm":
-            for wanted in ("ready", "starting"):
+            for wanted in ("ready", "starting", "sleeping"):
                 first = next((t for t in selector.targets if states[t] == wanted), None)
                 if first is not None:
                     if target != first:
