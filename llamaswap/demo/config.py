@@ -8,6 +8,7 @@ The backends run under the same Python as the proxy and from the same code: the 
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import socket
 import sys
@@ -37,7 +38,14 @@ def package_root() -> str:
 
 
 def free_port_range(count: int, attempts: int = 50) -> int:
-    """First of `count` consecutive ports that are free now (``${PORT}`` counts up from it)."""
+    """First of `count` consecutive ports that are free now (``${PORT}`` counts up from it).
+    Above the kernel's ephemeral range first: there no client connection (nor the TIME_WAIT
+    it leaves, tens of thousands after a benchmark) takes a port."""
+    high = _ephemeral_top() + 1
+    for _ in range(attempts if high + count <= 65535 else 0):
+        base = random.randint(high, 65535 - count + 1)
+        if all(_is_free(base + i) for i in range(count)):
+            return base
     for _ in range(attempts):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -47,6 +55,14 @@ def free_port_range(count: int, attempts: int = 50) -> int:
         if all(_is_free(base + i) for i in range(1, count)):
             return base
     raise OSError(f"no {count} consecutive free ports found for the demo backends")
+
+
+def _ephemeral_top() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 60999  # Linux's default
 
 
 def _is_free(port: int) -> bool:
