@@ -226,7 +226,7 @@ export function mount(root) {
   root.append(
     h("div", { class: "toolbar" }, h("h1", {}, "Timeline"), status, h("span", { class: "spacer" }),
       h("div", { class: "seg-group", role: "group", "aria-label": "Time range" }, spanButtons),
-      earlier, later, liveBtn),
+      h("span", { class: "tl-nav" }, earlier, later, liveBtn)), // kept together on a phone
     h("section", { class: "card tl-card" }, wrap, legendBox),
     note,
   );
