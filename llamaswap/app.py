@@ -23,6 +23,7 @@ from llamaswap.ops.inflight import InFlightTable
 from llamaswap.ops.logs import Loggers, new_process_log
 from llamaswap.ops.memory_monitor import MemoryMonitor, state_path_for
 from llamaswap.ops.performance import PerformanceMonitor
+from llamaswap.ops.timeline import timeline_for
 from llamaswap.process import Process
 from llamaswap.router import PeerDirectory, Router
 from llamaswap.router.profiles import ProfileSwitch
@@ -61,6 +62,7 @@ class App:
     def build(cls, config: Config, loggers: Loggers, events: EventBus | None = None) -> "App":
         events = events if events is not None else EventBus()
         hardware.start(llamaswap.__version__, loggers.log)  # in its own thread
+        timeline_for(events)  # the UI's history of state changes starts with the first one
         memory = MemoryMonitor(loggers.log, events, state_path=state_path_for(config.path),
                                sqlite_path=config.store_path)
         memory.configure(config)  # resolves auto budgets: a ConfigError stops the start here

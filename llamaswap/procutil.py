@@ -626,17 +626,23 @@ class HealthWatch:
         due = time.monotonic() + self.interval
         count = 0
         while not stopped.wait(max(0.0, due - time.monotonic())):
+            # A probe is over by the time the next one is due (its timeout is cut short if it
+            # started late), so late starts never add up along a run of failures.
             due += self.interval
-            status, detail = probe_detail(self.url, self.timeout)
+            status, detail = probe_detail(self.url, min(self.timeout, max(
+                0.01, due - time.monotonic())))
             if stopped.is_set():
                 return
             if status == 200:
                 count = 0
                 continue
             count += 1
+            if status is None and detail.startswith("timed out"):
+                detail = f"no answer within {self.timeout:g}s"
             detail = detail or f"HTTP {status}"
             self._on_failure(count, detail)
             if count >= self.failures:
                 self._on_dead(detail)
                 return
-            due = max(due, time.monotonic())  # fell behind: no burst of probes
+            if time.monotonic() - due > self.interval:
+                due = time.monotonic()  # far behind (a suspended machine): no burst of probes

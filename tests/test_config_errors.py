@@ -167,9 +167,9 @@ CASES = {
     # --- apiKeys ---
     "empty api key": (M + "apiKeys: ['']\n", "empty api key found in apiKeys"),
     "null api key": (M + "apiKeys: [~]\n", "empty api key found in apiKeys"),
-    "api key leading space": (M + "apiKeys: [' key']\n", "api key cannot contain spaces: ` key`"),
-    "api key trailing space": (M + "apiKeys: ['key ']\n", "api key cannot contain spaces: `key `"),
-    "api key inner space": (M + "apiKeys: ['a key']\n", "api key cannot contain spaces: `a key`"),
+    "api key leading space": (M + "apiKeys: [' key']\n", "api key cannot contain spaces: apiKeys[0]"),
+    "api key trailing space": (M + "apiKeys: ['key ']\n", "api key cannot contain spaces: apiKeys[0]"),
+    "api key inner space": (M + "apiKeys: ['a key']\n", "api key cannot contain spaces: apiKeys[0]"),
     # --- peers ---
     "peer proxy missing": (M + "peers:\n  p:\n    models: [a]\n", "proxy is required"),
     "peer proxy empty": (M + "peers:\n  p:\n    proxy: ''\n    models: [a]\n", "proxy is required"),

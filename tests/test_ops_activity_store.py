@@ -385,7 +385,7 @@ def test_the_cli_keeps_history_across_sigterm_and_a_reload(tmp_path):
     next id, SIGHUP's reload keeps the store."""
     from test_cli import _post_json, _start_proxy
 
-    from helpers import demo_backend_argv, free_port
+    from helpers import demo_backend_argv, free_port, wait_until
     db = tmp_path / "history" / "activity.db"
     db.parent.mkdir()
     cfg = tmp_path / "config.yaml"
@@ -401,8 +401,17 @@ def test_the_cli_keeps_history_across_sigterm_and_a_reload(tmp_path):
                 proc.proc.send_signal(signal.SIGHUP)
                 assert proc.wait_for("configuration reloaded")
                 _post_json(base + "/v1/chat/completions", CHAT)
-            with urllib.request.urlopen(base + "/api/metrics/activity") as r:
-                page = json.loads(r.read())
+            # a record is written once its response has ended, which the client can see first
+            want = 1 if round_ == 0 else 3
+
+            def listed():
+                nonlocal page
+                with urllib.request.urlopen(base + "/api/metrics/activity") as r:
+                    page = json.loads(r.read())
+                return len(page["data"]) >= want
+
+            page = None
+            assert wait_until(listed)
         finally:
             proc.stop()
         assert proc.returncode == 0

@@ -35,9 +35,9 @@ def test_two_peers_qualified_and_bare_names():
             s, _, b = front.post("/v1/chat/completions",
                                  {"model": "p1/m1", "messages": [{"role": "user", "content": "x"}]})
             assert s == 200 and json.loads(b)["model"] == "m1"
-            s, _, b = front.post("/v1/audio/speech", {"model": "p1/m1", "input": "hi"})
+            s, _, b = front.post("/v1/rerank", {"model": "p1/m1", "input": "hi"})
             assert s == 200 and json.loads(json.loads(b)["body"]) == {"model": "m1", "input": "hi"}
-            s, _, b = front.request("POST", "/v1/audio/speech", b"x=1&model=p1%2Fm1",
+            s, _, b = front.request("POST", "/v1/rerank", b"x=1&model=p1%2Fm1",
                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
             assert s == 200 and json.loads(b)["body"] == "model=m1&x=1"
             body, ctype = _multipart({"model": "p1/m1", "language": "en"})

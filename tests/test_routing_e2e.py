@@ -270,10 +270,11 @@ def test_profile_switch_while_requests_run():
         put_active(p, b'{"name": "coding"}')
         running = p.conn()
         running.request("POST", "/v1/chat/completions", json.dumps(chat(
-            "llm", stream=True, demo={"chunks": 30, "chunk_delay": 0.02})), {"Content-Type": "application/json"})
+            "llm", stream=True, demo={"chunks": 100, "chunk_delay": 0.02})), {"Content-Type": "application/json"})
         stream = running.getresponse()
         assert stream.status == 200 and b'"model": "a"' in stream.read1(65536)
         assert put_active(p, b'{"name": "writing"}') == (200, {"active": "writing"})
+        assert p.app.router.in_flight("a") == 1  # switched while the request runs
         assert served_by(p, "llm") == (200, "b")  # new requests follow the new pins
         rest = stream.read()  # the request already routed finishes where it started
         running.close()
@@ -339,3 +340,27 @@ def test_selectors_and_active_pins_in_the_model_list():
         assert records["llm"] == {"id": "llm", "object": "model", "created": records["llm"]["created"],
                                   "owned_by": "llama-swap", "meta": {"llamaswap": {"type": "profile"}},
                                   "status": {"value": "unloaded"}}
+
+
+def test_a_scoped_key_may_use_a_selector_by_its_own_name():
+    config = """
+        apiKeys:
+          - key: sk-planner
+            name: planner-only
+            models: [planner]
+          - key: sk-a
+            name: a-only
+            models: [a]
+        selectors:
+          planner: {strategy: pin, targets: [b]}
+        """
+    with proxy_for(config, "a", "b") as p:
+        def ask(key: str) -> tuple[int, dict]:
+            status, _h, body = p.post("/v1/chat/completions", chat("planner"),
+                                      headers={"Authorization": f"Bearer {key}"})
+            return status, json.loads(body)
+
+        status, body = ask("sk-planner")
+        assert status == 200 and body["model"] == "b"
+        status, body = ask("sk-a")
+        assert status == 403 and body["error"]["message"] == "API key a-only may not use model planner"

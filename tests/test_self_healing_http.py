@@ -34,7 +34,7 @@ def test_wedged_backend_cut_request_gets_a_clear_error_and_the_model_comes_back(
         assert cut["status"] == 502
         message = json.loads(cut["body"])["error"]["message"]
         assert message.startswith("w went down: its health check failed 2 times in a row (last: "
-                                  "timed out after 0.3s) and llama-swap stopped it: ")
+                                  "no answer within 0.3s) and llama-swap stopped it: ")
         # restart: on-failure brings it back without a request
         assert wait_until(lambda: running(proxy).get("w", {}).get("state") == "ready", 30)
         record = running(proxy)["w"]

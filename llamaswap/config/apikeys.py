@@ -142,7 +142,9 @@ def validate(d: Decoder, entries: list[RawKey], node: Node | None) -> tuple[tupl
             if e.key == "":
                 raise d.error("empty api key found in apiKeys", "apiKeys", node)
             if " " in e.key:
-                raise d.error(f"api key cannot contain spaces: `{e.key}`", "apiKeys", node)
+                # upstream quotes the key here; a config error reaches the log on a failed
+                # reload, and no key value may ever appear in a log line
+                raise d.error(f"api key cannot contain spaces: {e.label}", "apiKeys", node)
         first = by_key.get(e.key)
         # two equal plain strings load, as upstream; a key that is also an object entry is
         # ambiguous (which scope applies?)

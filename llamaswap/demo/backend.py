@@ -3,7 +3,8 @@
 It behaves enough like llama.cpp's llama-server for a newcomer to watch a swap and for tests
 to see exactly what arrived: ``/health`` answers 503 until a load delay has passed, chat and
 completions stream SSE with ``usage`` and llama.cpp ``timings``, Anthropic ``/v1/messages``
-works with the official SDK, ``/ws`` echoes websocket frames, and any other path echoes the
+works with the official SDK, ``/v1/images/generations`` draws a small PNG and
+``/v1/audio/speech`` answers a short WAV tone (demo/media.py), ``/ws`` echoes websocket frames, and any other path echoes the
 request back (method, path, query, headers, body). Every response names the model id the
 server was started for.
 
@@ -291,6 +292,10 @@ class DemoHandler(BaseHTTPRequestHandler):
             self.embed(req)
         elif path in ("/v1/messages", "/messages"):
             self.anthropic(req, knobs)
+        elif path == "/v1/images/generations":
+            self.images(req)
+        elif path == "/v1/audio/speech":
+            self.speech(req)
         else:
             self.echo(body)
         self.after_request()
@@ -425,6 +430,23 @@ class DemoHandler(BaseHTTPRequestHandler):
         n = sum(len(str(t).split()) for t in inputs)
         self.send_json({"object": "list", "data": data, "model": self.server.opts.model_id,
                         "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+    def images(self, req: dict) -> None:
+        from llamaswap.demo import media
+        n = max(1, min(4, int(req.get("n") or 1)))
+        prompt = str(req.get("prompt", ""))
+        data = [{"b64_json": base64.b64encode(media.png(f"{prompt}#{i}")).decode(),
+                 "revised_prompt": prompt} for i in range(n)]
+        self.send_json({"created": int(time.time()), "data": data})
+
+    def speech(self, req: dict) -> None:
+        from llamaswap.demo import media
+        body = media.wav(str(req.get("input", "")))
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def anthropic(self, req: dict, knobs: dict) -> None:
         model = self.server.opts.model_id

@@ -1,8 +1,8 @@
 """A stand-in for ``nvidia-smi`` on machines without a GPU (tests, benchmarks, demos).
 
-It answers the two queries llama-swap asks (``--query-gpu=index,uuid,memory.total,
-memory.used`` and ``--query-compute-apps=pid,gpu_uuid,used_memory``, both
-``--format=csv,noheader,nounits``) from a state directory: ``gpus.json`` describes the GPUs
+It answers the queries llama-swap asks (``--query-gpu=`` with any of index, uuid, name,
+memory.total, memory.used, utilization.gpu, temperature.gpu, fan.speed, power.draw, and
+``--query-compute-apps=pid,gpu_uuid,used_memory``, all ``--format=csv,noheader,nounits``) from a state directory: ``gpus.json`` describes the GPUs
 and how to behave, and every demo backend started with ``--fake-gpu-dir`` (or the
 ``LLAMASWAP_FAKE_GPU_DIR`` environment variable) keeps ``apps/<pid>.json`` there with the GPU
 memory it pretends to use. Files of processes that are gone are ignored.
@@ -19,6 +19,7 @@ writes ``BIN_DIR/nvidia-smi``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -89,6 +90,18 @@ def apps(state_dir: str) -> list[tuple[int, int, int]]:
     return out
 
 
+def _gpu_field(name: str, index: int, gpu: dict, used: int) -> object:
+    """One --query-gpu field. Utilisation follows the memory in use and a slow wave, so the
+    UI's performance charts have something to draw; temperature and power follow it."""
+    total = int(gpu["total"])
+    util = min(100.0, used / total * 60 + 20 + 15 * math.sin(time.time() / 20 + index)) if total else 0.0
+    values = {"index": index, "uuid": uuid(index), "name": gpu.get("name", "Fake GPU"),
+              "memory.total": total // MiB, "memory.used": used // MiB,
+              "utilization.gpu": round(util), "temperature.gpu": round(35 + util / 2),
+              "fan.speed": round(30 + util / 3), "power.draw": round(50 + util * 2.5, 2)}
+    return values.get(name, "[N/A]")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--install"] and len(argv) == 3:
         print(install(argv[1], argv[2]))
@@ -113,11 +126,12 @@ def main(argv: list[str]) -> int:
         return 0
     gpus = config.get("gpus", [])
     running = apps(state_dir)
-    if any(a.startswith("--query-gpu") for a in argv):
+    query = next((a.split("=", 1)[1] for a in argv if a.startswith("--query-gpu=")), None)
+    if query is not None:
         for index, gpu in enumerate(gpus):
             used = int(gpu.get("base", 0)) + sum(b for _p, g, b in running if g == index)
-            sys.stdout.write(f"{index}, {uuid(index)}, {int(gpu['total']) // MiB}, "
-                             f"{used // MiB}\n")
+            sys.stdout.write(", ".join(str(_gpu_field(f.strip(), index, gpu, used))
+                                       for f in query.split(",")) + "\n")
         return 0
     if any(a.startswith("--query-compute-apps") for a in argv):
         if mode == "no-apps":

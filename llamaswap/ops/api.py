@@ -50,8 +50,9 @@ def register(table: RouteTable) -> None:
     table.add("GET", "/api/performance", api_performance, log=False)
     table.add("GET", "/api/memory", memory_api.api_memory)
     table.add("GET", "/metrics", metrics, log=False)
-    from llamaswap.ops import profiles_api
+    from llamaswap.ops import profiles_api, timeline_api
     profiles_api.register(table)
+    timeline_api.register(table)
     ui.register(table)
 
 

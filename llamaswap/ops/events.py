@@ -106,6 +106,14 @@ class QueueWaited:
     seconds: float
 
 
+@dataclass(frozen=True)
+class TimelineChanged:
+    """A model state change was added to the timeline's history, or a late reason updated
+    one (same ``seq``): ``change`` is the dict ``ops.timeline`` describes."""
+
+    change: Any
+
+
 class EventBus(Broadcaster[Any]):
     """publish() never blocks; each subscriber gets a bounded queue (default 25000 as upstream)."""
 

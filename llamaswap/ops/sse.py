@@ -3,8 +3,9 @@
 Each frame is exactly ``event:message\\ndata:<envelope>\\n\\n`` where the envelope is
 ``{"type":"<t>","data":"<JSON text>"}``; the types are ``logData``, ``modelStatus``,
 ``metrics`` and ``inflight`` (the reference revision's) and ``activity`` (today's upstream:
-``{"id":N}`` for each new activity row) and ``profileChanged`` (``{"active": <name>|null}``, followed
-by a ``modelStatus``). ``inflight`` carries today's upstream's table
+``{"id":N}`` for each new activity row), ``timeline`` (ours: a model state change with its
+reason, ops/timeline.py; the history is ``GET /api/timeline``) and ``profileChanged``
+(``{"active": <name>|null}``, followed by a ``modelStatus``). ``inflight`` carries today's upstream's table
 (``{"operation":"snapshot","requests":[...]}`` at connect and after lost messages, then
 ``upsert`` and ``remove``) with the reference revision's ``total`` in the same object. On
 connect the client gets the proxy log history, the upstream log history, the model list, the
@@ -25,7 +26,7 @@ from llamaswap.http.context import ClientGone
 from llamaswap.ops import gojson
 from llamaswap.ops.restarts import restart_fields
 from llamaswap.ops.events import (ActivityRecorded, ConfigChanged, EventBus, InFlightChanged,
-                                  LogData, ProcessStateChanged, ProfileChanged)
+                                  LogData, ProcessStateChanged, ProfileChanged, TimelineChanged)
 
 SEND_BUFFER = 1024
 POLL = 0.25  # how often an idle stream checks for a departed client or a closing server
@@ -134,6 +135,8 @@ def event_frame(app: Any, event: Any) -> bytes | None:
         # id; its UI pages /api/metrics/activity)
         return frame("metrics", "[" + event.entry.dumps() + "]") + \
             frame("activity", '{"id":%d}' % event.entry.id)
+    if isinstance(event, TimelineChanged):
+        return frame("timeline", gojson.dumps(event.change))
     if isinstance(event, ProfileChanged):
         return profile_frame(app) + model_status_frame(app)
     if isinstance(event, InFlightChanged):

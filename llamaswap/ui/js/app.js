@@ -6,13 +6,20 @@ import * as playground from "./playground.js";
 import * as models from "./models.js";
 import * as activity from "./activity.js";
 import * as logs from "./logs.js";
+import * as timeline from "./timeline.js";
+import * as perfPage from "./performance.js";
 
+// `optional` pages are listed once their API answers (a feature the config turned off, or
+// a proxy without it, leaves them out of the navigation).
 const PAGES = [
   { route: "/", title: "Playground", page: playground },
   { route: "/models", title: "Models", page: models },
+  { route: "/timeline", title: "Timeline", page: timeline },
   { route: "/activity", title: "Activity", page: activity },
+  { route: "/performance", title: "Performance", page: perfPage, optional: perfPage.available },
   { route: "/logs", title: "Logs", page: logs },
 ];
+const shown = new Set(PAGES.filter((p) => !p.optional).map((p) => p.route));
 
 const main = document.getElementById("page");
 const nav = document.getElementById("nav");
@@ -51,8 +58,25 @@ function render() {
 function renderNav() {
   replaceChildren(
     nav,
-    PAGES.map((p) => h("a", { href: `#${p.route}`, "data-route": p.route }, p.title)),
+    PAGES.map((p) => h("a", { href: `#${p.route}`, "data-route": p.route, hidden: !shown.has(p.route) },
+      p.title)),
   );
+  for (const link of nav.querySelectorAll("a")) {
+    if (current && link.dataset.route === current.route) link.setAttribute("aria-current", "page");
+  }
+}
+
+async function probePages() {
+  let changed = false;
+  for (const p of PAGES.filter((pp) => pp.optional)) {
+    const on = await p.optional();
+    if (on !== shown.has(p.route)) {
+      if (on) shown.add(p.route);
+      else shown.delete(p.route);
+      changed = true;
+    }
+  }
+  if (changed) renderNav();
 }
 
 function renderInflight() {
@@ -94,6 +118,7 @@ function renderVersion() {
 }
 
 subscribe((what) => {
+  if (what === "reset") probePages(); // a restarted proxy may have another config
   if (what === "inflight" || what === "reset") renderInflight();
   if (what === "connection") renderConnection();
   if (what === "version") renderVersion();

@@ -1,18 +1,25 @@
 // The one live connection: EventSource('/api/events') feeds every page through this store.
-// Envelope: {"type": "...", "data": "<JSON text>"}; types modelStatus, logData, metrics, inflight.
+// Envelope: {"type": "...", "data": "<JSON text>"}; types modelStatus, logData, metrics,
+// inflight (the total and the table: snapshot, upsert, remove), activity (a new row's id),
+// timeline (a model state change with its reason) and profileChanged.
 
 import { apiUrl } from "./dom.js";
 
 const LOG_CAP = 100 * 1024; // per source, as upstream's UI keeps
 const METRICS_CAP = 1000;
+const TIMELINE_CAP = 5000; // live changes kept; the timeline page fetches history itself
 
 export const store = {
   connection: "connecting", // connecting | open | waiting
   retryIn: 0,
   attempts: 0,
   models: [],
+  modelsAt: 0,
   metrics: [], // oldest first
   inflight: 0,
+  inflightTable: new Map(), // id -> upstream's in-flight entry
+  timeline: [], // state changes seen live, oldest first (seq order)
+  profile: undefined, // the active profile's name, null for none, undefined before told
   version: null,
   logs: { proxy: "", upstream: "" },
 };
@@ -24,10 +31,10 @@ export function subscribe(fn) {
   return () => listeners.delete(fn);
 }
 
-function emit(what) {
+function emit(what, payload) {
   for (const fn of listeners) {
     try {
-      fn(what);
+      fn(what, payload);
     } catch (err) {
       console.error(err);
     }
@@ -56,6 +63,8 @@ export function connect() {
     store.models = [];
     store.metrics = [];
     store.logs = { proxy: "", upstream: "" };
+    store.inflightTable = new Map();
+    store.timeline = []; // the timeline page fetches the history again on "reset"
     emit("connection");
     emit("reset");
     fetchVersion();
@@ -90,6 +99,7 @@ function handle(raw) {
   switch (envelope.type) {
     case "modelStatus":
       store.models = Array.isArray(data) ? data : [];
+      store.modelsAt = Date.now(); // restartIn counts from here
       emit("models");
       break;
     case "logData": {
@@ -107,11 +117,39 @@ function handle(raw) {
           store.metrics = store.metrics.slice(store.metrics.length - METRICS_CAP);
         }
       }
-      emit("metrics");
+      emit("metrics", Array.isArray(data) ? data : []);
       break;
     case "inflight":
       store.inflight = Number(data.total) || 0;
+      // _seen: when elapsed_ms was true, so pages can count on from there
+      if (data.operation === "snapshot") {
+        store.inflightTable = new Map((data.requests || []).map((r) => [r.id, { ...r, _seen: Date.now() }]));
+      } else if (data.operation === "upsert" && data.request) {
+        store.inflightTable.set(data.request.id, { ...data.request, _seen: Date.now() });
+      } else if (data.operation === "remove") {
+        store.inflightTable.delete(data.id);
+      }
       emit("inflight");
+      break;
+    case "timeline": {
+      const last = store.timeline.length ? store.timeline[store.timeline.length - 1] : null;
+      if (last && data.seq <= last.seq) {
+        // a late reason for a change already here (a crash): replace it
+        const i = store.timeline.findIndex((c) => c.seq === data.seq);
+        if (i >= 0) store.timeline[i] = data;
+      } else {
+        store.timeline.push(data);
+        if (store.timeline.length > TIMELINE_CAP) store.timeline.splice(0, store.timeline.length - TIMELINE_CAP);
+      }
+      emit("timeline", data);
+      break;
+    }
+    case "activity":
+      emit("activity", data);
+      break;
+    case "profileChanged":
+      store.profile = data.active ?? null;
+      emit("profile");
       break;
     default:
       break;

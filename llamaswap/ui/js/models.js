@@ -1,7 +1,12 @@
-// Models: every model with its live state; Load / Unload / Unload all.
+// Models: every model with its live state (sleeping, restart backoff and why), requests in
+// flight, Load / Unload / Unload all; memory per device (GET /api/memory), the active profile
+// with a switcher (GET/PUT /api/profiles), selectors (GET /v1/models) and peers. The extra
+// cards appear only where the proxy answers for them.
 
-import { apiUrl, h, modelPath, replaceChildren } from "./dom.js";
+import { apiUrl, formatDuration, h, modelPath, replaceChildren, throttled } from "./dom.js";
+import { colorFor, segmentBar, swatch } from "./charts.js";
 import { store, subscribe } from "./events.js";
+import { REASON_TEXT } from "./timeline.js";
 
 const pending = new Map(); // id -> "load" | "unload"
 const errors = new Map(); // id -> message
@@ -67,6 +72,155 @@ function stateBadge(state) {
   return h("span", { class: `state state-${s}`, "data-testid": "state" }, s);
 }
 
+// Why a model is where it is: a pending restart, the failure before it, a sleep.
+function stateNote(m) {
+  const f = m.lastFailure;
+  const why = f ? (REASON_TEXT[f.reason] || f.reason) : "";
+  if (m.state === "backoff") {
+    const left = m.restartIn !== undefined ? Math.max(0, m.restartIn - (Date.now() - store.modelsAt) / 1000) : null;
+    const when = left !== null ? `restart in ${formatDuration(Math.ceil(left) * 1000)}` : "restart pending";
+    return h("div", { class: "state-note bad-note", "data-testid": "state-note" },
+      `${when}${why ? ` after ${why}` : ""}` + (m.restarts ? ` (restart ${m.restarts})` : ""),
+      f && f.detail ? h("div", { class: "muted" }, f.detail) : null);
+  }
+  if (m.state === "sleeping") {
+    return h("div", { class: "state-note muted", "data-testid": "state-note" }, "asleep: wakes on the next request");
+  }
+  if (f) {
+    return h("div", { class: "state-note muted", "data-testid": "state-note", title: f.detail || "" },
+      `last failure: ${why}` + (m.restarts ? ` · ${m.restarts} restart${m.restarts === 1 ? "" : "s"}` : ""));
+  }
+  return null;
+}
+
+function inflightFor(id) {
+  let n = 0;
+  for (const r of store.inflightTable.values()) if (r.model === id) n += 1;
+  return n;
+}
+
+export function formatBytes2(n) {
+  if (n === null || n === undefined) return "?";
+  const gib = n / 1024 ** 3;
+  if (gib >= 1) return `${gib.toFixed(gib >= 100 ? 0 : 1)} GiB`;
+  return `${Math.round(n / 1024 ** 2)} MiB`;
+}
+
+// ---- the extra cards: memory, profile, selectors
+
+let memory = null; // GET /api/memory's body, null when the proxy has no memory section
+let profiles = null; // GET /api/profiles's body, null without profiles
+let selectors = []; // /v1/models records of type selector
+
+async function getJSON(path) {
+  try {
+    const resp = await fetch(apiUrl(path), { cache: "no-store", headers: { Accept: "application/json" } });
+    if (!resp.ok) return null;
+    return await resp.json();
+  } catch {
+    return null;
+  }
+}
+
+async function refreshMemory() {
+  memory = await getJSON("/api/memory");
+  rerender();
+}
+
+async function refreshProfiles() {
+  const got = await getJSON("/api/profiles");
+  profiles = got && Array.isArray(got.profiles) && got.profiles.length ? got : null;
+  rerender();
+}
+
+async function refreshSelectors() {
+  const got = await getJSON("/v1/models");
+  selectors = ((got && got.data) || []).filter((r) => r.meta && r.meta.llamaswap && r.meta.llamaswap.type === "selector");
+  rerender();
+}
+
+function memoryCard() {
+  if (!memory || !memory.devices || !Object.keys(memory.devices).length) return null;
+  const ids = Object.keys(memory.models || {}).sort();
+  const colorOf = (id) => colorFor(ids.indexOf(id));
+  return h("section", { class: "card mem-card", id: "memory-card" },
+    h("h2", {}, "Memory"),
+    Object.entries(memory.devices).map(([dev, d]) => {
+      const residents = ids.filter((id) => (memory.models[id].used || {})[dev] > 0);
+      const segs = residents.map((id) => ({
+        label: id, value: memory.models[id].used[dev], color: colorOf(id),
+        hatch: memory.models[id].state === "sleeping",
+        title: `${id}: ${formatBytes2(memory.models[id].used[dev])} (${memory.models[id].state}, ${(memory.models[id].source || {})[dev] || "?"})`,
+      }));
+      if (d.headroom > 0) segs.push({ label: "headroom", value: d.headroom, cls: "headroom", title: `headroom ${formatBytes2(d.headroom)}` });
+      const measured = d.device_used !== undefined ? ` · the device reports ${formatBytes2(d.device_used)} used` : "";
+      return h("div", { class: "mem-device", "data-device": dev },
+        h("div", { class: "mem-head" }, h("b", {}, dev),
+          h("span", { class: "muted", "data-testid": "mem-figures" },
+            `${formatBytes2(d.used)} used · ${formatBytes2(d.free)} free · budget ${formatBytes2(d.budget)}${measured}`)),
+        segmentBar(segs, d.budget, { label: `${dev} memory` }),
+        h("div", { class: "legend mem-legend" }, residents.map((id) =>
+          h("span", { class: "legend-item", "data-model": id }, swatch(colorOf(id)),
+            `${id} ${formatBytes2(memory.models[id].used[dev])}${memory.models[id].state === "sleeping" ? " (asleep)" : ""}`)),
+        residents.length ? null : h("span", { class: "muted" }, "nothing resident")));
+    }));
+}
+
+async function switchProfile(select) {
+  select.disabled = true;
+  try {
+    const resp = await fetch(apiUrl("/api/profiles/active"), {
+      method: "PUT", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: select.value || null }),
+    });
+    if (!resp.ok) errors.set("*", `profile switch failed: ${await errorText(resp)}`);
+    else errors.delete("*");
+  } catch (err) {
+    errors.set("*", `profile switch failed: ${err.message || err}`);
+  } finally {
+    select.disabled = false;
+    refreshProfiles();
+  }
+}
+
+function profileCard() {
+  if (!profiles) return null;
+  const active = store.profile !== undefined ? store.profile : profiles.active;
+  const select = h("select", { id: "profile-select", "aria-label": "Active profile" },
+    h("option", { value: "" }, "none"),
+    profiles.profiles.map((p) => h("option", { value: p.id }, p.description ? `${p.id} · ${p.description}` : p.id)));
+  select.value = active || "";
+  select.addEventListener("change", () => switchProfile(select));
+  const current = profiles.profiles.find((p) => p.id === active);
+  return h("section", { class: "card profile-card", id: "profile-card" },
+    h("h2", {}, "Profile"),
+    h("div", { class: "profile-body" },
+      h("label", { class: "field" }, "Active ", select),
+      current && Object.keys(current.pins).length
+        ? h("div", { class: "pins", id: "profile-pins" }, Object.entries(current.pins).map(([from, to]) =>
+          h("span", { class: "pin" }, h("code", {}, from), " → ", to ? h("code", {}, to) : h("span", { class: "muted" }, "disabled"))))
+        : h("span", { class: "muted" }, active ? "no pins" : "requests go to the model they name")));
+}
+
+function selectorsCard() {
+  if (!selectors.length) return null;
+  const stateOf = (id) => (store.models.find((m) => m.id === id) || {}).state || "";
+  return h("section", { class: "card", id: "selectors-card" },
+    h("h2", {}, "Selectors"),
+    h("div", { class: "table-wrap" }, h("table", { class: "grid selectors" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Selector"), h("th", {}, "Strategy"), h("th", {}, "Targets"))),
+      h("tbody", {}, selectors.map((r) => {
+        const meta = r.meta.llamaswap;
+        return h("tr", { "data-selector": r.id },
+          h("td", {}, h("b", {}, r.id), r.name ? h("div", { class: "muted" }, r.name) : null),
+          h("td", {}, meta.strategy + (meta.strategy === "spillover" && meta.spillover ? ` (${meta.spillover})` : "")),
+          h("td", { class: "targets" }, (meta.targets || []).map((t) => {
+            const st = stateOf(t);
+            return h("span", { class: "target" }, h("code", {}, t), st ? h("span", { class: `state state-${st} small` }, st) : null);
+          })));
+      })))));
+}
+
 function localRow(m) {
   const busy = pending.get(m.id);
   const state = m.state || "unknown";
@@ -97,7 +251,10 @@ function localRow(m) {
       err ? h("div", { class: "error-text", role: "alert" }, err) : null,
     ),
     h("td", { class: "state-cell" }, stateBadge(state),
-      busy ? h("span", { class: "spinner", title: `${busy} in progress` }) : null),
+      busy ? h("span", { class: "spinner", title: `${busy} in progress` }) : null,
+      inflightFor(m.id) ? h("span", { class: "pill inflight-model", "data-testid": "inflight",
+        title: "requests in flight" }, `${inflightFor(m.id)} in flight`) : null,
+      stateNote(m)),
     h(
       "td",
       { class: "actions" },
@@ -140,6 +297,8 @@ export function mount(root) {
     h("h2", {}, "Remote models (peers)"),
     h("div", { class: "table-wrap" }, h("table", { class: "grid models" }, peerBody)));
   const empty = h("p", { class: "muted empty" }, "Waiting for the model list…");
+  const extras = h("div", { class: "model-extras" });
+  const selectorsBox = h("div");
 
   root.append(
     h("div", { class: "toolbar" },
@@ -148,6 +307,7 @@ export function mount(root) {
       h("label", { class: "check" }, unlistedToggle, " show unlisted"),
       unloadAllBtn),
     globalError,
+    extras,
     h("section", { class: "card" },
       h("div", { class: "table-wrap" },
         h("table", { class: "grid models" },
@@ -155,10 +315,13 @@ export function mount(root) {
             h("th", { class: "actions" }, "Actions"))),
           localBody)),
       empty),
+    selectorsBox,
     peerSection,
   );
 
   rerender = () => {
+    replaceChildren(extras, memoryCard(), profileCard());
+    replaceChildren(selectorsBox, selectorsCard());
     const local = store.models.filter((m) => !m.peerID);
     const peers = store.models.filter((m) => m.peerID);
     const shown = local.filter((m) => showUnlisted || !m.unlisted);
@@ -177,11 +340,37 @@ export function mount(root) {
     globalError.textContent = errors.get("*") || "";
   };
   rerender();
+  const memorySoon = throttled(refreshMemory);
+  let memoryLater = null;
+  const refreshAll = () => {
+    refreshMemory();
+    refreshProfiles();
+    refreshSelectors();
+  };
+  if (store.connection === "open") refreshAll();
+  // a backoff's countdown moves on between events
+  const ticker = setInterval(() => {
+    if (store.models.some((m) => m.state === "backoff")) rerender();
+  }, 1000);
   const off = subscribe((what) => {
-    if (what === "models" || what === "reset" || what === "connection") rerender();
+    if (what === "models") {
+      memorySoon(); // a load or a stop changes what is resident; the router's books may
+      clearTimeout(memoryLater); // settle a moment after the process: ask again then
+      memoryLater = setTimeout(refreshMemory, 1000);
+      rerender();
+    } else if (what === "reset") {
+      refreshAll();
+      rerender();
+    } else if (what === "connection" || what === "inflight") {
+      rerender();
+    } else if (what === "profile") {
+      refreshProfiles();
+    }
   });
   return () => {
     off();
+    clearInterval(ticker);
+    clearTimeout(memoryLater);
     rerender = () => {};
   };
 }

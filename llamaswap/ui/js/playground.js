@@ -1,8 +1,22 @@
-// Playground: streaming chat through POST /v1/chat/completions.
+// Playground: streaming chat through POST /v1/chat/completions, opening on a chat model;
+// tabs for images, speech and transcription where a model serves them (js/media.js).
 
 import { apiUrl, h, replaceChildren, throttled } from "./dom.js";
 import { store, subscribe } from "./events.js";
 import { renderMarkdown } from "./markdown.js";
+import { PANELS, TABS, modelsFor } from "./media.js";
+
+// Models that are not for chat, by what the config says they do, else by their name.
+const NOT_CHAT = /embed|rerank|whisper|tts|speech|bge-|nomic|stable-diffusion|sdxl|flux/i;
+export function isChatModel(m) {
+  const c = m.capabilities || {};
+  if (c.reranker || c.image_generation || c.image_to_image || c.audio_speech || c.audio_transcriptions) {
+    return false;
+  }
+  return !NOT_CHAT.test(`${m.id} ${m.name || ""}`);
+}
+
+let tab = "chat"; // the tab shown, kept across page switches
 
 const saved = (() => {
   try {
@@ -13,6 +27,7 @@ const saved = (() => {
 })();
 
 function save(settings) {
+  Object.assign(saved, settings);
   try {
     localStorage.setItem("llamaswap.playground", JSON.stringify(settings));
   } catch {
@@ -96,9 +111,33 @@ export function mount(root) {
   const stopBtn = h("button", { class: "btn danger", id: "pg-stop", hidden: true }, "Stop");
   const note = h("span", { class: "muted", id: "pg-note" });
 
-  root.append(
+  const tabBar = h("div", { class: "tabs", role: "tablist", id: "pg-tabs" });
+  const chatPanel = h("div", { id: "pg-chat-panel" });
+  const panels = { chat: chatPanel };
+  const mediaPanels = {};
+  for (const t of TABS) {
+    mediaPanels[t.id] = PANELS[t.id]();
+    panels[t.id] = h("div", { id: `pg-${t.id}-panel`, hidden: true }, mediaPanels[t.id].el);
+  }
+
+  function renderTabs() {
+    const offered = [{ id: "chat", label: "Chat" }, ...TABS.filter((t) => modelsFor(t.flag).length)];
+    if (!offered.some((t) => t.id === tab)) tab = "chat";
+    replaceChildren(tabBar, offered.length > 1 ? offered.map((t) => h("button", {
+      class: "tab", role: "tab", "data-tab": t.id, "aria-selected": String(t.id === tab),
+      onclick: () => {
+        tab = t.id;
+        renderTabs();
+      },
+    }, t.label)) : null);
+    for (const [id, el] of Object.entries(panels)) el.hidden = id !== tab;
+    for (const p of Object.values(mediaPanels)) p.render();
+  }
+
+  root.append(h("div", { class: "toolbar pg-head" }, h("h1", {}, "Playground"), tabBar),
+    chatPanel, ...TABS.map((t) => panels[t.id]));
+  chatPanel.append(
     h("div", { class: "toolbar" },
-      h("h1", {}, "Playground"),
       h("label", { class: "field" }, "Model ", modelSelect),
       h("label", { class: "field" }, "Temperature ", temperature),
       h("label", { class: "field" }, "Max tokens ", maxTokens),
@@ -109,6 +148,10 @@ export function mount(root) {
       h("div", { class: "composer" }, input,
         h("div", { class: "composer-actions" }, sendBtn, stopBtn, note))),
   );
+  let chosen = saved.model; // the user's pick; until there is one, the first chat model
+  modelSelect.addEventListener("change", () => {
+    chosen = modelSelect.value;
+  });
 
   function persist() {
     save({
@@ -120,7 +163,8 @@ export function mount(root) {
 
   function renderModels() {
     const usable = store.models.filter((m) => !m.unlisted);
-    const want = modelSelect.value || saved.model;
+    const chat = usable.find(isChatModel) || usable[0];
+    const want = usable.some((m) => m.id === chosen) ? chosen : chat && chat.id;
     const sig = usable.map((m) => m.id).join("\n");
     if (modelSelect.dataset.sig !== sig) {
       modelSelect.dataset.sig = sig;
@@ -336,10 +380,14 @@ export function mount(root) {
   });
 
   renderModels();
+  renderTabs();
   renderLog();
   mounted = updateButtons;
   const off = subscribe((what) => {
-    if (what === "models" || what === "reset" || what === "connection") renderModels();
+    if (what === "models" || what === "reset" || what === "connection") {
+      renderModels();
+      renderTabs();
+    }
   });
   return () => {
     off();
