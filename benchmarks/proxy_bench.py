@@ -549,7 +549,9 @@ class Proxy:
         args = ["-config", cfg, "-listen", f"127.0.0.1:{self.port}"]
         cmd = ([sys.executable, os.path.abspath(__file__), "--wrap-proxy", *wrap, "--", *args]
                if wrap is not None else [sys.executable, "-m", "llamaswap", *args])
-        env = dict(os.environ, PYTHONPATH=tree)  # this tree's llamaswap, whatever is installed
+        # this tree's llamaswap, whatever is installed; PyYAML and gjson from the .pyz where
+        # this Python lacks them (a machine without pip: carry dist/ there)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, *_bundled_deps()]))
         self.log_path = os.path.join(tmp, f"proxy-{name}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log,
@@ -570,6 +572,16 @@ class Proxy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _bundled_deps() -> list[str]:
+    """dist/llama-swap.pyz (its root holds yaml/ and gjson/) when this Python cannot import
+    PyYAML or gjson, else nothing."""
+    import importlib.util
+    if importlib.util.find_spec("yaml") and importlib.util.find_spec("gjson"):
+        return []
+    pyz = os.path.join(ROOT, "dist", "llama-swap.pyz")
+    return [pyz] if os.path.exists(pyz) else []
 
 
 def _median(xs: list[float]) -> float:
