@@ -12,6 +12,8 @@ Reported, as absolute numbers and as ratios/deltas against the direct connection
   context switches per request. The clients are one closed-loop epoll thread of this script
   over keep-alive connections (like ``wrk``), so the load generator takes little of a small
   machine's CPU;
+- the same small request with a new connection for each (one client, as curl and many
+  scripts send them): the proxy's CPU and context switches per request, p50;
 - a stream's time to first chunk (and first byte), added over direct, on
   ``/upstream/fast/stream`` (unmetered) and on a streamed ``/v1/chat/completions``
   (metered), as the median of many short streams, alternated with direct;
@@ -336,6 +338,37 @@ def closed_loop(port: int, request: bytes, clients: int, seconds: float,
 FUTEX = False  # --futex: count the proxy's futex calls (GIL and lock hand-offs) with perf
 
 
+def new_connections(port: int, request: bytes, seconds: float, pid: int) -> dict:
+    """One client that opens a new connection for each request (as curl and many scripts
+    do): the proxy's CPU and context switches per request, and the median latency."""
+    lat: list[float] = []
+    before = proc_counters(pid)
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        s = socket.create_connection(("127.0.0.1", port))
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(request)
+            buf = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    raise RuntimeError("the server closed the connection before answering")
+                buf += data
+                end = buf.find(b"\r\n\r\n")
+                m = _CONTENT_LENGTH.search(buf, 0, end + 2) if end >= 0 else None
+                if m is not None and len(buf) >= end + 4 + int(m.group(1)):
+                    break
+        finally:
+            s.close()
+        lat.append(time.perf_counter() - t0)
+    after = proc_counters(pid)
+    return {"cpu_us_per_req": (after[0] - before[0]) / len(lat) * 1e6,
+            "switches_per_req": (after[1] - before[1]) / len(lat),
+            "p50_ms": pct(lat, 0.5) * 1e3, "n": len(lat)}
+
+
 def _futex_counter(pid: int) -> tuple[subprocess.Popen, str] | None:
     """``perf stat`` counting the futex system calls of ``pid``'s threads, attached."""
     fd, path = tempfile.mkstemp(prefix="proxybench-futex-")
@@ -614,6 +647,12 @@ def measure(args, trees: list[tuple[str, str]], clients: list[int]) -> int:
                     small[c][p.name].append(closed_loop(p.port, small_request(p.port), c,
                                                         args.seconds, pid=p.pid))
         results["small"] = {str(c): v for c, v in small.items()}
+        fresh: dict = {p.name: [] for p in proxies}
+        for r in range(args.rounds):
+            for p in (proxies if r % 2 == 0 else proxies[::-1]):
+                fresh[p.name].append(new_connections(p.port, small_request(p.port),
+                                                     args.seconds, p.pid))
+        results["new_connection"] = fresh
         if not args.quick:
             for p in proxies:
                 per[p.name]["rss_after_requests_mb"] = rss_kb(p.pid) / 1024
@@ -687,6 +726,15 @@ def summary(results: dict, names: list[str]) -> str:
                 f"p50 +{_median([x['p50_ms'] for x in xs]) - d_p50:.3f} ms")
         if ab:
             lines.append(f"     CPU {names[0]}/{names[1]}: {cpu[names[0]] / cpu[names[1]]:.2f}")
+    fresh = results.get("new_connection")
+    if fresh:
+        cpu = {name: _median([x["cpu_us_per_req"] for x in fresh[name]]) for name in names}
+        parts = [f"{name} CPU {cpu[name]:.0f} us/req "
+                 f"({', '.join('%.0f' % x['cpu_us_per_req'] for x in fresh[name])}), "
+                 f"{_median([x['switches_per_req'] for x in fresh[name]]):.1f} switches/req, "
+                 f"p50 {_median([x['p50_ms'] for x in fresh[name]]):.3f} ms" for name in names]
+        ratio = f"; CPU {names[0]}/{names[1]}: {cpu[names[0]] / cpu[names[1]]:.2f}" if ab else ""
+        lines.append("  a new connection per request (1 client): " + "; ".join(parts) + ratio)
     for label, runs in results.get("first_chunk", {}).items():
         d_fb = _median([x[0] for x in runs["direct"]])
         d_fc = _median([x[1] for x in runs["direct"]])
