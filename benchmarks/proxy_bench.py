@@ -41,6 +41,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import select
 import shutil
@@ -192,6 +193,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive free ports (a proxy's startPort: its models take the
+    next ones), below the ephemeral range where bind(0) ports come and go, and apart from
+    every block handed out before (two proxies' blocks must not overlap)."""
+    for _ in range(500):
+        base = random.randrange(10000, 32000 - n)
+        ports = range(base, base + n)
+        if _HANDED_OUT.intersection(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED_OUT.update(ports)
+        return base
+    return free_port()
 
 
 def wait_http(port: int, path: str, timeout: float = 30) -> None:
@@ -575,7 +599,7 @@ class Proxy:
         self.name, self.tree = name, tree
         cfg = os.path.join(tmp, f"config-{name}.yaml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(start_port=free_port(), api_keys=API_KEYS[api_key],
+            f.write(CONFIG.format(start_port=free_port_block(3), api_keys=API_KEYS[api_key],
                                   python=sys.executable, me=os.path.abspath(__file__),
                                   swap_delay=SWAP_DELAY))
         self.port = free_port()
