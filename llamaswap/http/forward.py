@@ -4,8 +4,9 @@
   of SSE events); ``X-Accel-Buffering: no`` is added to event streams;
 - a response without a length is relayed chunked; hop-by-hop headers are dropped both ways;
 - the client hanging up cuts the backend connection at once (llama-server stops generating)
-  and the call returns quietly; the backend dying mid-response cuts the client connection,
-  or answers 502 when nothing was sent yet;
+  and the call returns quietly; the backend dying mid-response cuts the client connection
+  (an event stream first gets one ``data:`` event with the error), or answers 502 when
+  nothing was sent yet;
 - ``Upgrade`` requests (websockets) become a two-way byte tunnel after the backend's 101.
 
 An optional observer (activity/captures) sees the response as it passes:
