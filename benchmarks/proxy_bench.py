@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = json.dumps({"model": "fast", "input": "hello"}).encode()
@@ -814,8 +815,9 @@ def profile(args) -> int:
 def wrapped_proxy(argv: list[str]) -> int:
     """``--wrap-proxy OUT [--cprofile] -- <llamaswap flags>``: run the proxy in this
     process, recording each thread's name, and its end (CLOCK_MONOTONIC), CPU and context
-    switches when it ends; with ``--cprofile``, each thread started after a SIGUSR1 gets a
-    cProfile on a CPU-time clock. At exit write ``OUT.threads.json`` (native thread id ->
+    switches when it ends; with ``--cprofile``, each thread started after a SIGUSR1 (and
+    each connection's thread that serves a connection after it) gets a cProfile on a
+    CPU-time clock. At exit write ``OUT.threads.json`` (native thread id ->
     [name, end, cpu, switches], None while alive) and the merged profile (``OUT.prof``,
     ``OUT.txt``)."""
     import cProfile
@@ -836,17 +838,24 @@ def wrapped_proxy(argv: list[str]) -> int:
     armed = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: armed.set())
 
+    local = threading.local()
+
+    def start_profile() -> None:
+        """A cProfile for this thread from now on, once armed (each thread has one at most)."""
+        if use_cprofile and armed.is_set() and getattr(local, "prof", None) is None:
+            local.prof = prof = cProfile.Profile(time.thread_time)
+            with lock:
+                profiles.append(prof)
+            prof.enable()
+
     def run(self: threading.Thread) -> None:
-        prof = cProfile.Profile(time.thread_time) if use_cprofile and armed.is_set() else None
         with lock:
             threads[threading.get_native_id()] = [self.name, None, None, None]
-            if prof is not None:
-                profiles.append(prof)
-        if prof is not None:
-            prof.enable()
+        start_profile()
         try:
             inner_run(self)
         finally:
+            prof = getattr(local, "prof", None)
             if prof is not None:
                 prof.disable()
             with lock:
@@ -854,6 +863,17 @@ def wrapped_proxy(argv: list[str]) -> int:
                                                           switches()]
 
     threading.Thread.run = run  # type: ignore[method-assign]
+    try:  # a connection's thread may have started before the SIGUSR1 (it serves many)
+        from llamaswap.http.server import ProxyServer
+        serve_connection = ProxyServer.process_request_thread
+
+        def profiled_connection(self: Any, *args: Any) -> None:
+            start_profile()
+            serve_connection(self, *args)
+
+        ProxyServer.process_request_thread = profiled_connection  # type: ignore[method-assign]
+    except (ImportError, AttributeError):
+        pass
     threads[threading.get_native_id()] = ["MainThread", None, None, None]
     sys.argv = ["llamaswap", *proxy_args]
     try:

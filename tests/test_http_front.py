@@ -441,6 +441,25 @@ def test_concurrent_clients(two):
     assert results == [200] * 10
 
 
+def test_a_connection_thread_serves_the_next_connection():
+    """A handler thread whose connection ended waits for the next connection instead of
+    ending (no thread started per connection); shutdown ends the waiting threads."""
+    with Proxy(config(model("m1"))) as p:
+        name = f"http-conn-{p.port}"
+
+        def conn_threads():
+            return [t for t in threading.enumerate() if t.name == name]
+
+        for _ in range(5):
+            s, _, b = p.request("GET", "/health")
+            assert s == 200 and b == b"OK"
+            assert wait_until(lambda: p.server._idle_threads == 1, timeout=10)
+        assert len(conn_threads()) == 1
+        s, _, _ = p.post("/v1/embeddings", {"model": "m1", "input": "x"})
+        assert s == 200
+    assert wait_until(lambda: not conn_threads(), timeout=10)
+
+
 def test_tls(tmp_path):
     import ssl
     import subprocess

@@ -285,3 +285,28 @@ def test_disconnect_watch_forgets_a_hang_up_when_its_fd_number_gets_a_new_connec
         same_number.close()
     finally:
         new_peer.close()
+
+
+def test_disconnect_watch_lets_go_of_a_connection_that_ends():
+    """A connection whose handler finishes leaves the epoll set (its close wakes nobody);
+    a later watch of the same socket joins again and sees its hang-up."""
+    import select
+    import socket
+    import threading
+
+    from llamaswap.http import pool
+
+    ours, peer = socket.socketpair()
+    try:
+        pool.watch_disconnect(ours, lambda: None).cancel()
+        pool.unwatch_connection(ours)
+        with pytest.raises(FileNotFoundError):  # not in the set any more
+            pool._WATCHER._ep.modify(ours.fileno(), select.EPOLLRDHUP)
+        gone = threading.Event()
+        watch = pool.watch_disconnect(ours, gone.set)
+        peer.close()
+        assert gone.wait(5)
+        assert watch.cancel() is True
+    finally:
+        ours.close()
+        peer.close()

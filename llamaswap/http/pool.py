@@ -238,8 +238,9 @@ class DisconnectWatcher:
     thinking). Pipelined request bytes only raise EPOLLIN, which we do not ask for.
 
     A connection is added to the epoll set once, at its first watch, edge-triggered, and
-    stays there until it is closed (the kernel then drops it): a request costs no system
-    call here, and no GIL hand-off to another thread under load. A hang-up reported while
+    stays there until its handler finishes (``release``): a request costs no system call
+    here, and no GIL hand-off to another thread under load; a connection's end wakes this
+    thread at most for the client's FIN. A hang-up reported while
     nothing watches the connection (between two requests, or before the next watch) is
     remembered, and the next watch of that connection fires at once, as the one-shot
     re-arm of the fd used to report it. An event for an earlier connection that had the
@@ -292,6 +293,25 @@ class DisconnectWatcher:
             if self._watches.get(w.fd) is w:
                 del self._watches[w.fd]
 
+    def release(self, sock: socket.socket) -> None:
+        """A connection is about to close: leave the epoll set now, so that its hang-up and
+        close (the client's FIN, then our shutdown) wake this thread for nothing."""
+        try:
+            fd = sock.fileno()
+        except OSError:
+            return
+        with self._lock:
+            registered = self._socks.get(fd)
+            if registered is None or registered() is not sock:
+                return
+            del self._socks[fd]
+            self._hung.discard(fd)
+            self._watches.pop(fd, None)
+        try:
+            self._ep.unregister(fd)
+        except OSError:
+            pass
+
     def _run(self) -> None:
         while True:
             try:
@@ -331,3 +351,8 @@ _WATCHER = DisconnectWatcher()
 
 def watch_disconnect(sock: socket.socket, fn: Callable[[], None]) -> Watch | None:
     return _WATCHER.watch(sock, fn)
+
+
+def unwatch_connection(sock: socket.socket) -> None:
+    """The connection is ending: the watcher lets go of it (no wake-up for its close)."""
+    _WATCHER.release(sock)

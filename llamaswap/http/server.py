@@ -9,6 +9,7 @@ TLS handshakes happen in the connection's thread, so a slow client never blocks 
 
 from __future__ import annotations
 
+import queue
 import re
 import select
 import socket
@@ -25,6 +26,7 @@ from llamaswap.config.gocompat import go_duration
 from llamaswap.config.model import PLAIN_KEY_NAME
 from llamaswap.http.headers import HeaderError, read_headers
 from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
+from llamaswap.http.pool import unwatch_connection
 from llamaswap.http.routes import RouteTable, build_routes
 
 HEADER_TIMEOUT = 30.0
@@ -33,6 +35,7 @@ NO_ACCESS_LOG = ("/wol-health", "/api/performance", "/metrics")
 MAX_CONTENT_LENGTH = (1 << 63) - 1  # Go's int64
 LINGER = 0.5  # seconds a rejected client may take to read the answer before the socket closes
 LINGER_BYTES = 1 << 20
+IDLE_THREAD_SECONDS = 60.0  # how long a connection's thread waits for the next connection
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 _VERSION = re.compile(r"HTTP/([0-9])\.([0-9])")
@@ -61,6 +64,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server.track(self, False)
+        unwatch_connection(self.connection)
         try:
             super().finish()
         except OSError:
@@ -201,6 +205,10 @@ class ProxyServer(ThreadingHTTPServer):
         self._idle_cv = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        # threads whose connection ended wait here for the next one (see process_request)
+        self._next_conn: queue.SimpleQueue = queue.SimpleQueue()
+        self._idle_threads = 0
+        self._pool_lock = threading.Lock()
         super().__init__(address, ProxyHandler, bind_and_activate=False)
         if family == socket.AF_INET6:
             try:
@@ -225,6 +233,44 @@ class ProxyServer(ThreadingHTTPServer):
             sock = self.ssl_context.wrap_socket(sock, server_side=True,
                                                 do_handshake_on_connect=False)
         return sock, addr
+
+    def process_request(self, request, client_address) -> None:
+        """One thread per connection, as ThreadingMixIn, but a thread whose connection has
+        ended waits up to IDLE_THREAD_SECONDS for the next one instead of ending: starting a
+        thread (and the hand-offs between this accept thread and the new one until it runs)
+        cost more CPU than the rest of a small request on a new connection."""
+        with self._pool_lock:
+            if self._idle_threads:
+                self._idle_threads -= 1
+                self._next_conn.put((request, client_address))
+                return
+        threading.Thread(target=self._serve_connections, args=(request, client_address),
+                         name=f"http-conn-{self.port}", daemon=True).start()
+
+    def _serve_connections(self, request, client_address) -> None:
+        job = (request, client_address)
+        while job is not None:
+            self.process_request_thread(*job)
+            job = request = client_address = None
+            with self._pool_lock:
+                if self.closing:
+                    return
+                self._idle_threads += 1
+            try:
+                job = self._next_conn.get(timeout=IDLE_THREAD_SECONDS)
+            except queue.Empty:
+                with self._pool_lock:
+                    if self._idle_threads:  # nobody has handed this thread a connection
+                        self._idle_threads -= 1
+                        return
+                job = self._next_conn.get()  # one is on its way: process_request counted on it
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._pool_lock:
+            idle, self._idle_threads = self._idle_threads, 0
+        for _ in range(idle):
+            self._next_conn.put(None)
 
     def handle_error(self, request, client_address) -> None:
         log = _log(self.app_holder)
