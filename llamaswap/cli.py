@@ -111,26 +111,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def config_source(opts, demo: bool):
-    """(load() -> Config, snapshot() of what else -watch-config watches, or None)."""
+    """(load(previous=None) -> Config, snapshot() of what else -watch-config watches, or None);
+    ``previous`` is the config in service when reloading."""
     from llamaswap.config import load_config_sources, load_config_text
     if demo:
         from llamaswap.demo.config import demo_config_text
         for flag in ("config", "config-dir", "models-dir"):
             if opts[flag]:
                 _err(f"-demo: ignoring -{flag} {opts[flag]}, running on the built-in demo config")
-        return (lambda: load_config_text(demo_config_text(), path="<demo>")), None
+        return (lambda previous=None: load_config_text(demo_config_text(), path="<demo>")), None
     path, directory = (os.path.abspath(opts[f]) if opts[f] else None for f in ("config", "config-dir"))
     listing = None
     if directory:
         from llamaswap.ops.watcher import take_dir_snapshot
         listing = lambda: take_dir_snapshot(directory)  # noqa: E731 (-config-dir's files)
     if not opts["models-dir"]:
-        return (lambda: load_config_sources(path, directory)), listing
+        return (lambda previous=None: load_config_sources(path, directory, previous=previous)), listing
     from llamaswap.config import models_dir
     folder = models_dir.ModelsDir(opts["models-dir"], llama_server=opts["llama-server"],
                                   args=opts["models-dir-args"])
     snapshot = folder.snapshot if listing is None else (lambda: (folder.snapshot(), listing()))
-    return (lambda: models_dir.load(path, folder, directory)), snapshot
+    return (lambda previous=None: models_dir.load(path, folder, directory, previous)), snapshot
 
 
 def run(opts, listen: str, demo: bool, use_tls: bool) -> int:
@@ -192,7 +193,7 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
         cert, key = opts["tls-cert-file"], opts["tls-key-file"]
         if not demo:
             reloader = Reloader(holder, os.path.abspath(opts["config"]) if opts["config"] else None,
-                                load=lambda _path: load(), snapshot=snapshot)
+                                load=lambda _path, previous: load(previous), snapshot=snapshot)
         if opts["watch-config"] and reloader is not None:
             reloader.watch()  # before serving: a change right after startup is seen
         warning = network_warning(listen, bool(config.api_keys))
@@ -207,6 +208,8 @@ def _serve(opts, config, loggers, events, listen, demo, use_tls, *, load, snapsh
             return 1
         start_preload(app)
         scheme = "https" if use_tls else "http"
+        if listen.endswith(":0"):  # the port the system chose, where clients can reach it
+            listen = f"{listen[:-1]}{server.port}"
         log.info(f"llama-swap listening{' with TLS' if use_tls else ''} on {scheme}://{listen}")
         if demo:
             from llamaswap.demo.config import banner

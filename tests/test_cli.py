@@ -401,6 +401,19 @@ def test_listen_on_every_interface_warns(tmp_path):
 
 
 @needs_server
+def test_port_0_logs_the_port_it_got(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("models: {}\n")
+    proc = _start_proxy("-config", str(config), "-listen", "127.0.0.1:0")
+    try:
+        url = re.search(r"listening on (http://127\.0\.0\.1:\d+)", "".join(proc._streams["out"]))[1]
+        assert not url.endswith(":0") and _get(url + "/health") == 200
+    finally:
+        proc.stop()
+    assert proc.returncode == 0
+
+
+@needs_server
 def test_port_in_use_exits_1(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("models: {}\n")

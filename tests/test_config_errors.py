@@ -22,7 +22,17 @@ def error_of(text, **env):
         load(text, **env)
     message = str(e.value)
     assert message.startswith("cfg.yaml")
+    assert_key_said_once(message)
     return message
+
+
+def assert_key_said_once(message: str) -> None:
+    """``<file>[:line]: <key path>: <text>``: no key path left blank or said twice (the
+    text may begin with the path itself, as upstream's often do: then it is not repeated)."""
+    parts = message.split(": ")
+    if len(parts) > 2:
+        key, text = parts[1], parts[2]
+        assert key == key.rstrip(". ") and not text.startswith(key), message
 
 
 CASES = {

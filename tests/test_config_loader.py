@@ -112,6 +112,37 @@ def test_automatic_ports_in_sorted_model_order():
     assert list(c.models) == sorted(c.models)
 
 
+def test_a_reload_keeps_the_ports_of_models_that_stay():
+    # adding or removing a model must not re-number the others: their cmd would change and
+    # the reload would restart them (a GGUF file dropped into -models-dir, a model added)
+    before = load("""
+        startPort: 5000
+        models:
+          b: {cmd: "svr --port ${PORT}"}
+          d: {cmd: "svr --port ${PORT}"}
+          e: {cmd: "svr --port ${PORT}"}
+        """)
+    assert {m.id: m.port for m in before.models.values()} == {"b": 5000, "d": 5001, "e": 5002}
+    text = textwrap.dedent("""
+        startPort: 5000
+        models:
+          a: {cmd: "svr --port ${PORT}"}
+          c: {cmd: "svr --port ${PORT}"}
+          d: {cmd: "svr --port ${PORT} -v"}
+          e: {cmd: "svr --port ${PORT}"}
+          f: {cmd: "svr --port 9", proxy: "http://localhost:9"}
+        """)
+    after = load_config_text(text, previous=before)
+    assert {m.id: m.port for m in after.models.values()} == {
+        "a": 5000, "c": 5003, "d": 5001, "e": 5002, "f": None}  # b's 5000 is free again
+    assert after.models["e"] == before.models["e"] and after.models["e"].cmd == "svr --port 5002"
+    assert after.models["d"].cmd == "svr --port 5001 -v"
+    # a fresh start, or a new startPort, allocates in sorted order as upstream
+    assert [m.port for m in load_config_text(text).models.values()] == [5000, 5001, 5002, 5003, None]
+    moved = load_config_text(text.replace("5000", "6000"), previous=before)
+    assert [m.port for m in moved.models.values()] == [6000, 6001, 6002, 6003, None]
+
+
 def test_port_only_allocated_when_cmd_uses_it_and_reaches_every_field():
     c = load("""
         models:

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 from matrix_oracle import expanded
+from test_config_errors import assert_key_said_once
 
 from llamaswap.config import ConfigError, load_config_text
 from llamaswap.config.model import DEFAULT_GROUP_ID
@@ -30,6 +31,7 @@ def error_of(text):
         load(text)
     message = str(e.value)
     assert message.startswith("cfg.yaml")
+    assert_key_said_once(str(e.value))
     return message
 
 

@@ -66,7 +66,7 @@ def test_max_wait_in_routing_scheduler_fifo():
     assert load(fifo.format(30) + M).routing.scheduler.fifo.max_wait == 30
     assert load(fifo.format("1m30s") + M).routing.scheduler.fifo.max_wait == 90
     assert load(fifo.format(0.5) + M).routing.scheduler.fifo.max_wait == 0.5
-    assert ("routing.scheduler.settings.fifo.maxWait: routing.scheduler.settings.fifo.maxWait must be "
-            ">= 0 (got -1)") in error_of(fifo.format(-1) + M)
+    assert error_of(fifo.format(-1) + M).endswith(
+        ":6: routing.scheduler.settings.fifo.maxWait must be >= 0 (got -1)")
     assert ("routing.scheduler.settings.fifo.maxWait must be a number of seconds or a duration such "
             "as 30s (got \"soon\")") in error_of(fifo.format("soon") + M)

@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 import test_config_routing as routing_models
+from test_config_errors import assert_key_said_once
 
 from llamaswap.config import ConfigError, load_config_text
 
@@ -24,6 +25,7 @@ def error_of(text):
     with pytest.raises(ConfigError) as e:
         load(text)
     assert str(e.value).startswith("cfg.yaml")
+    assert_key_said_once(str(e.value))
     return str(e.value)
 
 
@@ -161,6 +163,8 @@ ERRORS = {
     "pin is a peer fqn": ("profiles:\n  p: {pins: {remote/r1: a}}\n",
                           'profile p pin "remote/r1" conflicts with fully qualified peer model name'),
     "pins not a map": ("profiles:\n  p: {pins: [a]}\n", "cannot unmarshal !!seq into map[string]string"),
+    "only unknown pin targets": ("profiles:\n  p: {pins: {x: ghost, y: phantom}}\n",
+                                 'profiles.p.pins.x references unknown model "ghost"'),
 }
 
 
@@ -168,3 +172,14 @@ ERRORS = {
 def test_errors(name):
     text, expected = ERRORS[name]
     assert expected in error_of(text)
+
+
+def test_errors_name_the_file_line_and_key_path_once():
+    assert error_of("selectors:\n  s: {targets: [b]}\n") == "cfg.yaml:2: selectors.s.strategy is required"
+    assert error_of("selectors:\n  ' ': {strategy: pin, targets: [b]}\n") == \
+        "cfg.yaml:2: selectors: selector names cannot be empty"
+    assert error_of("selectors:\n  s:\n    strategy: pin\n    targets: [t]\n  t: {strategy: pin, targets: [a]}\n") \
+        == 'cfg.yaml:3: selectors.s.targets[0] references selector "t"; selector chaining is not supported'
+    assert error_of("profiles:\n  '': {pins: {a: b}}\n") == "cfg.yaml:2: profiles: profile names cannot be empty"
+    assert error_of("profiles:\n  p:\n    pins: {x: ghost}\n") == \
+        'cfg.yaml:3: profiles.p.pins.x references unknown model "ghost"'

@@ -239,6 +239,28 @@ def test_watch_config_picks_up_added_and_removed_files(tmp_path, fake_server):
     assert [c[3] for c in calls(tmp_path)] == [str(d / "sub" / "second.gguf")]
 
 
+def test_a_file_added_before_a_running_model_does_not_restart_it(tmp_path, fake_server):
+    # ${PORT} goes in sorted id order: a.gguf would take m's port, changing m's command, and
+    # the reload would stop m; the ports of models that stay are kept instead
+    d = tmp_path / "models"
+    gguf(d / "m.gguf")
+    proxy, port = _start(tmp_path, "-config", ports_config(tmp_path, 3), "-models-dir", str(d),
+                         "-llama-server", str(fake_server), "-watch-config")
+    try:
+        assert _chat(port, "m")["model"] == "m"
+        gguf(d / "a.gguf")
+        assert wait_until(lambda: _model_ids(port) == ["a", "m"], timeout=30)
+        assert proxy.wait_for("unchanged models ['m'] keep their process")
+        assert _chat(port, "m")["model"] == "m"
+        assert _chat(port, "a")["model"] == "a"
+    finally:
+        out, err = proxy.stop()
+    assert proxy.returncode == 0, err
+    m_port, a_port = calls(tmp_path)[0][1], calls(tmp_path)[1][1]
+    assert [c[3] for c in calls(tmp_path)] == [str(d / "m.gguf"), str(d / "a.gguf")]
+    assert int(a_port) == int(m_port) + 1
+
+
 def test_startup_errors_and_warnings(tmp_path, fake_server):
     r = run_cli("-models-dir", str(tmp_path / "nope"), "-listen", "127.0.0.1:1")
     assert r.returncode == 1

@@ -152,10 +152,10 @@ def test_overlapping_reloads_are_dropped(rig):
     entered = threading.Event()
     release = threading.Event()
 
-    def slow_load(path):
+    def slow_load(path, previous):
         entered.set()
         release.wait(10)
-        return load_config(path)
+        return load_config(path, previous=previous)
 
     rig.reloader._load = slow_load
     t = rig.reloader.trigger()

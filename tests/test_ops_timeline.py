@@ -59,6 +59,21 @@ def test_a_swap_records_the_eviction_its_reason_and_the_load_time(bus):
     assert bus.published == got  # each change is announced once, as it happens
 
 
+def test_a_model_put_to_sleep_by_a_swap_is_named_asleep_on_the_start(bus):
+    tl = Timeline(bus, clock=Clock())
+    bus.publish(ProcessStateChanged("a", "stopped", "starting"))
+    bus.publish(ProcessStateChanged("a", "starting", "ready"))
+    bus.publish(ModelStopping("a", "group", "b"))
+    bus.publish(ModelStopping("c", "memory", "b"))
+    bus.publish(ProcessStateChanged("a", "ready", "sleeping"))  # `sleep` instead of a stop
+    bus.publish(ProcessStateChanged("c", "ready", "stopping"))
+    bus.publish(ProcessStateChanged("b", "stopped", "starting"))
+    got = tl.changes()["changes"]
+    assert (got[2]["state"], got[2]["reason"], got[2]["for"]) == ("sleeping", "group", "b")
+    assert got[-1]["evicted"] == [{"model": "a", "reason": "group", "asleep": True},
+                                  {"model": "c", "reason": "memory"}]
+
+
 def test_a_crash_reported_after_the_exit_updates_that_change(bus):
     clock = Clock()
     tl = Timeline(bus, clock=clock)
@@ -162,3 +177,46 @@ def test_api_timeline_and_the_events_stream_through_a_real_swap():
         status, _, body = proxy.request(
             "GET", "/api/timeline?start=2030-01-02T00:00:00Z&end=2030-01-01T00:00:00Z")
         assert status == 400 and b"start must be before end" in body
+
+        # the Activity page's speed chart: the store's figures, with the activity query's checks
+        status, _, body = proxy.request("GET", "/api/activity/speed?model=a&buckets=10")
+        speed = json.loads(body)
+        assert status == 200 and set(speed) == {"start", "end", "bucket_s", "count", "series"}
+        assert all(s["model"] == "a" for s in speed["series"])
+        status, _, body = proxy.request("GET", "/api/activity/speed?buckets=0")
+        assert status == 400 and b"buckets must be between 1 and 1000" in body
+        status, _, body = proxy.request("GET", "/api/activity/speed?start=soon")
+        assert status == 400 and b"invalid 'start' timestamp" in body
+
+
+def test_speed_series_is_computed_by_the_store_over_every_matching_row():
+    from llamaswap.ops.activity.query import ActivityQuery
+    from llamaswap.ops.activity.record import ActivityEntry, TokenMetrics
+    from llamaswap.ops.activity.store import SqliteStore
+
+    store = SqliteStore(None, 100_000)
+    base = 1_700_000_000
+    rows = [("a", "alice", 0, 10.0), ("a", "alice", 5, 30.0), ("a", "bob", 70, 50.0),
+            ("b", "alice", 30, 100.0), ("b", "alice", 65, 0.0)]  # no speed: left out
+    rows += [("c", "bob", 100 + i % 20, 7.0) for i in range(60_000)]  # more than a page
+    for model_id, key, dt, tps in rows:
+        store.append(ActivityEntry(
+            id=store.reserve_id(), timestamp=datetime.fromtimestamp(base + dt, timezone.utc),
+            model=model_id, req_path="/v1/chat/completions", resp_content_type="application/json",
+            resp_status_code=200, tokens=TokenMetrics(output_tokens=9, tokens_per_second=tps),
+            duration_ms=10, key=key))
+    try:
+        got = store.speed(ActivityQuery(start=base, end=base + 119), 4)
+        assert (got["start"], got["end"], got["bucket_s"], got["count"]) == (base, base + 119, 30, 60_004)
+        series = {s["model"]: s["points"] for s in got["series"]}
+        assert series["a"] == [[base + 15, 20.0, 2], [base + 75, 50.0, 1]]
+        assert series["b"] == [[base + 45, 100.0, 1]]
+        assert series["c"] == [[base + 105, 7.0, 60_000]]
+        # filters: key and model; open bounds are the oldest / newest matching row
+        got = store.speed(ActivityQuery(models=("a",), keys=("alice",)), 60)
+        assert (got["start"], got["end"], got["bucket_s"], got["count"]) == (base, base + 5, 1, 2)
+        assert got["series"] == [{"model": "a", "points": [[base + 0.5, 10.0, 1], [base + 5.5, 30.0, 1]]}]
+        got = store.speed(ActivityQuery(models=("nobody",), end=base), 60)
+        assert (got["start"], got["end"], got["count"], got["series"]) == (base, base, 0, [])
+    finally:
+        store.close()

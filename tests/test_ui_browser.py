@@ -11,6 +11,7 @@ does not dirty the checkout).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -43,6 +44,10 @@ def test_models_page_loads_and_unloads_live(proxy, browser):
     page = open_page(browser, proxy.base + "/ui/#/models")
     try:
         expect(page.locator("#conn")).to_have_text("live")
+        # no memory section, profiles or selectors here: once asked, their cards stay away
+        expect(page.locator(".model-extras")).to_have_attribute("data-answered", "memory profiles selectors")
+        for card in ("#memory-card", "#profile-card", "#selectors-card"):
+            expect(page.locator(card)).to_have_count(0)
         chat = row(page, "demo-chat")
         expect(chat.locator("[data-testid=state]")).to_have_text("stopped")
         expect(chat).to_contain_text("Demo Chat")
@@ -147,7 +152,9 @@ def test_activity_shows_new_request_live_and_opens_its_capture(proxy, browser):
     page = open_page(browser, proxy.base + "/ui/#/activity")
     try:
         expect(page.locator("#conn")).to_have_text("live")
-        before = page.locator("#activity-rows tr").count()
+        count = page.locator("#activity-count")  # set once the first page has been drawn
+        expect(count).to_have_text(re.compile(r"^[0-9,]+ requests?$"))
+        before = int(count.inner_text().split()[0].replace(",", ""))
         marker = f"marker-{uuid.uuid4().hex[:8]}"
         status, body = proxy.request(
             "POST", "/v1/chat/completions",
@@ -156,7 +163,7 @@ def test_activity_shows_new_request_live_and_opens_its_capture(proxy, browser):
             headers={"Authorization": "Bearer sk-do-not-show"})
         assert status == 200, body
         rows = page.locator("#activity-rows tr")
-        expect(rows).to_have_count(before + 1)
+        expect(count).to_have_text(re.compile(rf"^{before + 1} requests?$"))
         newest = rows.first  # default sort: newest first
         expect(newest.locator("td[data-label=Model]")).to_have_text("demo-coder")
         expect(newest.locator("td[data-label=Path]")).to_have_text("/v1/chat/completions")

@@ -54,9 +54,17 @@ def pages_config() -> str:
         cmd, port = backend()
         lines += [f"  {mid}:", f"    cmd: {json.dumps(cmd)}", f"    proxy: http://127.0.0.1:{port}"]
         lines += [f"    {x}" for x in extra]
+    # two models of a swap group that sleep instead of stopping (vLLM's sleep API, demo backend)
+    for mid in ("nap-a", "nap-b"):
+        cmd, port = backend()
+        lines += [f"  {mid}:", f"    cmd: {json.dumps(cmd)}", f"    proxy: http://127.0.0.1:{port}",
+                  "    memory: {ram: 256MiB}", '    sleep: "POST /sleep?level=1"',
+                  '    wake: "POST /wake_up"']
     # fails every start: the restart policy backs off, and the page says why
     lines += ["  flaky:", f"    cmd: {json.dumps(py + ' -m llamaswap.demo.backend --port ${PORT} --fail-start boom')}",
               "    restart: on-failure", "    memory: {ram: 256MiB}"]
+    lines += ["groups:", "  naps:", "    swap: true", "    exclusive: false",
+              "    members: [nap-a, nap-b]"]
     lines += ["selectors:", "  coder:", "    strategy: warm", "    targets: [chat-b, chat-a]",
               "profiles:", "  focus:", "    description: everything on chat-b",
               "    pins: {gpt-4o: chat-b}",
@@ -134,6 +142,9 @@ def test_models_memory_bars_follow_a_load(proxy, browser):
         card = page.locator("#memory-card")
         expect(card.locator(".mem-device[data-device='ram']")).to_be_visible()
         expect(card).to_contain_text("budget 4.0 GiB")
+        # every part of the bar is named: what is free, and the headroom kept free
+        expect(card.locator(".legend-item[data-part='headroom']")).to_have_text("headroom 512 MiB")
+        expect(card.locator(".legend-item[data-part='free']")).to_have_text("free 3.5 GiB")
         row(page, "chat-a").get_by_role("button", name="Load", exact=True).click()
         expect(row(page, "chat-a").locator("[data-testid=state]")).to_have_text("ready")
         expect(card.locator(".legend-item[data-model='chat-a']")).to_contain_text("chat-a 1.0 GiB")
@@ -142,6 +153,7 @@ def test_models_memory_bars_follow_a_load(proxy, browser):
         expect(card.locator(".legend-item[data-model='long-chat']")).to_contain_text("2.0 GiB")
         expect(card.locator("[data-testid=mem-figures]")).to_contain_text("3.0 GiB used")
         expect(card.locator("svg.segbar rect.seg[data-label='long-chat']")).to_have_count(1)
+        expect(row(page, "long-chat").get_by_role("button", name="Load", exact=True)).to_be_disabled()
         shoot(page, "models-memory", "models-memory")
         # one more GiB does not fit 4 GiB - 512 MiB headroom: the least recently used goes
         row(page, "chat-b").get_by_role("button", name="Load", exact=True).click()
@@ -168,6 +180,46 @@ def test_models_backoff_state_says_why_and_when(proxy, browser):
     finally:
         page.close()
         proxy.request("POST", "/api/models/unload/flaky")
+        proxy.unload_all()
+
+
+def test_a_model_put_to_sleep_shows_asleep_on_models_memory_and_timeline(proxy, browser):
+    page = ui(browser, proxy, "/models")
+    try:
+        row(page, "nap-a").get_by_role("button", name="Load", exact=True).click()
+        expect(row(page, "nap-a").locator("[data-testid=state]")).to_have_text("ready")
+        row(page, "nap-b").get_by_role("button", name="Load", exact=True).click()  # its group-mate
+        expect(row(page, "nap-b").locator("[data-testid=state]")).to_have_text("ready")
+        nap = row(page, "nap-a")
+        expect(nap.locator("[data-testid=state]")).to_have_text("sleeping")
+        expect(nap.locator("[data-testid=state-note]")).to_contain_text("wakes on the next request")
+        # asleep it keeps its RAM: still on the bar, hatched, and named asleep
+        card = page.locator("#memory-card")
+        expect(card.locator(".legend-item[data-model='nap-a']")).to_contain_text("(asleep)")
+        expect(card.locator("svg.segbar rect.seg.hatch[data-label='nap-a']")).to_have_count(1)
+        shoot(page, "models-sleeping")
+
+        page.click("#nav a[data-route='/timeline']")
+        page.wait_for_function("""() => {
+            const L = window.__timeline && window.__timeline.layout;
+            const r = L && L.rows.find((x) => x.model === 'nap-a');
+            return r && r.bands.some((b) => b.state === 'sleeping');
+        }""")
+        band = page.evaluate("""() => window.__timeline.layout.rows.find((x) => x.model === 'nap-a')
+            .bands.filter((b) => b.state === 'sleeping').map((b) => [b.change.reason, b.change.for])""")
+        assert band == [["group", "nap-b"]]
+        label = page.evaluate("""() => window.__timeline.layout.rows.find((x) => x.model === 'nap-b')
+            .labels.map((l) => l.text).join(' ')""")
+        assert "put nap-a (swap group) to sleep" in label
+        shoot(page, "timeline-sleeping")
+
+        assert chat(proxy, "nap-a")["model"] == "nap-a"  # a request wakes it; nap-b sleeps
+        page.click("#nav a[data-route='/models']")
+        expect(row(page, "nap-a").locator("[data-testid=state]")).to_have_text("ready")
+        expect(row(page, "nap-b").locator("[data-testid=state]")).to_have_text("sleeping")
+        assert page.errors == []
+    finally:
+        page.close()
         proxy.unload_all()
 
 
@@ -250,7 +302,9 @@ def test_activity_pages_filters_and_speed_chart(proxy, browser):
         page.select_option("#activity-range", "15m")
         expect(page.locator("#activity-chart svg.chart-svg path")).to_have_count(1)  # one model
         expect(page.locator("#activity-chart .legend")).to_contain_text("chat-b")
-        shoot(page, "activity-filtered", "activity-filtered")
+        # the chart counts every row the filters match (the server's figure, as the table's)
+        expect(page.locator("#activity-count")).to_have_text("8 requests")
+        expect(page.locator(".chart-card .perf-head")).to_contain_text("8 requests with a speed")
 
         # the time range is the server's: a custom range in the past has nothing
         page.select_option("#activity-range", "custom")
@@ -259,7 +313,10 @@ def test_activity_pages_filters_and_speed_chart(proxy, browser):
         page.locator("#activity-to").dispatch_event("change")
         expect(page.locator("#activity-count")).to_have_text("0 requests")
         expect(page.locator("#activity-chart")).to_contain_text("No request with a generation speed")
-        page.select_option("#activity-range", "all")
+        page.select_option("#activity-range", "all")  # all time: from the oldest matching row
+        expect(page.locator(".chart-card .perf-head")).to_contain_text("8 requests with a speed")
+        expect(page.locator("#activity-chart svg.chart-svg path")).to_have_count(1)
+        shoot(page, "activity-filtered", "activity-filtered")
         page.select_option("#activity-model", "")
         page.fill("#activity-key", "")
         page.locator("#activity-key").dispatch_event("change")

@@ -106,7 +106,7 @@ def test_timeline_rows_bands_swaps_and_hover(busy, browser):
         assert "loaded in" in label and "evicted model-01 (swap group)" in label
         assert ["stopping", "group"] in drawn["model-01"]["bands"]
         assert drawn["model-03"]["bands"][-1][0] == "ready"
-        shoot(page, "timeline", "timeline")
+        shoot(page, "timeline")
 
         # hover a request tick: its path, status, tokens, duration and key
         canvas = page.locator("#timeline-canvas")
@@ -125,7 +125,7 @@ def test_timeline_rows_bands_swaps_and_hover(busy, browser):
         expect(tip).to_contain_text("/v1/")
         expect(tip).to_contain_text("key ")
         expect(tip).to_contain_text("tokens ")
-        shoot(page, "timeline-hover")
+        shoot(page, "timeline-hover", "timeline")  # the README's: a hover over a request
 
         # hover a swap band: the same story in words
         x, y = page.evaluate("""() => {

@@ -20,6 +20,15 @@ class ConfigError(ValueError):
 
 
 def located(message: str, *, source: str, key: str | None = None, line: int | None = None) -> ConfigError:
-    """Build a ConfigError prefixed with ``<source>[:line]: [key: ]``."""
+    """Build a ConfigError prefixed with ``<source>[:line]: [key: ]``. The key is left out
+    when upstream's text already begins with it (``selectors.s.strategy is required``), so
+    the path is not said twice."""
     where = source if line is None else f"{source}:{line}"
-    return ConfigError(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+    if key and not _names_key(message, key):
+        return ConfigError(f"{where}: {key}: {message}")
+    return ConfigError(f"{where}: {message}")
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether `message` begins with the key path `key` (or a deeper one: ``key[0]``)."""
+    return message.startswith(key) and message[len(key):len(key) + 1] in ("", " ", ":", ".", "[")

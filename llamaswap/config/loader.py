@@ -65,37 +65,45 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MAP_TAG = "tag:yaml.org,2002:map"
 
 
-def load_config(path: str, extra_models: Mapping[str, Node] | None = None) -> Config:
-    return _load_file(path, os.environ, extra_models)
+def load_config(path: str, extra_models: Mapping[str, Node] | None = None,
+                previous: Config | None = None) -> Config:
+    """``previous``: the config in service when this is a reload (its models keep their
+    ``${PORT}``, macros.py step 5)."""
+    return _load_file(path, os.environ, extra_models, previous)
 
 
 def _load_file(path: str, environ: Mapping[str, str],
-               extra_models: Mapping[str, Node] | None = None) -> Config:
-    return _Load(path, environ, extra_models).run(read_source(path, environ, mapping_only=False))
+               extra_models: Mapping[str, Node] | None = None,
+               previous: Config | None = None) -> Config:
+    return _Load(path, environ, extra_models, previous).run(
+        read_source(path, environ, mapping_only=False))
 
 
 def load_config_text(text: str, path: str = "<string>", environ: Mapping[str, str] | None = None,
-                     extra_models: Mapping[str, Node] | None = None) -> Config:
+                     extra_models: Mapping[str, Node] | None = None,
+                     previous: Config | None = None) -> Config:
     """Load a config from its text; ``path`` is used in messages and kept in Config.path.
     ``extra_models`` (id -> model node, from -models-dir) are added unless the config
     defines that id or alias itself."""
     environ = os.environ if environ is None else environ
-    return _Load(path, environ, extra_models).run(compose(substitute_env(text, environ, path), path))
+    return _Load(path, environ, extra_models, previous).run(
+        compose(substitute_env(text, environ, path), path))
 
 
 def load_config_sources(config_path: str | None, config_dir: str | None,
                         environ: Mapping[str, str] | None = None,
-                        extra_models: Mapping[str, Node] | None = None) -> Config:
+                        extra_models: Mapping[str, Node] | None = None,
+                        previous: Config | None = None) -> Config:
     """``-config`` and/or ``-config-dir`` (sources.py): the files merged, then loaded as one.
     Config.path is the -config file, or the directory when there is none."""
     environ = os.environ if environ is None else environ
     if not config_dir:
         if not config_path:
             raise ConfigError(NO_SOURCE)
-        return _load_file(config_path, environ, extra_models)
+        return _load_file(config_path, environ, extra_models, previous)
     roots = [root for root in (read_source(p, environ) for p in source_paths(config_path, config_dir))
              if root is not None]
-    return _Load(config_path or config_dir, environ, extra_models).run(merge_sources(roots))
+    return _Load(config_path or config_dir, environ, extra_models, previous).run(merge_sources(roots))
 
 
 # --- raw (decoded, not yet validated) pieces ---------------------------------------------
@@ -168,10 +176,12 @@ class _RawPeer:
 
 class _Load:
     def __init__(self, source: str, environ: Mapping[str, str],
-                 extra_models: Mapping[str, Node] | None = None):
+                 extra_models: Mapping[str, Node] | None = None, previous: Config | None = None):
         self.source = source
         self.environ = environ
         self.extra_models = extra_models or {}
+        self.keep_ports = None if previous is None else (
+            previous.start_port, {m.id: m.port for m in previous.models.values() if m.port is not None})
         self.d = Decoder(source)
 
     def fail(self, message: str, key: str | None = None, node: Node | None = None) -> ConfigError:
@@ -181,7 +191,8 @@ class _Load:
 
     def run(self, root: Node | None) -> Config:
         """The composed document (env macros already substituted) to a Config."""
-        expanded = MacroEngine(self.d, self._start_port).run(self._with_extra_models(root))
+        expanded = MacroEngine(self.d, self._start_port, self.keep_ports).run(
+            self._with_extra_models(root))
         top = self.d.mapping(expanded.root, "(top level)", "config.Config")
         d = self.d
 

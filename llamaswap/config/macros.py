@@ -13,7 +13,10 @@ Order, as today's upstream:
    everywhere and a global macro that mentions ``${tag}`` picks up a model's override.
    ``filters.setParamsByID`` keys are expanded too (other mapping keys never are).
 5. ``${PORT}`` is allocated from ``startPort`` in the same order, only to models whose
-   ``cmd`` uses it, and applied to the whole model.
+   ``cmd`` uses it, and applied to the whole model. On a reload (``keep_ports``: the ports
+   of the config in service, with its ``startPort``), a model that is still there keeps its
+   port and new models take the lowest free ones, so a model added or removed does not
+   re-number the others (they would restart).
 6. Whatever placeholder is left is an error, except ``${PID}`` in ``cmdStop``, ``sleep``
    and ``wake`` (filled in when they run).
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
@@ -163,9 +166,11 @@ class Expanded:
 class MacroEngine:
     """Runs steps 2-6 of the module docstring over one composed (and merged) document."""
 
-    def __init__(self, decoder: Decoder, start_port: Callable[[Node | None], int]):
+    def __init__(self, decoder: Decoder, start_port: Callable[[Node | None], int],
+                 keep_ports: tuple[int, Mapping[str, int]] | None = None):
         self.d = decoder
         self.start_port = start_port  # decodes and checks startPort (the loader's rule)
+        self.keep_ports = keep_ports  # (startPort, model id -> port) of the config in service
         self.warnings: list[str] = []
 
     def fail(self, message: str, key: str | None, node: Node | None) -> Exception:
@@ -212,15 +217,23 @@ class MacroEngine:
             if name not in ("models", "macros"):
                 expanded_top[name] = substitute(v, global_macros)
         next_port = self.start_port(expanded_top.get("startPort"))
+        kept: dict[str, int] = {}
+        if self.keep_ports is not None and self.keep_ports[0] == next_port:
+            kept = {mid: port for mid, port in self.keep_ports[1].items() if mid in model_fields}
+        taken = set(kept.values())
 
         ports: dict[str, int] = {}
         new_models: dict[str, Node] = dict(models)
         for mid in sorted(model_fields):
+            while next_port in taken:
+                next_port += 1
             new_models[mid], port = self._model(mid, models[mid], model_fields[mid],
-                                                merge(mid, global_macros, model_macros[mid]), next_port)
+                                                merge(mid, global_macros, model_macros[mid]),
+                                                kept.get(mid, next_port))
             if port is not None:
                 ports[mid] = port
-                next_port += 1
+                if mid not in kept:
+                    next_port += 1
 
         pairs: list[tuple[Node, Node]] = []
         for name, k, v in top:

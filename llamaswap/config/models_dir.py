@@ -222,9 +222,11 @@ def _unreadable(file: str) -> str | None:
     return None
 
 
-def load(config_path: str | None, models_dir: ModelsDir, config_dir: str | None = None):
+def load(config_path: str | None, models_dir: ModelsDir, config_dir: str | None = None,
+         previous=None):
     """The -config file and -config-dir (if any) with the models of ``models_dir`` added; the
-    scan's warnings join the config's."""
+    scan's warnings join the config's. ``previous``: the config in service, on a reload (a
+    file added to the folder must not re-number the ports of the models being served)."""
     from .loader import load_config_sources, load_config_text
     from .yamlio import compose
     scan = models_dir.scan()
@@ -232,7 +234,7 @@ def load(config_path: str | None, models_dir: ModelsDir, config_dir: str | None 
     root = compose(models_dir.models_yaml(scan), source)
     nodes = {key.value: value for key, value in root.value[0][1].value}
     if config_path or config_dir:
-        config = load_config_sources(config_path, config_dir, extra_models=nodes)
+        config = load_config_sources(config_path, config_dir, extra_models=nodes, previous=previous)
     else:
-        config = load_config_text("", path=source, extra_models=nodes)
+        config = load_config_text("", path=source, extra_models=nodes, previous=previous)
     return dataclasses.replace(config, warnings=config.warnings + scan.warnings)

@@ -7,7 +7,8 @@ a feature upstream had already removed) still loads with its warning (``has_prof
 today's map shape (``name: {description, pins}``) is a runtime profile. Unknown names follow
 the rule for upstream's own example config, which names models it never defines: a selector
 target or a pin target that is no model, alias, peer model (or, for a pin, selector) is
-dropped with a warning (a selector with no target left is still an error).
+dropped with a warning (a selector with no target left, or a profile with no pin left, is
+still an error).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
         if sid in names.fqn:
             raise fail(f"selector ID {go_quote(sid)} conflicts with fully qualified peer model name")
         if not go_trim_space(sid):
-            raise fail("selectors: selector names cannot be empty")
+            raise fail("selectors: selector names cannot be empty", "selectors")
         if sid in names.models:
             raise fail(f"{key}: name conflicts with model ID {go_quote(sid)}")
         if sid in names.aliases:
@@ -195,19 +196,23 @@ def build_profiles(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
                 raise d.error(f"profile {name} pin {go_quote(pin)} conflicts with fully qualified peer model name",
                               f"{key}.pins.{pin}", prof["pins_node"])
         if not go_trim_space(name):
-            raise d.error("profiles: profile names cannot be empty", key, prof["node"])
+            raise d.error("profiles: profile names cannot be empty", "profiles", prof["node"])
         if not prof["pins"]:
             raise d.error(f"{key}.pins must contain at least one entry", f"{key}.pins", prof["pins_node"])
         pins = {}
+        unknown: list[str] = []
         for pin in sorted(prof["pins"]):
             target = prof["pins"][pin]
             if not go_trim_space(pin):
                 raise d.error(f"{key}.pins: pin names cannot be empty", f"{key}.pins", prof["pins_node"])
             if target and not names.known(target) and target not in selectors:
-                # upstream refuses this; its own example config pins a model it never defines
-                warnings.append(f"{key}.pins.{pin} references unknown model {go_quote(target)}; "
-                                "the pin is ignored")
+                unknown.append(f"{key}.pins.{pin} references unknown model {go_quote(target)}")
                 continue
             pins[pin] = target
+        if unknown:
+            # upstream refuses these; its own example config pins a model it never defines
+            if not pins:
+                raise d.error(unknown[0], f"{key}.pins", prof["pins_node"])
+            warnings.extend(f"{message}; the pin is ignored" for message in unknown)
         out[name] = ProfileConfig(id=name, description=prof["description"], pins=freeze(pins))
     return out

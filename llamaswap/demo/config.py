@@ -8,6 +8,7 @@ The backends run under the same Python as the proxy and from the same code: the 
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import socket
 import sys
@@ -37,20 +38,42 @@ def package_root() -> str:
 
 
 def free_port_range(count: int, attempts: int = 50) -> int:
-    """First of `count` consecutive ports that are free now (``${PORT}`` counts up from it)."""
+    """First of `count` consecutive ports that are free now (``${PORT}`` counts up from it).
+
+    Looked for below the kernel's ephemeral range first: outgoing connections take their
+    ports from that range and leave them in TIME_WAIT for a minute, so on a machine that
+    has just made thousands of connections, runs of free ports inside it are rare."""
+    low, _ = _ephemeral_range()
+    pick = random.Random()
     for _ in range(attempts):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        if all(_is_free(base + i) for i in range(1, count)):
+        if low - count > _FIRST_UNPRIVILEGED:
+            base = pick.randrange(_FIRST_UNPRIVILEGED, low - count)
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                base = s.getsockname()[1]
+        if base + count <= 65536 and all(_is_free(base + i) for i in range(count)):
             return base
     raise OSError(f"no {count} consecutive free ports found for the demo backends")
 
 
+_FIRST_UNPRIVILEGED = 10000  # below it sit many well-known services' ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; elsewhere only a starting guess
+
+
 def _is_free(port: int) -> bool:
     with socket.socket() as s:
+        # as the backends bind (SO_REUSEADDR): a port whose old connections linger in
+        # TIME_WAIT is free for them, and a busy machine has thousands of those
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

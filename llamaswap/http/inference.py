@@ -325,7 +325,7 @@ def _serve_local(ctx: RequestContext, ex: extract.Extracted, requested: str, rea
                 if (dropped > DROPPED_RETRIES or attempt == CRASH_ATTEMPTS
                         or not proc.wait_exit(pid, CRASH_CONFIRM_WAIT)  # or alive, yet refusing
                         or _stopped_unhealthy(proc)):
-                    _reply_error(ctx, 502, out.error or "", observer)
+                    _reply_error(ctx, 502, _cut_error(out.error or "", real, proc), observer)
                     return
                 app.loggers.log.warn(f"<{real}> the backend exited as a request reached it "
                                      f"({out.error}): starting it again for that request")
@@ -374,6 +374,16 @@ def _stopped_unhealthy(process: Any) -> bool:
     with that error and are not sent again (one of them may be what wedged it)."""
     failure = process.run_failure()
     return failure is not None and failure.reason == "health"
+
+
+def _cut_error(error: str, model_id: str, process: Any) -> str:
+    """The 502 of a request its backend dropped or refused. Cut by a failed health watch, it
+    says so instead of the connection error, which tells nothing there (a broken kept-alive
+    connection is tried once more on a new one, which finds the port already closed)."""
+    if not _stopped_unhealthy(process):
+        return error
+    return (f"{_BackendLabel(model_id, process)}; this request was in flight on it and is not "
+            f"sent again (it may be what wedged the backend)")
 
 
 class _BackendLabel:

@@ -7,7 +7,6 @@ a timeout so a hanging ``nvidia-smi`` costs a warning, not a stuck thread.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field

@@ -5,7 +5,9 @@ proxy keeps running on the old config and logs ``failed to reload config: <why>`
 upstream (which rebuilds everything and so unloads every model): models whose effective
 config is unchanged (``ModelConfig ==``) keep their Process and keep serving; changed and
 removed models are drained and stopped (``Router.reconfigure``, via ``App.reload``); new
-settings apply to the next request. ``/api/events`` clients get a fresh ``modelStatus``, and
+settings apply to the next request. Models that stay keep their ``${PORT}`` (the new config is
+loaded with ``previous=``), so adding or removing a model, or a GGUF file in ``-models-dir``,
+does not re-number the others and restart them. ``/api/events`` clients get a fresh ``modelStatus``, and
 the preload hook runs again, as upstream. A reload that starts while another is running is
 dropped, as upstream.
 """
@@ -26,7 +28,8 @@ class Reloader:
     """Reloads ``holder.app`` from ``path``. ``reload()`` runs in the caller's thread;
     ``trigger()`` starts it in a background thread (safe from a signal handler)."""
 
-    def __init__(self, holder: Any, path: str | None, *, load: Callable[[str], Any] | None = None,
+    def __init__(self, holder: Any, path: str | None, *,
+                 load: Callable[[str | None, Any], Any] | None = None,
                  preload: bool = True, snapshot: Callable[[], Hashable] | None = None):
         self.holder = holder
         self.path = path  # None: no config file (only -config-dir or -models-dir)
@@ -63,10 +66,13 @@ class Reloader:
         log = self.log
         log.info("reloading configuration")
         try:
-            load = self._load
-            if load is None:
-                from llamaswap.config import load_config as load
-            new_cfg = load(self.path)
+            # the config in service: models that stay keep their ${PORT} (macros.py step 5)
+            previous = self.holder.app.config
+            if self._load is None:
+                from llamaswap.config import load_config
+                new_cfg = load_config(self.path, previous=previous)
+            else:
+                new_cfg = self._load(self.path, previous)
         except Exception as e:  # ConfigError, or the file vanished between stat and open
             log.warn(f"failed to reload config: {e}")
             return False

@@ -6,8 +6,8 @@ The history follows the event bus (``timeline_for(events)``: one per bus, so it 
 config reloads as the bus does). A change is a dict:
 
 ``{"seq", "t", "model", "state", "from", "reason", "for", "detail"}`` plus, on a start that
-evicted models, ``"evicted": [{"model", "reason"}]`` and, on ``ready``, ``"load_s"`` (how long
-the start took). ``reason`` is the router's stop word ("group", "matrix", "memory", "unload",
+evicted models, ``"evicted": [{"model", "reason"}]`` (with ``"asleep": true`` for one put to
+sleep instead of stopped) and, on ``ready``, ``"load_s"`` (how long the start took). ``reason`` is the router's stop word ("group", "matrix", "memory", "unload",
 "ttl", "crash", "health", ...) on the change that began a stop, "restart" on a start the
 restart policy ordered (``detail``: the failure and the attempt), "start-failed" on a start
 that failed; a backoff inherits the reason of the stop before it. A crash is reported by the
@@ -77,6 +77,10 @@ class Timeline:
             self._started_at[model] = now
             evicted = self._pending_evict.pop(model, None)
             if evicted:
+                for e in evicted:  # a model with `sleep` fell asleep instead of stopping
+                    last = self._last.get(e["model"])
+                    if last is not None and last["state"] == "sleeping":
+                        e["asleep"] = True
                 change["evicted"] = evicted
             restart = self._pending_restart.pop(model, None)
             if restart is not None:

@@ -7,14 +7,21 @@ UI's timeline (ops/timeline.py holds the history).
 model's state at ``start``, ``history_since`` how far back the state history reaches, and
 ``requests`` the activity store's rows of the window (oldest first; the newest
 ``MAX_REQUESTS`` when there are more, with ``truncated`` true).
+
+``GET /api/activity/speed``: the Activity page's tokens-per-second chart, computed by the
+store (``SqliteStore.speed``) so a filtered or long range charts every matching row, not the
+newest ones a page of rows could carry. ``model`` and ``key`` (repeatable), ``start`` and
+``end`` as ``/api/metrics/activity`` takes them (with its 400 messages; ``end`` defaults to
+now, ``start`` to the oldest matching row), ``buckets`` (1-1000, default 60).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from llamaswap.ops.activity.query import ActivityQuery
+from llamaswap.ops.activity.query import ActivityQuery, QueryError, parse_query
 from llamaswap.ops.performance import parse_rfc3339
 from llamaswap.ops.timeline import MAX_REQUESTS, REQUEST_FIELDS, request_rows, timeline_for
 
@@ -23,10 +30,12 @@ if TYPE_CHECKING:
     from llamaswap.http.routes import RouteTable
 
 DEFAULT_WINDOW = 3600.0
+DEFAULT_BUCKETS, MAX_BUCKETS = 60, 1000
 
 
 def register(table: RouteTable) -> None:
     table.add("GET", "/api/timeline", api_timeline)
+    table.add("GET", "/api/activity/speed", api_activity_speed)
 
 
 def _time(ctx: RequestContext, name: str) -> float | None | str:
@@ -69,3 +78,27 @@ def api_timeline(ctx: RequestContext) -> None:
                      "models": sorted(app.config.models), **body,
                      "requests": {"fields": list(REQUEST_FIELDS), "rows": rows},
                      "truncated": truncated})
+
+
+def api_activity_speed(ctx: RequestContext) -> None:
+    try:
+        query = parse_query(ctx.query)
+    except QueryError as e:
+        ctx.send_error(400, str(e))
+        return
+    raw = (ctx.query_value("buckets") or "").strip()
+    buckets = DEFAULT_BUCKETS
+    if raw:
+        buckets = int(raw) if raw.isdigit() else 0
+        if not 1 <= buckets <= MAX_BUCKETS:
+            ctx.send_error(400, f"buckets must be between 1 and {MAX_BUCKETS}")
+            return
+    if query.end is None:
+        query = replace(query, end=int(time.time()))
+    try:
+        body = ctx.app.activity.store.speed(query, buckets)
+    except Exception as e:
+        ctx.app.loggers.log.warn(f"activity store: {e}")
+        ctx.send_error(500, "failed to get activity")
+        return
+    ctx.send_json(200, body)

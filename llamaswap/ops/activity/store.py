@@ -17,6 +17,8 @@ The interface, used only by ActivityLog (log.py):
     recent(n) -> [entry]         the newest n records, oldest first
     page(query) -> ([entry], total)   a page of an ActivityQuery (query.py), and the count
     stats(model) -> dict         totals and speed lists for GET /api/metrics/stats
+    speed(query, buckets) -> dict     generation speed per model and time bucket, for
+                                 GET /api/activity/speed (ops/timeline_api.py, the UI's chart)
     set_max_entries(n)           a new metricsMaxInMemory (a reload)
     close()                      write what is pending, close the file
     path, in_memory              what it is using now
@@ -295,6 +297,38 @@ class SqliteStore:
                 "total_output_tokens": totals[2], "total_cache_tokens": totals[3],
                 "prompt_speeds": [p for p, _ in rows if p > 0],
                 "gen_speeds": [g for _, g in rows if g > 0]}
+
+    def speed(self, q: ActivityQuery, buckets: int) -> dict:
+        """The mean generation speed of q's rows (models, keys, start, end; rows without a
+        speed left out) per model and time bucket, computed in SQL so any range of any store
+        answers in a few points. The window is [q.start, q.end] (unix seconds, as rows are
+        matched); an open bound is the oldest / newest matching row. Buckets are whole
+        seconds of ``ts_created`` (when a request finished), at most ``buckets`` of them.
+        ``{"start", "end", "bucket_s", "count", "series": [{"model", "points": [[t, mean,
+        n], ...]}]}`` with ``t`` the middle of its bucket."""
+        where, args = _where(q.models, q.start, q.end, 0, 0, q.keys)
+        where += (" AND" if where else " WHERE") + " tokens_per_second > 0"
+
+        def run(db: sqlite3.Connection) -> tuple:
+            lo, hi, count = db.execute("SELECT MIN(ts_created), MAX(ts_created), COUNT(*)"
+                                       " FROM activity" + where, args).fetchone()
+            start = q.start if q.start is not None else (lo if lo is not None else q.end)
+            end = q.end if q.end is not None else (hi if hi is not None else start)
+            if start is None:  # nothing matches and no bound was given
+                return 0, 0, 1, 0, []
+            size = max(1, -(-(end - start + 1) // max(1, buckets)))
+            rows = db.execute(
+                "SELECT model_id, (ts_created - ?) / ? AS b, AVG(tokens_per_second), COUNT(*)"
+                " FROM activity" + where + " GROUP BY model_id, b ORDER BY model_id, b",
+                [start, size] + args).fetchall()
+            return start, end, size, count, rows
+
+        start, end, size, count, rows = self._read(run)
+        series: dict[str, list] = {}
+        for model, b, mean, n in rows:
+            series.setdefault(model, []).append([start + (b + 0.5) * size, round(mean, 3), n])
+        return {"start": start, "end": end, "bucket_s": size, "count": count,
+                "series": [{"model": m, "points": p} for m, p in series.items()]}
 
     def close(self) -> None:
         _WRITER.forget(self)

@@ -1,7 +1,8 @@
 // Activity: the store's requests page by page from GET /api/metrics/activity (filters: model,
 // API key name, time range; sorting on the server), a tokens-per-second chart over the range
-// (from GET /api/timeline's compact rows), the requests in flight with a Cancel button each
-// (the /api/events in-flight table), and a capture viewer.
+// (GET /api/activity/speed: the store's means per time bucket, over every matching row), the
+// requests in flight with a Cancel button each (the /api/events in-flight table), and a
+// capture viewer.
 
 import {
   apiUrl, bytesToText, decodeBase64, formatCount, formatDuration, formatRate, formatTime, h,
@@ -200,26 +201,12 @@ async function getJSON(path) {
   return resp.json();
 }
 
-// Generation speed over time: each model's mean t/s per bucket (about 60 across the range).
-export function speedSeries(rows, t0, t1, models) {
-  const buckets = 60;
-  const size = Math.max(1000, (t1 - t0) / buckets);
-  const per = new Map();
-  for (const r of rows) {
-    const [, t, , model, , , , , tps] = r;
-    if (!(tps > 0)) continue;
-    const b = Math.floor((t - t0) / size);
-    if (!per.has(model)) per.set(model, new Map());
-    const m = per.get(model);
-    const cur = m.get(b) || [0, 0];
-    cur[0] += tps;
-    cur[1] += 1;
-    m.set(b, cur);
-  }
-  return [...per.keys()].sort().map((model) => ({
-    name: model, color: colorFor(models.indexOf(model)),
-    points: [...per.get(model).entries()].sort((a, b) => a[0] - b[0])
-      .map(([b, [sum, n]]) => [t0 + (b + 0.5) * size, sum / n]),
+// Generation speed over time: each model's mean t/s per bucket (about 60 across the range),
+// computed by the store (GET /api/activity/speed) over every matching row.
+export function speedSeries(got, models) {
+  return got.series.map((se) => ({
+    name: se.model, color: colorFor(models.indexOf(se.model)),
+    points: se.points.map(([t, mean]) => [t * 1000, mean]),
   }));
 }
 
@@ -350,31 +337,16 @@ export function mount(root) {
   let chartSeq = 0; // as seq, for the chart's answers
   async function loadChart() {
     const mine = ++chartSeq;
-    const [start, end] = rangeBounds();
-    const t1 = end ?? Date.now();
-    let t0 = start;
     try {
-      if (t0 === null) {
-        // all time: from the oldest row that matches
-        const oldest = await getJSON(`/api/metrics/activity?${query({ limit: 1, sort: "id", order: "asc" })}`);
-        t0 = oldest.data.length ? Date.parse(oldest.data[0].timestamp) - 1000 : t1 - 3600000;
-      }
-      const q = new URLSearchParams({ start: new Date(t0).toISOString(), end: new Date(t1).toISOString() });
-      const got = await getJSON(`/api/timeline?${q}`);
+      const got = await getJSON(`/api/activity/speed?${query({ buckets: 60 })}`);
       if (!alive || mine !== chartSeq) return;
-      const f = got.requests.fields;
-      const idx = Object.fromEntries(f.map((name, i) => [name, i]));
-      const rows = got.requests.rows
-        .filter((r) => (!view.model || r[idx.model] === view.model) && (!view.key || r[idx.key] === view.key))
-        .map((r) => [r[idx.id], r[idx.t] * 1000, r[idx.ms], r[idx.model], r[idx.status], r[idx.path], r[idx.in], r[idx.out], r[idx.tps], r[idx.key]]);
-      for (const r of rows) addKey(r[9]);
-      const models = store.models.map((m) => m.id);
-      const series = speedSeries(rows, t0, t1, models);
-      chartNote.textContent = `${rows.filter((r) => r[8] > 0).length.toLocaleString()} requests with a speed` +
-        (got.truncated ? " (the newest of them)" : "");
+      const t0 = got.start * 1000;
+      const t1 = Math.max(got.end * 1000, t0 + 60000);
+      const series = speedSeries(got, store.models.map((m) => m.id));
+      chartNote.textContent = `${got.count.toLocaleString()} request${got.count === 1 ? "" : "s"} with a speed`;
       replaceChildren(chartBox, lineChart({
         t0, t1, series, width: Math.min(widthOf(chartBox, 800), 1400), height: 170,
-        gap: ((t1 - t0) / 60) * 3, label: "generation speed",
+        gap: got.bucket_s * 1000 * 3, label: "generation speed",
         empty: "No request with a generation speed in this range.",
       }), legend(series));
     } catch (err) {

@@ -111,6 +111,7 @@ export function formatBytes2(n) {
 let memory = null; // GET /api/memory's body, null when the proxy has no memory section
 let profiles = null; // GET /api/profiles's body, null without profiles
 let selectors = []; // /v1/models records of type selector
+const answered = new Set(); // which of those asked have answered (data-answered, for tests)
 
 async function getJSON(path) {
   try {
@@ -124,18 +125,21 @@ async function getJSON(path) {
 
 async function refreshMemory() {
   memory = await getJSON("/api/memory");
+  answered.add("memory");
   rerender();
 }
 
 async function refreshProfiles() {
   const got = await getJSON("/api/profiles");
   profiles = got && Array.isArray(got.profiles) && got.profiles.length ? got : null;
+  answered.add("profiles");
   rerender();
 }
 
 async function refreshSelectors() {
   const got = await getJSON("/v1/models");
   selectors = ((got && got.data) || []).filter((r) => r.meta && r.meta.llamaswap && r.meta.llamaswap.type === "selector");
+  answered.add("selectors");
   rerender();
 }
 
@@ -152,6 +156,8 @@ function memoryCard() {
         hatch: memory.models[id].state === "sleeping",
         title: `${id}: ${formatBytes2(memory.models[id].used[dev])} (${memory.models[id].state}, ${(memory.models[id].source || {})[dev] || "?"})`,
       }));
+      // free, then the headroom the planner keeps free at the bar's end
+      if (d.free > 0) segs.push({ label: "free", value: d.free, cls: "free", title: `free ${formatBytes2(d.free)}` });
       if (d.headroom > 0) segs.push({ label: "headroom", value: d.headroom, cls: "headroom", title: `headroom ${formatBytes2(d.headroom)}` });
       const measured = d.device_used !== undefined ? ` · the device reports ${formatBytes2(d.device_used)} used` : "";
       return h("div", { class: "mem-device", "data-device": dev },
@@ -159,10 +165,15 @@ function memoryCard() {
           h("span", { class: "muted", "data-testid": "mem-figures" },
             `${formatBytes2(d.used)} used · ${formatBytes2(d.free)} free · budget ${formatBytes2(d.budget)}${measured}`)),
         segmentBar(segs, d.budget, { label: `${dev} memory` }),
-        h("div", { class: "legend mem-legend" }, residents.map((id) =>
-          h("span", { class: "legend-item", "data-model": id }, swatch(colorOf(id)),
-            `${id} ${formatBytes2(memory.models[id].used[dev])}${memory.models[id].state === "sleeping" ? " (asleep)" : ""}`)),
-        residents.length ? null : h("span", { class: "muted" }, "nothing resident")));
+        h("div", { class: "legend mem-legend" },
+          residents.length ? null : h("span", { class: "legend-item muted" }, "nothing resident"),
+          residents.map((id) =>
+            h("span", { class: "legend-item", "data-model": id }, swatch(colorOf(id)),
+              `${id} ${formatBytes2(memory.models[id].used[dev])}${memory.models[id].state === "sleeping" ? " (asleep)" : ""}`)),
+          h("span", { class: "legend-item muted", "data-part": "free" },
+            h("span", { class: "swatch sw-free" }), `free ${formatBytes2(d.free)}`),
+          d.headroom > 0 ? h("span", { class: "legend-item muted", "data-part": "headroom" },
+            h("span", { class: "swatch sw-headroom" }), `headroom ${formatBytes2(d.headroom)}`) : null));
     }));
 }
 
@@ -321,6 +332,7 @@ export function mount(root) {
 
   rerender = () => {
     replaceChildren(extras, memoryCard(), profileCard());
+    extras.dataset.answered = [...answered].sort().join(" ");
     replaceChildren(selectorsBox, selectorsCard());
     const local = store.models.filter((m) => !m.peerID);
     const peers = store.models.filter((m) => m.peerID);

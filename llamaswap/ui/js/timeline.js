@@ -155,7 +155,11 @@ function swapLabel(change, next) {
     parts.push("loading…");
   }
   if (change.evicted && change.evicted.length) {
-    parts.push("evicted " + change.evicted.map((e) => `${e.model} (${reasonText(e.reason)})`).join(", "));
+    const gone = change.evicted.filter((e) => !e.asleep);
+    const slept = change.evicted.filter((e) => e.asleep);
+    const list = (es) => es.map((e) => `${e.model} (${reasonText(e.reason)})`).join(", ");
+    if (gone.length) parts.push(`evicted ${list(gone)}`);
+    if (slept.length) parts.push(`put ${list(slept)} to sleep`);
   }
   return parts.join(" · ");
 }
