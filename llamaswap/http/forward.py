@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
 from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
-from llamaswap.http.errors import error_body
+from llamaswap.http.errors import envelope, error_body
 
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
@@ -403,6 +403,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
             read1 = resp.read1
             write = ctx.write
+            data = b""
             while True:
                 try:
                     data = read1(READ_SIZE)
@@ -410,6 +411,8 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                     if gone.is_set():
                         raise ClientGone() from None
                     out.error = f"{label}: backend connection lost mid-response: {_describe(e)}"
+                    if length is None:  # relayed chunked: an event can be added
+                        _stream_error(ctx, rheaders, data, out.error)
                     break
                 if not data:
                     if gone.is_set():
@@ -462,6 +465,23 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             watch.cancel()
         if conn is not None:
             pool.discard(conn)
+
+
+def _stream_error(ctx: RequestContext, rheaders: list[tuple[str, str]], last: bytes,
+                  message: str) -> None:
+    """An event stream the backend broke off gets one last event saying why, before the cut
+    (which still tells the client the answer is incomplete): ``data: {"error": ...}``, which
+    the OpenAI SDKs raise as an APIError with that message. Only between two events (`last`,
+    the bytes relayed last, end one): a half-sent event is left as it is."""
+    if not (last.endswith(b"\n\n") or last.endswith(b"\r\n\r\n")):
+        return
+    if not any(k.lower() == "content-type" and v.lower().startswith("text/event-stream")
+               for k, v in rheaders):
+        return
+    try:
+        ctx.write(b"data: " + envelope(502, message) + b"\n\n")
+    except (ClientGone, OSError):
+        pass
 
 
 def _body_soon(resp: Any, conn: http.client.HTTPConnection) -> bool:
