@@ -140,14 +140,14 @@ def _exchange(conn: http.client.HTTPConnection, method: str, path: str,
     if head is None:
         _send_request(conn, method, path, headers, body, has_body, observer)
         return _response(conn, None, method, response_timeout)
-    data = body.data if has_body else None
-    # a request sent again offers its body to the observer once
-    on_req = (getattr(observer, "on_request_chunk", None)
-              if observer is not None and not body.started else None)
-    if on_req is not None and data:
-        on_req(data)
-    body.started = True
-    if data is not None:
+    if has_body:
+        data = body.data
+        # a request sent again offers its body to the observer once
+        on_req = (getattr(observer, "on_request_chunk", None)
+                  if observer is not None and not body.started else None)
+        if on_req is not None and data:
+            on_req(data)
+        body.started = True
         head.append(b"Content-Length: %d\r\n\r\n%b" % (len(data), data))
     else:
         head.append(b"\r\n")
