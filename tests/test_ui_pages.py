@@ -405,8 +405,10 @@ def test_playground_opens_on_a_chat_model_with_media_tabs(proxy, browser):
 def test_new_pages_at_phone_width_in_the_dark(proxy, browser):
     page = ui(browser, proxy, "/timeline", color_scheme="dark")
     try:
-        chat(proxy, "chat-a")
-        chat(proxy, "chat-b", KEYS["alice"])
+        # swaps for the timeline: one puts a model to sleep, one evicts for memory
+        for model, key in (("chat-a", ADMIN), ("chat-b", KEYS["alice"]), ("nap-a", ADMIN),
+                           ("nap-b", KEYS["bob"]), ("long-chat", KEYS["alice"]), ("chat-b", ADMIN)):
+            chat(proxy, model, key)
         page.set_viewport_size({"width": 390, "height": 820})
         for route, ready in (("/timeline", "#timeline-canvas"), ("/models", "#memory-card"),
                              ("/activity", "#activity-rows tr"), ("/performance", ".perf-card")):
@@ -416,7 +418,7 @@ def test_new_pages_at_phone_width_in_the_dark(proxy, browser):
             shoot(page, f"phone-{route.strip('/')}", "timeline-phone" if route == "/timeline" else None)
         page.set_viewport_size({"width": 1280, "height": 800})
         page.goto(f"{proxy.base}/ui/#/timeline")
-        page.click("button[data-span='5']")
+        page.click("button[data-span='1']")  # the last minute up close: this test's swaps
         expect(page.locator("#tl-status")).to_contain_text("in view")
         shoot(page, "timeline-dark", "timeline-dark")
         assert page.errors == []

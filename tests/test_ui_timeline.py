@@ -1,8 +1,9 @@
 """The Timeline page in a real browser against a real proxy: ten models that swap (real
 backends, real swaps) and 20 000 earlier requests in the proxy's SQLite activity file. It
 checks the rows, bands, swap labels and request ticks with their hover details, the ranges,
-scrolling back past the first hour, live updates, and measures the frame time of a pan
-(written to test-artifacts/ui/timeline-frames.json; never asserted: timing is not a test).
+scrolling back past the first hour, live updates, and measures the frame time of a pan with
+20 000 state changes in view as well (written to test-artifacts/ui/timeline-frames.json;
+never asserted: timing is not a test).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from llamaswap.ops.activity.store import SqliteStore
 MODELS = [f"model-{i:02d}" for i in range(10)]
 RECENT = 20_000  # requests in the last 14 minutes: all in view of the 15-minute range
 OLDER = 300  # requests 70 to 90 minutes ago: reached by scrolling back
+CHANGES = 20_000  # state changes in view for the frame time (ops/timeline.py's MAX_CHANGES)
 
 
 def busy_config(store: str) -> str:
@@ -206,11 +208,42 @@ def test_timeline_scrolls_back_past_the_first_hour(busy, browser):
         busy.unload_all()
 
 
+def with_state_history(route) -> None:
+    """The proxy's real /api/timeline answer with CHANGES earlier state changes added (10
+    models swapping every 1.7 s for 14 minutes): the history's cap, which real swaps would
+    take hours to fill."""
+    answer = route.fetch()
+    body = answer.json()
+    end = min([c["t"] for c in body["changes"]] + [body["end"]]) - 1
+    begin = end - 14 * 60
+    step = (end - begin) / CHANGES
+    cycle = ("starting", "ready", "stopping", "stopped")
+    added = []
+    for i in range(CHANGES):
+        model, state = MODELS[(i // 4) % len(MODELS)], cycle[i % 4]
+        change = {"seq": i - CHANGES, "t": round(begin + i * step, 3), "model": model,
+                  "state": state, "from": cycle[i % 4 - 1], "reason": "", "for": "", "detail": ""}
+        if state == "stopping":
+            change["reason"], change["for"] = "group", MODELS[(i // 4 + 1) % len(MODELS)]
+        elif state == "starting":
+            change["evicted"] = [{"model": MODELS[(i // 4 - 1) % len(MODELS)], "reason": "group"}]
+        elif state == "ready":
+            change["load_s"] = 0.4
+        added.append(change)
+    body["changes"] = added + body["changes"]
+    body["initial"] = {}
+    body["history_since"] = min(body["history_since"], begin)
+    route.fulfill(response=answer, json=body)
+
+
 def test_timeline_frame_time_with_10_models_and_20000_requests(busy, browser):
-    page = open_page(browser, busy.base + "/ui/#/timeline")
+    page = open_page(browser, "about:blank")
     try:
+        page.route("**/api/timeline?*", with_state_history)
+        page.goto(busy.base + "/ui/#/timeline")
         page.click("button[data-span='15']")
         in_view(page, RECENT, RECENT + 50)  # the live test adds a few
+        assert page.evaluate("window.__timeline.changes") >= CHANGES
         # pan with the wheel for 180 frames: one wheel event per frame, as a trackpad sends
         result = page.evaluate("""() => new Promise((done) => {
             const canvas = document.getElementById('timeline-canvas');
@@ -235,7 +268,8 @@ def test_timeline_frame_time_with_10_models_and_20000_requests(busy, browser):
         def pct(xs, p):
             return round(xs[min(len(xs) - 1, int(len(xs) * p))], 2)
 
-        figures = {"models": 10, "requests_in_view": RECENT, "frames": len(frames),
+        figures = {"models": 10, "requests_in_view": RECENT, "state_changes": CHANGES,
+                   "frames": len(frames),
                    "draws": len(draws),
                    "draw_ms": {"p50": pct(draws, 0.5), "p95": pct(draws, 0.95), "max": draws[-1]},
                    "frame_interval_ms": {"p50": pct(frames, 0.5), "p95": pct(frames, 0.95),

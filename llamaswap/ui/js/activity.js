@@ -447,6 +447,8 @@ export function mount(root) {
       const [, end] = rangeBounds();
       if (what === "reset" || (view.page === 1 && end === null)) reloadSoon();
       if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; loadChart(); }, 1000);
+    } else if (what === "metrics") {
+      for (const e of payload || []) addKey(e.key); // a key name to pick, as rows finish
     } else if (what === "models") {
       renderModels();
     } else if (what === "inflight") {
