@@ -12,6 +12,8 @@ Reported, as absolute numbers and as ratios/deltas against the direct connection
   context switches per request. The clients are one closed-loop epoll thread of this script
   over keep-alive connections (like ``wrk``), so the load generator takes little of a small
   machine's CPU;
+- the same small request with a new connection for each (one client, as curl and many
+  scripts send them): the proxy's CPU and context switches per request, p50;
 - a stream's time to first chunk (and first byte), added over direct, on
   ``/upstream/fast/stream`` (unmetered) and on a streamed ``/v1/chat/completions``
   (metered), as the median of many short streams, alternated with direct;
@@ -39,6 +41,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import select
 import shutil
@@ -192,6 +195,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_port_block(n: int) -> int:
+    """The first of ``n`` consecutive free ports (a proxy's startPort: its models take the
+    next ones), below the ephemeral range where bind(0) ports come and go, and apart from
+    every block handed out before (two proxies' blocks must not overlap)."""
+    for _ in range(500):
+        base = random.randrange(10000, 32000 - n)
+        ports = range(base, base + n)
+        if _HANDED_OUT.intersection(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _HANDED_OUT.update(ports)
+        return base
+    return free_port()
+
+
 def wait_http(port: int, path: str, timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -334,6 +360,37 @@ def closed_loop(port: int, request: bytes, clients: int, seconds: float,
 
 
 FUTEX = False  # --futex: count the proxy's futex calls (GIL and lock hand-offs) with perf
+
+
+def new_connections(port: int, request: bytes, seconds: float, pid: int) -> dict:
+    """One client that opens a new connection for each request (as curl and many scripts
+    do): the proxy's CPU and context switches per request, and the median latency."""
+    lat: list[float] = []
+    before = proc_counters(pid)
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop:
+        t0 = time.perf_counter()
+        s = socket.create_connection(("127.0.0.1", port))
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(request)
+            buf = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    raise RuntimeError("the server closed the connection before answering")
+                buf += data
+                end = buf.find(b"\r\n\r\n")
+                m = _CONTENT_LENGTH.search(buf, 0, end + 2) if end >= 0 else None
+                if m is not None and len(buf) >= end + 4 + int(m.group(1)):
+                    break
+        finally:
+            s.close()
+        lat.append(time.perf_counter() - t0)
+    after = proc_counters(pid)
+    return {"cpu_us_per_req": (after[0] - before[0]) / len(lat) * 1e6,
+            "switches_per_req": (after[1] - before[1]) / len(lat),
+            "p50_ms": pct(lat, 0.5) * 1e3, "n": len(lat)}
 
 
 def _futex_counter(pid: int) -> tuple[subprocess.Popen, str] | None:
@@ -542,14 +599,16 @@ class Proxy:
         self.name, self.tree = name, tree
         cfg = os.path.join(tmp, f"config-{name}.yaml")
         with open(cfg, "w") as f:
-            f.write(CONFIG.format(start_port=free_port(), api_keys=API_KEYS[api_key],
+            f.write(CONFIG.format(start_port=free_port_block(3), api_keys=API_KEYS[api_key],
                                   python=sys.executable, me=os.path.abspath(__file__),
                                   swap_delay=SWAP_DELAY))
         self.port = free_port()
         args = ["-config", cfg, "-listen", f"127.0.0.1:{self.port}"]
         cmd = ([sys.executable, os.path.abspath(__file__), "--wrap-proxy", *wrap, "--", *args]
                if wrap is not None else [sys.executable, "-m", "llamaswap", *args])
-        env = dict(os.environ, PYTHONPATH=tree)  # this tree's llamaswap, whatever is installed
+        # this tree's llamaswap, whatever is installed; PyYAML and gjson from the .pyz where
+        # this Python lacks them (a machine without pip: carry dist/ there)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, *_bundled_deps()]))
         self.log_path = os.path.join(tmp, f"proxy-{name}.log")
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=log,
@@ -570,6 +629,16 @@ class Proxy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _bundled_deps() -> list[str]:
+    """dist/llama-swap.pyz (its root holds yaml/ and gjson/) when this Python cannot import
+    PyYAML or gjson, else nothing."""
+    import importlib.util
+    if importlib.util.find_spec("yaml") and importlib.util.find_spec("gjson"):
+        return []
+    pyz = os.path.join(ROOT, "dist", "llama-swap.pyz")
+    return [pyz] if os.path.exists(pyz) else []
 
 
 def _median(xs: list[float]) -> float:
@@ -602,6 +671,12 @@ def measure(args, trees: list[tuple[str, str]], clients: list[int]) -> int:
                     small[c][p.name].append(closed_loop(p.port, small_request(p.port), c,
                                                         args.seconds, pid=p.pid))
         results["small"] = {str(c): v for c, v in small.items()}
+        fresh: dict = {p.name: [] for p in proxies}
+        for r in range(args.rounds):
+            for p in (proxies if r % 2 == 0 else proxies[::-1]):
+                fresh[p.name].append(new_connections(p.port, small_request(p.port),
+                                                     args.seconds, p.pid))
+        results["new_connection"] = fresh
         if not args.quick:
             for p in proxies:
                 per[p.name]["rss_after_requests_mb"] = rss_kb(p.pid) / 1024
@@ -675,6 +750,15 @@ def summary(results: dict, names: list[str]) -> str:
                 f"p50 +{_median([x['p50_ms'] for x in xs]) - d_p50:.3f} ms")
         if ab:
             lines.append(f"     CPU {names[0]}/{names[1]}: {cpu[names[0]] / cpu[names[1]]:.2f}")
+    fresh = results.get("new_connection")
+    if fresh:
+        cpu = {name: _median([x["cpu_us_per_req"] for x in fresh[name]]) for name in names}
+        parts = [f"{name} CPU {cpu[name]:.0f} us/req "
+                 f"({', '.join('%.0f' % x['cpu_us_per_req'] for x in fresh[name])}), "
+                 f"{_median([x['switches_per_req'] for x in fresh[name]]):.1f} switches/req, "
+                 f"p50 {_median([x['p50_ms'] for x in fresh[name]]):.3f} ms" for name in names]
+        ratio = f"; CPU {names[0]}/{names[1]}: {cpu[names[0]] / cpu[names[1]]:.2f}" if ab else ""
+        lines.append("  a new connection per request (1 client): " + "; ".join(parts) + ratio)
     for label, runs in results.get("first_chunk", {}).items():
         d_fb = _median([x[0] for x in runs["direct"]])
         d_fc = _median([x[1] for x in runs["direct"]])

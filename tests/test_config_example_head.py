@@ -13,7 +13,6 @@ import pytest
 from httpkit import Proxy
 
 from llamaswap.config import load_config_text
-from llamaswap.config.model import Config
 
 MIRROR = "/work/.mirror/mostlygeek+llama-swap/repo"
 REVISION = "0bdb3720"
@@ -31,12 +30,7 @@ def _example() -> str | None:
 
 
 EXAMPLE = _example()
-pytestmark = [
-    pytest.mark.skipif(EXAMPLE is None, reason="upstream's mirror is not on this machine"),
-    # the example's profiles and selectors sections are the routing half of issue 11
-    pytest.mark.skipif("selectors" not in Config.__dataclass_fields__,
-                       reason="profiles and selectors are not in the tree yet"),
-]
+pytestmark = pytest.mark.skipif(EXAMPLE is None, reason="upstream's mirror is not on this machine")
 
 
 @pytest.fixture(scope="module")

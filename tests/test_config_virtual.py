@@ -58,6 +58,17 @@ def test_spillover_targets_in_a_group_without_swap_and_peers():
     assert c.selectors["balanced"].targets == ("a", "b", "r1")
 
 
+def test_spillover_targets_in_no_group_under_a_memory_section():
+    """With memory:, models in no group run side by side as memory allows, so spillover
+    may spread over them; an explicit swapping group still refuses it."""
+    memory = "memory:\n  devices: {ram: 8GiB}\n"
+    spill = "selectors:\n  s: {strategy: spillover, targets: [a, b]}\n"
+    assert load(memory + spill).selectors["s"].targets == ("a", "b")
+    assert "selectors.s spillover targets must share a group with swap: false" in error_of(spill)
+    assert "selectors.s spillover targets must share a group with swap: false" in error_of(
+        memory + "groups:\n  g: {members: [a, b]}\n" + spill)
+
+
 def test_spillover_targets_in_one_matrix_set():
     c = load("""
         routing:
@@ -179,7 +190,12 @@ def test_errors_name_the_file_line_and_key_path_once():
     assert error_of("selectors:\n  ' ': {strategy: pin, targets: [b]}\n") == \
         "cfg.yaml:2: selectors: selector names cannot be empty"
     assert error_of("selectors:\n  s:\n    strategy: pin\n    targets: [t]\n  t: {strategy: pin, targets: [a]}\n") \
-        == 'cfg.yaml:3: selectors.s.targets[0] references selector "t"; selector chaining is not supported'
+        == 'cfg.yaml:4: selectors.s.targets[0] references selector "t"; selector chaining is not supported'
     assert error_of("profiles:\n  '': {pins: {a: b}}\n") == "cfg.yaml:2: profiles: profile names cannot be empty"
     assert error_of("profiles:\n  p:\n    pins: {x: ghost}\n") == \
         'cfg.yaml:3: profiles.p.pins.x references unknown model "ghost"'
+    # a target or a pin is pointed at on its own line
+    assert error_of("selectors:\n  s:\n    strategy: warm\n    targets:\n      - a\n      - r1\n") == \
+        'cfg.yaml:6: selectors.s.targets[1] must resolve to a local model for strategy "warm"'
+    assert error_of("profiles:\n  p:\n    pins:\n      a: b\n      remote/r1: a\n") == \
+        'cfg.yaml:5: profiles.p.pins.remote/r1: profile p pin "remote/r1" conflicts with fully qualified peer model name'

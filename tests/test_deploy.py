@@ -178,7 +178,8 @@ def test_containerfile_parses_and_its_entrypoint_runs(tmp_path, pyz):
     source, dest = by["COPY"][0].split()
     assert (ROOT / source).resolve().name == "llama-swap.pyz" and dest == "/usr/local/bin/llama-swap"
     assert by["USER"][-1] not in ("root", "0")
-    entrypoint = json.loads(by["ENTRYPOINT"][0])
+    # what the container runs with no arguments: ENTRYPOINT, then CMD (which arguments replace)
+    entrypoint = json.loads(by["ENTRYPOINT"][0]) + json.loads(by["CMD"][0])
     assert entrypoint[0] == "llama-swap" and "-watch-config" in entrypoint
     listen = entrypoint[entrypoint.index("-listen") + 1]
     assert by["EXPOSE"] == [listen.rsplit(":", 1)[1]]

@@ -3,6 +3,7 @@ matching, loading-stream framing."""
 
 import base64
 import json
+import random
 
 import pytest
 
@@ -124,6 +125,45 @@ def test_filters_order_and_paths():
     assert obj == {"arr": [1, 3]}
     assert not filters.needs_rewrite(Filters(), "", "m")
     assert filters.needs_rewrite(Filters(set_params_by_id=freeze({"m": {"a": 1}})), "", "m")
+
+
+@pytest.mark.parametrize("body, old, new, spliced", [
+    (b'{"messages":[{"role":"user","content":"hi"}],"model":"sel","x":1}', "sel", "a",
+     b'{"messages":[{"role":"user","content":"hi"}],"model":"a","x":1}'),
+    (b'{ "model" :\n  "sel" , "stream": true}', "sel", "b/c", b'{ "model" :\n  "b/c" , "stream": true}'),
+    (b'{"model":"caf\\u00e9"}', "caf\u00e9", 'q"\u00e9', '{"model":"q\\"\u00e9"}'.encode()),
+    (b'{"model":"sel"}', "sel", "", b'{"model":""}'),  # a null pin
+])
+def test_with_model_replaces_only_the_top_level_value(body, old, new, spliced):
+    assert filters.with_model(body, old, new) == spliced
+    assert json.loads(spliced)["model"] == new
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"sel","metadata":{"model":"sel"}}',  # the key twice: which one is on top?
+    b'{"messages":[{"content":"model"}],"model":"sel"}',  # "model" also as a value
+    b'{"\\u006dodel":"sel","tools":{"model":"sel"}}',  # the top-level key written with escapes
+    b'{"model":"other"}',  # not the value the request was routed on
+    b'{"model":5}',
+])
+def test_with_model_leaves_what_it_cannot_be_sure_of_to_a_full_encode(body):
+    assert filters.with_model(body, "sel", "a") is None
+
+
+def test_with_model_gives_the_body_a_full_encode_would_give_on_random_bodies():
+    rng = random.Random(11)
+    words = ["model", "sel", "a", "x", '"', "\\", "\u00e9", ":", "{", "}"]
+    for _ in range(2000):
+        obj = {rng.choice(words): rng.choice(words) for _ in range(rng.randint(0, 3))}
+        obj["model"] = "sel"
+        if rng.random() < 0.3:
+            obj["nested"] = {rng.choice(words): [rng.choice(words)]}
+        items = list(obj.items())
+        rng.shuffle(items)
+        body = json.dumps(dict(items), ensure_ascii=rng.random() < 0.5).encode()
+        out = filters.with_model(body, "sel", "new")
+        if out is not None:
+            assert json.loads(out) == {**dict(items), "model": "new"}, body
 
 
 def test_upstream_find_model_longest_raw():

@@ -96,6 +96,26 @@ def test_projectors_beside_several_models_go_by_name(tmp_path, fake_server):
                              "none of them: not used (put it in a folder with its model)",)
 
 
+def test_watch_snapshot_changes_with_what_can_be_served_only(tmp_path):
+    d = tmp_path / "models"
+    gguf(d / "a.gguf")
+    growing = gguf(d / "b.gguf", b"")  # a download just begun: nothing served yet
+    folder = ModelsDir(str(d))
+    before = folder.snapshot()
+    with open(d / "a.gguf", "ab") as f:   # a download in place goes on: no reload each poll
+        f.write(b"\0" * 4096)
+    os.utime(d / "a.gguf", ns=(1, 1))
+    assert folder.snapshot() == before
+    growing.write_bytes(b"GGUF\x03\x00")   # its header arrives: now it is a model
+    assert folder.snapshot() != before
+    before = folder.snapshot()
+    gguf(d / "sub" / "c.gguf")
+    assert folder.snapshot() != before
+    (d / "sub" / "c.gguf").unlink()
+    assert folder.snapshot() == before
+    assert ModelsDir(str(tmp_path / "gone")).snapshot() is None
+
+
 def test_two_files_for_one_id_is_an_error_naming_both(tmp_path):
     d = tmp_path / "models"
     gguf(d / "a" / "same.gguf")

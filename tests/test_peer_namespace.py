@@ -37,6 +37,10 @@ def test_two_peers_qualified_and_bare_names():
             assert s == 200 and json.loads(b)["model"] == "m1"
             s, _, b = front.post("/v1/rerank", {"model": "p1/m1", "input": "hi"})
             assert s == 200 and json.loads(json.loads(b)["body"]) == {"model": "m1", "input": "hi"}
+            # only the name changes: the rest of the body reaches the peer byte for byte
+            raw = b'{"input": "caf\\u00e9 \\"model\\"",  "model" : "p1/m1"}'
+            s, _, b = front.request("POST", "/v1/rerank", raw, headers={"Content-Type": "application/json"})
+            assert s == 200 and json.loads(b)["body"] == raw.decode().replace("p1/m1", "m1")
             s, _, b = front.request("POST", "/v1/rerank", b"x=1&model=p1%2Fm1",
                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
             assert s == 200 and json.loads(b)["body"] == "model=m1&x=1"

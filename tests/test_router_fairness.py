@@ -12,12 +12,18 @@ from helpers import wait_until
 from test_router_core import Req, load, make, of
 from test_router_e2e import model, rig, serve  # noqa: F401 - rig is a fixture
 
-from llamaswap.config.model import FifoConfig, GroupConfig, RoutingConfig, SchedulerConfig
+from llamaswap.config.matrix import compile_sets
+from llamaswap.config.model import (FifoConfig, GroupConfig, MatrixConfig, RoutingConfig,
+                                    SchedulerConfig)
 from llamaswap.ops.events import ModelStopping
-from llamaswap.router.core import ArmTimer, Log, StartSwap
-from llamaswap.router.planners import GroupPlanner
+from llamaswap.router.core import ArmTimer, Log, RouterCore, StartSwap
+from llamaswap.router.memory import MemoryBook, MemoryPlanner, MemoryPolicy
+from llamaswap.router.planners import GroupPlanner, MatrixPlanner
+from llamaswap.sizes import GiB
 
 EXCLUSIVE = GroupPlanner({"g": GroupConfig("g", members=("a", "b", "c"))})
+TOGETHER = GroupPlanner({"all": GroupConfig("all", swap=False, exclusive=False,
+                                                  members=("a", "b", "p"))})
 
 
 def idle(core, model):
@@ -190,6 +196,55 @@ def test_a_starved_request_that_gives_up_lifts_the_fence():
     core.give_up(b, 1.2)
     assert fenced.granted  # what it fenced is served at once
     assert core.starved is None and core.grantable() == {"a"} and not core.queue
+
+
+def test_a_starved_request_for_a_model_being_retired_fences_what_its_new_start_evicts():
+    """A reload changed b: its old process drains, then stops, and b's queued request waits
+    for its new start. What that start evicts (a, under the new matrix) is fenced, not what
+    the old, still running b would need (nothing)."""
+    core = make(planner=GroupPlanner({"all": GroupConfig("all", swap=False, exclusive=False,
+                                                         members=("a", "b", "c"))}))
+    load(core, "a")  # a and b both ready, each with a request in flight
+    load(core, "b")
+    only_a = MatrixPlanner(MatrixConfig(compiled_sets=compile_sets([("s0", "a")], str)))
+    assert only_a.eviction_for("b", {"a", "b"}) == () and only_a.eviction_for("b", {"a"}) == ("a",)
+    core.reconfigure("abc", only_a, ttl={}, stop=("b",), now=0.0, max_wait=1.0)
+    b = Req("b")
+    timer = wait_timer(core.request(b, 0.1))  # b is being retired: its request waits
+    core.timer_expired("maxwait", timer.model, timer.token, 1.1)
+    assert core.starved is b and core.fenced() == {"a"}
+    assert "a" not in core.grantable()
+    late = Req("a")
+    core.request(late, 1.2)
+    assert late.outcome is None and core.queue == [b, late]  # behind the starved request
+
+
+def test_a_model_that_leaves_the_fence_serves_its_queued_requests_first():
+    """Rule F4. b (6 GiB) must evict a (5 GiB, busy) on a 10 GiB budget: a is fenced and a
+    request for it queues. Then p, never evicted for memory (5 GiB), starts loading: b now
+    waits for p's load instead of a's requests, a leaves the fence, and its queued request
+    is served in the same step, before a younger one could take a's published grant."""
+    policy = MemoryPolicy(budgets={"gpu0": 10 * GiB}, headroom=0,
+                          declared={"a": {"gpu0": 5 * GiB}, "b": {"gpu0": 6 * GiB},
+                                    "p": {"gpu0": 5 * GiB}},
+                          commands={m: f"serve {m}" for m in "abp"}, sleepable=frozenset(),
+                          persistent=frozenset({"p"}))
+    book = MemoryBook()
+    core = RouterCore(["a", "b", "p"], MemoryPlanner(TOGETHER, policy, book), book=book,
+                      max_wait=1.0)
+    load(core, "a")  # a request in flight on a
+    b = Req("b")
+    timer = wait_timer(core.request(b, 0.0))
+    core.timer_expired("maxwait", timer.model, timer.token, 1.0)
+    assert core.starved is b and core.fenced() == {"a"}
+    queued = Req("a")
+    core.request(queued, 1.1)
+    assert queued.outcome is None
+    p = Req("p")
+    (start,) = of(core.request(p, 1.2), StartSwap)  # a (5) + p (5) fit: nothing evicted
+    assert start.model == "p" and start.evict == ()
+    assert core.fenced() == frozenset() and queued.granted
+    assert core.queue == [b] and "a" in core.grantable()
 
 
 # ---- with real backends -------------------------------------------------------------------

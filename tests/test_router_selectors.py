@@ -25,12 +25,15 @@ def test_pin_takes_the_first_target_whatever_runs():
     assert sel.choose("p", states(a="ready")).target == "b"
 
 
-def test_warm_prefers_ready_then_starting_then_the_first():
+def test_warm_prefers_ready_then_starting_then_sleeping_then_the_first():
     sel = Selectors(config(SelectorConfig("w", "warm", ("a", "b", "c"))))
     assert sel.choose("w", states()).target == "a"
     assert sel.choose("w", states(c="starting")).target == "c"
     assert sel.choose("w", states(b="starting", c="ready")).target == "c"
     assert sel.choose("w", states(a="stopping", b="ready")).target == "b"
+    # a sleeping target wakes faster than a cold one loads, and a running one wins over both
+    assert sel.choose("w", states(b="sleeping", c="sleeping")).target == "b"
+    assert sel.choose("w", states(b="sleeping", c="starting")).target == "c"
     choice = sel.choose("w", states(a="ready"))
     assert choice.target == "a" and not choice.reserved
 

@@ -185,8 +185,8 @@ class World:
         that collide with it."""
         core, target = self.core, req.model
         running = core.running()
-        if core.state.get(target) != READY:
-            running = running - {target}
+        if core.state.get(target) != READY or core._blocked(target):
+            running = running - {target}  # it waits for its own stop (a retire, an unload)
         evict = frozenset(core.planner.eviction_for(target, running)) - {target}
         colliding = frozenset(t for t, sw in core.active.items()
                               if t != target and (t in evict or target in sw.evict))
@@ -369,7 +369,7 @@ class World:
         if selector.strategy == "pin" and target != selector.targets[0]:
             raise Violation(f"pin selector {selector_id} chose {target}")
         if selector.strategy == "warm":
-            for wanted in ("ready", "starting"):
+            for wanted in ("ready", "starting", "sleeping"):
                 first = next((t for t in selector.targets if states[t] == wanted), None)
                 if first is not None:
                     if target != first:
@@ -562,6 +562,7 @@ class World:
     def quiesce(self) -> None:
         """No new work: let every worker and every request finish."""
         for _ in range(10_000):
+            self.snapshot_fence()  # as each random step does
             if self.extra_step():
                 pass
             elif self.swaps:

@@ -11,6 +11,8 @@ import threading
 import pytest
 from helpers import free_port, wait_until
 from httpkit import Proxy, SseReader, raw_socket
+from memkit import MemoryProxy, write_config
+from test_memory_sleep import sleepy
 
 from llamaswap.config import load_config_text
 from llamaswap.ops.events import ProcessStateChanged, ProfileChanged
@@ -125,6 +127,10 @@ def test_pin_and_warm_selectors_rewrite_the_model_wherever_the_request_names_it(
         # warm: a comes first, but b is the one loaded
         status, _h, body = p.post("/infill", {"model": "coder"})
         assert json.loads(body)["model"] == "b"
+        # the rest of the body reaches the backend byte for byte
+        raw = b'{"prompt": "caf\\u00e9 \\"q\\"",\n  "model" : "planner"}'
+        status, _h, body = p.request("POST", "/infill", raw, {"Content-Type": "application/json"})
+        assert status == 200 and json.loads(body)["body"] == raw.decode().replace("planner", "b")
         # ?model= on a GET route
         status, _h, body = p.request("GET", "/v1/audio/voices?model=planner&x=1")
         assert status == 200 and json.loads(body)["query_params"] == {"model": ["b"], "x": ["1"]}
@@ -177,6 +183,45 @@ def test_spillover_starts_the_next_target_when_the_first_is_full():
         first.close()
         second.close()
         assert wait_until(lambda: not any(p.app.selectors.in_flight("balanced").values()), 10)
+
+
+def test_warm_wakes_a_sleeping_target_rather_than_load_a_cold_one(tmp_path):
+    """No target ready or starting: upstream's warm loads its first target; here a target
+    that is asleep comes first (a wake is a fraction of a load)."""
+    extra = """
+        groups:
+          one: {members: [a, b, c]}
+        selectors:
+          coder: {strategy: warm, targets: [c, a]}
+        """
+    path = write_config(tmp_path, {"a": sleepy(), "b": sleepy(), "c": {}}, "", textwrap.dedent(extra))
+    with MemoryProxy(path) as p:
+        assert p.chat("a")[0] == 200
+        pid_a = p.pid("a")
+        assert p.chat("b")[0] == 200 and p.state("a") == "sleeping"
+        status, answer = p.chat("coder")
+        assert status == 200 and answer["model"] == "a"
+        assert p.pid("a") == pid_a and p.state("b") == "sleeping"  # woken, not loaded again
+        assert "c" not in [e.model for e in p.changes]  # the cold first target never started
+        status, answer = p.chat("coder")  # a is ready now: the first ready target
+        assert status == 200 and answer["model"] == "a"
+
+
+def test_spillover_over_models_in_no_group_when_memory_decides(tmp_path):
+    """With a memory: section, ungrouped models run side by side as memory allows, so a
+    spillover selector over them starts the second while the first is busy."""
+    memory = "memory:\n  devices: {ram: 8GiB}\n"
+    extra = "selectors:\n  pool: {strategy: spillover, targets: [a, b]}\n"
+    declared = {"yaml": "memory: {ram: 64MiB}"}
+    path = write_config(tmp_path, {"a": declared, "b": declared}, memory, extra)
+    with MemoryProxy(path) as p:
+        first = open_stream(p.port, "pool")
+        second = open_stream(p.port, "pool")
+        assert p.app.selectors.in_flight("pool") == {"a": 1, "b": 1}
+        assert (p.state("a"), p.state("b")) == ("ready", "ready")
+        first.close()
+        second.close()
+        assert wait_until(lambda: not any(p.app.selectors.in_flight("pool").values()), 10)
 
 
 # ---- profiles ---------------------------------------------------------------------------------

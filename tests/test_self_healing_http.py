@@ -3,8 +3,11 @@ cut by a failed health watch, /running, the modelStatus event and /metrics."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
+
+import pytest
 
 from helpers import wait_until
 from httpkit import Proxy, config, model
@@ -49,6 +52,46 @@ def test_wedged_backend_cut_request_gets_a_clear_error_and_the_model_comes_back(
         assert value_of(fams, "llamaswap_health_failures_total", model="w") == 2
         assert value_of(fams, "llamaswap_model_restarts_total", model="w", reason="health") == 1
         assert value_of(fams, "llamaswap_model_state", model="w", state="backoff") == 0
+
+
+def test_a_stream_cut_by_a_failed_health_watch_ends_with_an_error_event():
+    """A chat stream in flight when the watch stops its backend gets one last event that
+    says why, which the OpenAI SDK raises as an APIError; then the cut."""
+    import openai
+    wedged = model("w", health_check_interval=0.3, health_check_failures=2)
+    with Proxy(config(wedged)) as proxy:
+        client = openai.OpenAI(base_url=proxy.url("/v1"), api_key="none", max_retries=0)
+        stream = client.chat.completions.create(
+            model="w", messages=CHAT["messages"], stream=True,
+            extra_body={"demo": {"chunks": 2000, "chunk_delay": 0.01}})
+        chunks = iter(stream)
+        assert next(chunks).choices[0].delta.content
+        wedge = threading.Thread(target=proxy.post, args=(
+            "/v1/chat/completions", dict(CHAT, demo={"hang": True})))
+        wedge.start()  # the stream goes on; new requests and the health probes hang
+        with pytest.raises(openai.APIError) as cut:
+            for _ in chunks:
+                pass
+        wedge.join(30)
+        assert cut.value.message.startswith(
+            "w went down: its health check failed 2 times in a row (last: no answer within 0.3s) "
+            "and llama-swap stopped it: backend connection lost mid-response: "), cut.value.message
+        assert cut.value.body["type"] == "server_error"
+        # on the wire: that event, then the cut (no end of the chunked body)
+        c = proxy.conn()
+        c.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
+                  body=json.dumps(dict(CHAT, stream=True, demo={"chunks": 5, "die_after_chunks": 2})))
+        r = c.getresponse()
+        received = b""
+        with pytest.raises(http.client.IncompleteRead):
+            while piece := r.read1(65536):
+                received += piece
+        c.close()
+        events = [e for e in received.split(b"\n\n") if e]
+        assert len(events) == 3 and b"chat.completion.chunk" in events[1]
+        message = json.loads(events[2][len(b"data: "):])["error"]["message"]
+        # (a crash, not a failed watch: the label says why only if the exit was seen first)
+        assert message.startswith("w") and "backend connection lost mid-response" in message
 
 
 def test_a_model_in_backoff_is_listed_with_its_restart():

@@ -4,15 +4,19 @@ time and memory themselves are measured by benchmarks/startup.py, not asserted h
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from helpers import ROOT, free_port
 from test_cli import Proxy, _get
 
 # extension modules and packages that only some features need
-DEFERRED = ("_ssl", "_hashlib", "ctypes", "concurrent.futures", "importlib.resources")
+DEFERRED = ("_ssl", "_hashlib", "_sqlite3", "ctypes", "concurrent.futures", "importlib.resources")
+# their shared objects (and the libraries they map: OpenSSL, SQLite)
+EXTENSIONS = {"_ssl", "_hashlib", "_sqlite3", "_ctypes", "libssl", "libcrypto", "libsqlite3"}
 
 
 def _imported_by_us(importtime: str) -> set[str]:
@@ -51,9 +55,16 @@ def test_a_plain_config_loads_no_feature_modules(tmp_path):
         proxy.wait_listening()
         assert _get(f"http://127.0.0.1:{port}/health") == 200
         assert _get(f"http://127.0.0.1:{port}/v1/models") == 200
+        # what the serving process has loaded by now, however it came to load it (a module
+        # deferred by lazy.defer and then used at startup is not nested under our imports)
+        mapped = {os.path.basename(line.split()[-1]).split(".")[0]
+                  for line in Path(f"/proc/{proxy.proc.pid}/maps").read_text().splitlines()
+                  if line.rstrip().endswith(".so") or ".so." in line} if sys.platform == "linux" else set()
     finally:
         out, err = proxy.stop()
     assert proxy.returncode == 0, err
+    assert sys.platform != "linux" or "libc" in mapped  # the maps are read
+    assert not mapped & EXTENSIONS, sorted(mapped & EXTENSIONS)
     ours = _imported_by_us(err)
     assert "llamaswap.cli" in ours and "http.server" in ours  # the parse sees the imports
     assert not ours & set(DEFERRED), sorted(ours & set(DEFERRED))

@@ -306,7 +306,8 @@ class _Load:
         peer_configs = {pid: self._resolve_peer(peers[pid]) for pid in sorted(peers)}
         self._check_peer_namespace(peer_configs, built, aliases, top.get("peers"))
         names = Names(built, aliases, peer_configs)
-        selectors = build_selectors(d, raw_selectors, names, group_configs, matrix, warnings)
+        selectors = build_selectors(d, raw_selectors, names, group_configs, matrix, warnings,
+                                    memory=self.memory is not None)
         profiles = build_profiles(d, raw_profiles, names, selectors, warnings)
 
         # auto-aliases were appended to each model while resolving; the map is final now

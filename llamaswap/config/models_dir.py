@@ -81,20 +81,15 @@ class ModelsDir:
         return sorted(found)
 
     def snapshot(self) -> Hashable:
-        """What ``-watch-config`` compares between polls: the files, their sizes and times."""
+        """What ``-watch-config`` compares between polls: the files and whether each can be
+        served. Not sizes or times: a file being downloaded in place grows for minutes, and
+        a changed file gives the same command, so a reload at every poll would only log and
+        rerun the preload hook; an empty file that gets its GGUF header is seen."""
         try:
             files = self.gguf_files()
         except (ConfigError, OSError):
             return None
-        stamps = []
-        for file in files:
-            try:
-                st = os.stat(file)
-            except OSError:
-                stamps.append((file, None))
-                continue
-            stamps.append((file, st.st_size, st.st_mtime_ns))
-        return tuple(stamps)
+        return tuple((file, _unreadable(file)) for file in files)
 
     def scan(self) -> Scan:
         warnings: list[str] = []

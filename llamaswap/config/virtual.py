@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from .gocompat import go_quote, go_trim_space
-from .model import (GroupConfig, MatrixConfig, PeerConfig, ProfileConfig, SelectorConfig, freeze,
-                    peer_namespace)
+from .model import (DEFAULT_GROUP_ID, GroupConfig, MatrixConfig, PeerConfig, ProfileConfig,
+                    SelectorConfig, freeze, peer_namespace)
 from .yamlio import Decoder, is_null
 
 STRATEGIES = ("pin", "warm", "spillover")
@@ -57,10 +57,12 @@ def decode_selectors(d: Decoder, node: Node | None) -> dict[str, dict[str, Any]]
         key = f"selectors.{sid}"
         f = d.mapping(sel, key, "config.SelectorConfig")
         settings = d.mapping(f.get("settings"), f"{key}.settings", "config.SelectorSettings")
+        targets = f.get("targets")
         out[sid] = {
             "node": sel,
             "strategy": d.string(f.get("strategy"), f"{key}.strategy"),
-            "targets": d.strings(f.get("targets"), f"{key}.targets"),
+            "targets": d.strings(targets, f"{key}.targets"),
+            "target_nodes": targets.value if isinstance(targets, SequenceNode) else [],
             "spillover": d.integer(settings.get("spillover"), f"{key}.settings.spillover", 1),
             "name": d.string(f.get("name"), f"{key}.name"),
             "description": d.string(f.get("description"), f"{key}.description"),
@@ -80,11 +82,12 @@ def decode_profiles(d: Decoder, node: Node | None) -> tuple[dict[str, list[str]]
             legacy[name] = d.strings(value, key)
             continue
         f = d.mapping(value, key, "config.ProfileConfig")
-        pins = {}
-        for pin, _, target in d.items(f.get("pins"), f"{key}.pins", "map[string]string"):
+        pins, pin_nodes = {}, {}
+        for pin, pin_node, target in d.items(f.get("pins"), f"{key}.pins", "map[string]string"):
             pins[pin] = "" if is_null(target) else d.string(target, f"{key}.pins.{pin}")
+            pin_nodes[pin] = pin_node
         runtime[name] = {"node": key_node, "description": d.string(f.get("description"), f"{key}.description"),
-                         "pins": pins, "pins_node": f.get("pins", value)}
+                         "pins": pins, "pins_node": f.get("pins", value), "pin_nodes": pin_nodes}
     return legacy, runtime
 
 
@@ -92,14 +95,18 @@ def decode_profiles(d: Decoder, node: Node | None) -> tuple[dict[str, list[str]]
 
 def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
                     groups: Mapping[str, GroupConfig], matrix: MatrixConfig | None,
-                    warnings: list[str]) -> dict[str, SelectorConfig]:
+                    warnings: list[str], memory: bool = False) -> dict[str, SelectorConfig]:
+    """``memory``: the config has a ``memory:`` section, so models of the implicit default
+    group run side by side as memory allows (router.planners.planner_for)."""
     out = {}
     for sid in sorted(raw):
         sel = raw[sid]
         key = f"selectors.{sid}"
 
-        def fail(message: str, where: str = key) -> Exception:
-            return d.error(message, where, sel["node"])
+        def fail(message: str, where: str = key, i: int | None = None) -> Exception:
+            """An error at the selector, or at its i-th target's line."""
+            node = sel["target_nodes"][i] if i is not None else sel["node"]
+            return d.error(message, where, node)
 
         if sid in names.fqn:
             raise fail(f"selector ID {go_quote(sid)} conflicts with fully qualified peer model name")
@@ -121,18 +128,18 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
         targets: list[str] = []
         resolved: list[str] = []  # spillover: each target's model (local id or peer/model)
         local: list[str] = []
-        unknown: list[str] = []
+        unknown: list[tuple[int, str]] = []  # (target index, message)
         for i, target in enumerate(sel["targets"]):
             where = f"{key}.targets[{i}]"
             if target in raw:
                 raise fail(f"{where} references selector {go_quote(target)}; selector chaining is not supported",
-                           where)
+                           where, i)
             if not names.known(target):
-                unknown.append(f"{where} references unknown model {go_quote(target)}")
+                unknown.append((i, f"{where} references unknown model {go_quote(target)}"))
                 continue
             real = names.local(target)
             if strategy == "warm" and real is None:
-                raise fail(f'{where} must resolve to a local model for strategy "warm"', where)
+                raise fail(f'{where} must resolve to a local model for strategy "warm"', where, i)
             targets.append(target)
             if strategy == "spillover":
                 resolved.append(real if real is not None else names.peer(target))
@@ -141,8 +148,8 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
         if unknown:
             # Upstream refuses these; its own example config names models it never defines.
             if not targets:
-                raise fail(unknown[0], f"{key}.targets")
-            warnings.extend(f"{message}; the target is ignored" for message in unknown)
+                raise fail(unknown[0][1], f"{key}.targets", unknown[0][0])
+            warnings.extend(f"{message}; the target is ignored" for _, message in unknown)
 
         if strategy == "spillover":
             if sel["spillover"] < 1:
@@ -152,7 +159,7 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
                 if model in seen:
                     raise fail(f"{key}.targets contains duplicate resolved model {go_quote(model)}", f"{key}.targets")
                 seen.add(model)
-            problem = _coexistence_problem(sid, local, groups, matrix)
+            problem = _coexistence_problem(sid, local, groups, matrix, memory)
             if problem:
                 raise fail(problem, f"{key}.targets")
 
@@ -164,7 +171,7 @@ def build_selectors(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
 
 
 def _coexistence_problem(sid: str, targets: list[str], groups: Mapping[str, GroupConfig],
-                         matrix: MatrixConfig | None) -> str | None:
+                         matrix: MatrixConfig | None, memory: bool) -> str | None:
     """Spillover targets run side by side, so the router must let them (upstream's check)."""
     if len(targets) <= 1:
         return None
@@ -178,7 +185,7 @@ def _coexistence_problem(sid: str, targets: list[str], groups: Mapping[str, Grou
     gid = group_of.get(targets[0])
     if gid is None:
         return f"selectors.{sid} target {go_quote(targets[0])} is not in a routing group"
-    if groups[gid].swap:
+    if groups[gid].swap and not (memory and gid == DEFAULT_GROUP_ID):
         return f"selectors.{sid} spillover targets must share a group with swap: false"
     if any(group_of.get(t) != gid for t in targets[1:]):
         return f"selectors.{sid} spillover targets must share one routing group"
@@ -194,25 +201,26 @@ def build_profiles(d: Decoder, raw: Mapping[str, dict[str, Any]], names: Names,
         for pin in sorted(prof["pins"]):
             if pin in names.fqn:
                 raise d.error(f"profile {name} pin {go_quote(pin)} conflicts with fully qualified peer model name",
-                              f"{key}.pins.{pin}", prof["pins_node"])
+                              f"{key}.pins.{pin}", prof["pin_nodes"][pin])
         if not go_trim_space(name):
             raise d.error("profiles: profile names cannot be empty", "profiles", prof["node"])
         if not prof["pins"]:
             raise d.error(f"{key}.pins must contain at least one entry", f"{key}.pins", prof["pins_node"])
         pins = {}
-        unknown: list[str] = []
+        unknown: list[tuple[str, str]] = []  # (pin, message)
         for pin in sorted(prof["pins"]):
             target = prof["pins"][pin]
             if not go_trim_space(pin):
-                raise d.error(f"{key}.pins: pin names cannot be empty", f"{key}.pins", prof["pins_node"])
+                raise d.error(f"{key}.pins: pin names cannot be empty", f"{key}.pins", prof["pin_nodes"][pin])
             if target and not names.known(target) and target not in selectors:
-                unknown.append(f"{key}.pins.{pin} references unknown model {go_quote(target)}")
+                unknown.append((pin, f"{key}.pins.{pin} references unknown model {go_quote(target)}"))
                 continue
             pins[pin] = target
         if unknown:
             # upstream refuses these; its own example config pins a model it never defines
             if not pins:
-                raise d.error(unknown[0], f"{key}.pins", prof["pins_node"])
-            warnings.extend(f"{message}; the pin is ignored" for message in unknown)
+                pin, message = unknown[0]
+                raise d.error(message, f"{key}.pins.{pin}", prof["pin_nodes"][pin])
+            warnings.extend(f"{message}; the pin is ignored" for _, message in unknown)
         out[name] = ProfileConfig(id=name, description=prof["description"], pins=freeze(pins))
     return out

@@ -8,6 +8,9 @@ model or alias first, then a peer's model).
 
 from __future__ import annotations
 
+import json
+import re
+from json.encoder import encode_basestring
 from typing import Any
 
 from llamaswap.config.model import Filters, thaw
@@ -125,3 +128,31 @@ def encode(obj: Any) -> bytes:
         return deepjson.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: keep it escaped
         return deepjson.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+_MODEL_TEXT = re.compile(rb'"model"')  # re's literal search beats bytes.count on prose
+_AFTER_KEY = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"((?:[^"\\]|\\.)*)"', re.S)
+_MODEL_LETTER_ESCAPE = re.compile(rb"\\u006[45cdfCDF]")  # m, o, d, e or l written as \u00XX
+
+
+def with_model(data: bytes, old: str, new: str) -> bytes | None:
+    """The JSON object `data`, whose top-level ``model`` is the string `old`, with that value
+    replaced by `new` and every other byte kept (as upstream's sjson edit does): a fraction
+    of re-encoding a long chat. None when the top-level key cannot be told apart for sure
+    (``"model"`` written more than once anywhere, or spelled with escapes): then encode."""
+    key = _MODEL_TEXT.search(data)
+    if key is None or _MODEL_TEXT.search(data, key.end()) or _MODEL_LETTER_ESCAPE.search(data):
+        return None
+    # The top-level key is spelled literally (no escapes), so the one literal "model" is it;
+    # its value must be `old`.
+    value = _AFTER_KEY.match(data, key.end())
+    if value is None:
+        return None
+    raw = value.group(1)
+    try:
+        if (json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()) != old:
+            return None
+        replacement = encode_basestring(new).encode()
+    except (ValueError, UnicodeError):
+        return None
+    return b"".join((data[:value.start(1) - 1], replacement, data[value.end(1) + 1:]))

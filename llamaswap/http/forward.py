@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from llamaswap.http.pool import BackendPool, cut, watch_disconnect
 from llamaswap.http.context import BadRequestBody, ClientGone, RequestContext
-from llamaswap.http.errors import error_body
+from llamaswap.http.errors import envelope, error_body
 
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
@@ -123,6 +123,93 @@ def body_stream(stream: Any, prefix: Any = b"", length: int | None = None) -> _B
     return _Body(stream=stream, prefix=prefix, length=length)
 
 
+def _exchange(conn: http.client.HTTPConnection, method: str, path: str,
+              headers: list[tuple[str, str]], body: _Body, has_body: bool, observer: Any,
+              response_timeout: float) -> http.client.HTTPResponse:
+    """Send the request and read the response's head. A request whose body is whole bytes
+    (or absent) is written in one send and its response read here, without http.client's
+    per-request machinery (putrequest, putheader, endheaders, getresponse cost a sixth of
+    a small request's CPU); the connection stays usable by http.client. Anything else
+    (a streamed body, header values that are not text) goes through http.client."""
+    sock = conn.sock
+    whole = (sock is not None and (not has_body or body.data is not None and
+                                    len(body.data) <= BODY_SIZE))
+    head = _head_bytes(method, path, headers) if whole else None
+    if head is None:
+        _send_request(conn, method, path, headers, body, has_body, observer)
+        return _response(conn, None, method, response_timeout)
+    data = body.data if has_body else None
+    # a request sent again offers its body to the observer once
+    on_req = (getattr(observer, "on_request_chunk", None)
+              if observer is not None and not body.started else None)
+    if on_req is not None and data:
+        on_req(data)
+    body.started = True
+    if data is not None:
+        head.append(b"Content-Length: %d\r\n\r\n%b" % (len(data), data))
+    else:
+        head.append(b"\r\n")
+    sock.sendall(b"".join(head))
+    return _response(conn, sock, method, response_timeout)
+
+
+def _response(conn: http.client.HTTPConnection, sock: Any, method: str,
+              timeout: float) -> http.client.HTTPResponse:
+    """The response's head: ``conn.getresponse()`` when http.client sent the request
+    (``sock`` None), else read as getresponse reads it (a response that closes the
+    connection takes the socket with it)."""
+    if timeout > 0 and conn.sock is not None:
+        conn.sock.settimeout(timeout)
+    try:
+        if sock is None:
+            return conn.getresponse()
+        resp = conn.response_class(sock, method=method)
+        try:
+            resp.begin()
+        except ConnectionError:
+            conn.close()
+            raise
+        except BaseException:
+            resp.close()
+            raise
+        if resp.will_close:
+            conn.close()
+        return resp
+    finally:
+        if timeout > 0 and conn.sock is not None:
+            conn.sock.settimeout(None)
+
+
+_bad_method = http.client._contains_disallowed_method_pchar_re.search  # type: ignore[attr-defined]
+_bad_path = http.client._contains_disallowed_url_pchar_re.search  # type: ignore[attr-defined]
+
+
+def _head_bytes(method: str, path: str, headers: list[tuple[str, str]]) -> list[bytes] | None:
+    """The request line and header lines, with http.client's checks and errors; None when a
+    header is not a pair of texts (http.client's putheader formats those)."""
+    if _bad_method(method):
+        raise ValueError(f"method can't contain control characters. {method!r}")
+    path = path or "/"
+    if _bad_path(path):
+        raise http.client.InvalidURL(f"URL can't contain control characters. {path!r}")
+    out = [f"{method} {path} HTTP/1.1\r\n".encode("ascii")]
+    for k, v in headers:
+        if type(k) is not str or type(v) is not str:
+            return None
+        out.append(_header_line(k, v))
+    return out
+
+
+def _header_line(k: str, v: str) -> bytes:
+    name = k.encode("ascii")
+    if not _legal_name(name):
+        raise ValueError("Invalid header name %r" % (name,))
+    value = v.encode("latin-1")
+    if _illegal_value(value):
+        raise ValueError("Invalid header value %r" % (value,))
+    return name + b": " + value + b"\r\n"
+
+
 def _send_request(conn: http.client.HTTPConnection, method: str, path: str,
                   headers: list[tuple[str, str]], body: _Body, has_body: bool,
                   observer: Any) -> None:
@@ -188,13 +275,7 @@ def _put_headers(conn: http.client.HTTPConnection, headers: list[tuple[str, str]
             lines = []
             conn.putheader(k, v)
             continue
-        name = k.encode("ascii")
-        if not _legal_name(name):
-            raise ValueError("Invalid header name %r" % (name,))
-        value = v.encode("latin-1")
-        if _illegal_value(value):
-            raise ValueError("Invalid header value %r" % (value,))
-        lines.append(name + b": " + value)
+        lines.append(_header_line(k, v)[:-2])
     conn._buffer.extend(lines)  # type: ignore[attr-defined]
 
 
@@ -264,15 +345,8 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                 cut(c)
             watch = watch_disconnect(ctx.handler.connection, on_gone)
             try:
-                _send_request(conn, method, path, headers, body, has_body, observer)
-                rh = pool.timeouts.response_header
-                if rh > 0 and conn.sock is not None:
-                    conn.sock.settimeout(rh)
-                    resp = conn.getresponse()
-                    if conn.sock is not None:
-                        conn.sock.settimeout(None)
-                else:
-                    resp = conn.getresponse()
+                resp = _exchange(conn, method, path, headers, body, has_body, observer,
+                                 pool.timeouts.response_header)
                 break
             except ClientGone:
                 raise
@@ -329,6 +403,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             on_chunk = getattr(observer, "on_chunk", None) if observer is not None else None
             read1 = resp.read1
             write = ctx.write
+            data = b""
             while True:
                 try:
                     data = read1(READ_SIZE)
@@ -336,6 +411,8 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                     if gone.is_set():
                         raise ClientGone() from None
                     out.error = f"{label}: backend connection lost mid-response: {_describe(e)}"
+                    if length is None:  # relayed chunked: an event can be added
+                        _stream_error(ctx, rheaders, data, out.error)
                     break
                 if not data:
                     if gone.is_set():
@@ -388,6 +465,23 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
             watch.cancel()
         if conn is not None:
             pool.discard(conn)
+
+
+def _stream_error(ctx: RequestContext, rheaders: list[tuple[str, str]], last: bytes,
+                  message: str) -> None:
+    """An event stream the backend broke off gets one last event saying why, before the cut
+    (which still tells the client the answer is incomplete): ``data: {"error": ...}``, which
+    the OpenAI SDKs raise as an APIError with that message. Only between two events (`last`,
+    the bytes relayed last, end one): a half-sent event is left as it is."""
+    if not (last.endswith(b"\n\n") or last.endswith(b"\r\n\r\n")):
+        return
+    if not any(k.lower() == "content-type" and v.lower().startswith("text/event-stream")
+               for k, v in rheaders):
+        return
+    try:
+        ctx.write(b"data: " + envelope(502, message) + b"\n\n")
+    except (ClientGone, OSError):
+        pass
 
 
 def _body_soon(resp: Any, conn: http.client.HTTPConnection) -> bool:

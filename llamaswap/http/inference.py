@@ -173,6 +173,11 @@ def _forward_body(ctx: RequestContext, ex: extract.Extracted, requested: str,
     useModelName)."""
     flt, use_name = filters.find_filters(ctx.app, requested) if rewrite else (None, "")
     if ex.kind == "json" and ex.obj is not None and filters.needs_rewrite(flt, use_name, requested):
+        if use_name and ex.data and ex.model and not filters.needs_rewrite(flt, "", requested):
+            spliced = filters.with_model(ex.data, ex.model, use_name)  # only the name changes
+            if spliced is not None:
+                ex.obj["model"] = use_name
+                return body_bytes(spliced)
         return body_bytes(filters.encode(filters.apply(ex.obj, flt, use_name, requested)))
     if ex.kind in ("json", "form"):
         return body_bytes(ex.data or b"")

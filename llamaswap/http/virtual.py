@@ -87,8 +87,9 @@ def _replace(ctx: RequestContext, ex: Extracted, model: str) -> None:
                  for k, v in parse_qsl(ctx.query_string, keep_blank_values=True)]
         ctx.set_query(urlencode(pairs))
     elif ex.kind == "json" and ex.obj is not None:
+        spliced = filters.with_model(ex.data, ex.model or "", model) if ex.data else None
         ex.obj["model"] = model
-        ex.data = filters.encode(ex.obj)
+        ex.data = spliced if spliced is not None else filters.encode(ex.obj)
     elif ex.kind == "form":
         pairs = [(k, model if k == "model" else v)
                  for k, v in parse_qsl((ex.data or b"").decode("utf-8", "replace"), keep_blank_values=True)]

@@ -40,11 +40,15 @@ model can hold a queued request for another model forever):
   F1. when the oldest queued request has waited ``max_wait`` it is starved: it moves to the
       head of the queue. One request is starved at a time.
   F2. the models it waits for are fenced: those it would evict (planned as if its own
-      model were stopped, unless it is ready), and the targets of active swaps that
-      collide with it. A fenced model gets no new grant (none published for
-      claims either); requests for it queue behind the starved one (rule 1a).
+      model were stopped, unless it is ready and not being stopped or retired), and the
+      targets of active swaps that collide with it. A fenced model gets no new grant
+      (none published for claims either); requests for it queue behind the starved one
+      (rule 1a).
   F3. the fenced models' requests in flight finish, the queue drains in order, the starved
       request's swap starts, and the next oldest request may become starved at once.
+  F4. what it waits for changes with what runs (another swap, a crash): a model that leaves
+      the fence is served again at once, the requests queued for it first (a queue pass),
+      so none is overtaken by a younger request for the same model.
   So a request waits at most max_wait + the longest request in flight on the models it
   evicts + its own load time.
 
@@ -265,6 +269,7 @@ class RouterCore:
         self.shutting_down = False
         self._since: dict = {}  # queued request -> when it joined the queue (max_wait only)
         self.starved = None  # the request the fairness rules serve next, while it is queued
+        self._fence: frozenset[str] = frozenset()  # what it waited for at the last look (F4)
         self._wait_due: float | None = None  # deadline of the armed maxwait timer
         self._restart: dict[str, str] = dict(restart or {})  # model -> policy (R1)
         self._ready_since: dict[str, float] = {m: now for m in ready}
@@ -322,8 +327,9 @@ class RouterCore:
             return frozenset()
         target = req.model
         running = self.running()
-        if self.state.get(target) != READY:
-            running = running - {target}  # it waits for its own stop: plan as if stopped
+        if self.state.get(target) != READY or self._blocked(target):
+            # it waits for its own stop (a retire, an unload) and start: plan as if stopped
+            running = running - {target}
         evict = frozenset(self.planner.eviction_for(target, running)) - {target}
         colliding = {t for t, swap in self.active.items()
                      if t != target and (t in evict or target in swap.evict)}
@@ -937,6 +943,11 @@ class RouterCore:
                     queue.remove(starved)
                     queue.insert(0, starved)
                     self._publish_positions()
+                fence = self.fenced()
+                lifted, self._fence = self._fence - fence, fence
+                if lifted:  # F4: the requests queued behind it for these may go first
+                    self._drain(now)
+                    continue
                 return
             oldest = min(queue, key=since.__getitem__)  # the first of equals in queue order
             due = since[oldest] + self.max_wait
@@ -950,11 +961,11 @@ class RouterCore:
             queue.remove(oldest)
             queue.insert(0, oldest)
             self._publish_positions()
-            fence = " ".join(sorted(self.fenced()))
+            self._fence = self.fenced()
             self._effects.append(Log("info", (
                 f"router: a request for {oldest.model} has waited "
                 f"{now - since[oldest]:.1f}s (maxWait {_seconds(self.max_wait)}s): no new "
-                f"requests for [{fence}] until it is served")))
+                f"requests for [{' '.join(sorted(self._fence))}] until it is served")))
             self._drain(now)
             if self.starved is not None:
                 return  # still waiting for the fenced models' requests in flight

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import AbstractSet, Mapping, Protocol
 
+from llamaswap.config.gocompat import go_quote
 from llamaswap.config.model import DEFAULT_GROUP_ID, Config, GroupConfig, MatrixConfig
 from llamaswap.router.solver import MatrixSolver, Solution
 
@@ -148,17 +149,13 @@ class MatrixPlanner:
         """(level, message) for the log, in upstream's words."""
         result = self.solve(target, running)
         if result.evict:
-            return ("info", f"matrix: model={target} set={result.set_name} dsl={_go_quote(result.dsl)} "
+            return ("info", f"matrix: model={target} set={result.set_name} dsl={go_quote(result.dsl)} "
                             f"evict=[{' '.join(result.evict)}] target=[{' '.join(result.target_set)}] "
                             f"cost={result.total_cost}")
         if not running:
             return ("info", f"matrix: model={target} starting (no models running)")
         return ("debug", f"matrix: model={target} already running in set={result.set_name} "
-                         f"dsl={_go_quote(result.dsl)}")
-
-
-def _go_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                         f"dsl={go_quote(result.dsl)}")
 
 
 def planner_for(config: Config, memory=None) -> Planner:

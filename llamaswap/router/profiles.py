@@ -47,8 +47,8 @@ class ProfileSwitch:
             if self._active[0] == name:
                 return False
             self._active = (name, self.config.profiles[name].pins) if name else _NONE
-        if self._on_change is not None:
-            self._on_change(name)
+            if self._on_change is not None:
+                self._on_change(name)  # under the lock: two switches announce in their order
         return True
 
 

@@ -5,7 +5,8 @@ active profile's pins:
 
   pin        always the first target.
   warm       the first target whose process is ready, else the first that is starting,
-             else the first target (which the request then starts).
+             else the first that is asleep (a wake takes a fraction of a load; upstream has
+             no sleeping state), else the first target (which the request then starts).
   spillover  targets that are stopping (or shut down) are skipped. Active targets are the
              local ones that are ready or starting, and any target with requests in flight
              through this selector; the others are cold. With no active target: the first
@@ -28,6 +29,7 @@ from llamaswap.config.model import Config, SelectorConfig
 
 PIN, WARM, SPILLOVER = "pin", "warm", "spillover"
 _ACTIVE = ("ready", "starting")
+_WARM = _ACTIVE + ("sleeping",)  # warm's order of preference
 _GONE = ("stopping", "shutdown")
 
 StateOf = Callable[[str], str]  # target as written -> its process state ("" when not local)
@@ -42,7 +44,7 @@ def choose_pin(selector: SelectorConfig) -> str:
 
 
 def choose_warm(selector: SelectorConfig, state_of: StateOf) -> str:
-    for wanted in _ACTIVE:
+    for wanted in _WARM:
         for target in selector.targets:
             if state_of(target) == wanted:
                 return target
