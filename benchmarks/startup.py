@@ -90,10 +90,14 @@ def one_start(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, f
     return elapsed, cpu, rss
 
 
-def dependency_dirs() -> list[str]:
-    """Where this interpreter finds PyYAML and gjson (for the checkout's PYTHONPATH)."""
-    import gjson
-    import yaml
+def dependency_dirs(pyz: Path) -> list[str]:
+    """Where this interpreter finds PyYAML and gjson (for the checkout's PYTHONPATH); the
+    .pyz, whose root holds both, where it has neither (a GPU host with a bare Python)."""
+    try:
+        import gjson
+        import yaml
+    except ImportError:
+        return [str(pyz)]
     return sorted({str(Path(m.__file__).parent.parent) for m in (yaml, gjson)})
 
 
@@ -133,7 +137,7 @@ def main() -> int:
                "LANG": "C.UTF-8"}
         pyz = [args.python, "-I", str(args.pyz), "-config", "config.yaml"]
         checkout = [args.python, "-m", "llamaswap", "-config", "config.yaml"]
-        checkout_env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *dependency_dirs()])}
+        checkout_env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), *dependency_dirs(args.pyz)])}
         first, later, source, bare = [], [], [], []
         for _ in range(args.runs):
             bare.append(interpreter_alone(args.python, env))
