@@ -30,12 +30,20 @@ from llamaswap.router.profiles import ProfileSwitch
 from llamaswap.router.selectors import Selectors
 
 
+def _announce_profile(loggers: Loggers, events: EventBus):
+    """What a profile switch does once it took effect: the log line and profileChanged."""
+    def announce(name: str) -> None:
+        loggers.log.info(f'active profile changed to "{name}"')
+        events.publish(ProfileChanged(name))
+    return announce
+
+
 class App:
     def __init__(self, *, config: Config, loggers: Loggers, events: EventBus,
                  processes: dict[str, Process], router: Router, peers: PeerDirectory,
                  activity: ActivityLog, captures: CaptureStore, inflight: InFlightTable,
                  started_at: float, performance: PerformanceMonitor | None = None,
-                 key_slots: Slots | None = None, active_profile: str = "",
+                 key_slots: Slots | None = None, profiles: ProfileSwitch | None = None,
                  memory: MemoryMonitor | None = None):
         self.config = config
         self.loggers = loggers
@@ -52,8 +60,10 @@ class App:
         self.memory = memory  # measures the backends (ops/memory_monitor.py)
         # requests in flight per API key (maxInFlight): kept across reloads, like inflight
         self.key_slots = key_slots if key_slots is not None else Slots()
-        # runtime profile and selector state: what the request path reads before routing
-        self.profiles = ProfileSwitch(config, active_profile, on_change=self._profile_changed)
+        # runtime profile and selector state: what the request path reads before routing.
+        # The profile switch is kept across reloads (reload() reconfigures it).
+        self.profiles = profiles if profiles is not None else ProfileSwitch(
+            config, on_change=_announce_profile(loggers, events))
         self.selectors = Selectors(config)
         self._shutdown_lock = threading.Lock()
         self._shut = False
@@ -119,19 +129,13 @@ class App:
             self.performance.update(config.performance)
         # The active profile stays active while the new config still defines it (upstream
         # resets it on every reload); spillover counts start afresh, as upstream.
-        app = App(config=config, loggers=self.loggers, events=self.events,
-                  processes=processes, router=self.router,
-                  peers=PeerDirectory(config, self.loggers.log), activity=activity,
-                  captures=captures, inflight=self.inflight, started_at=self.started_at,
-                  performance=self.performance, key_slots=self.key_slots,
-                  active_profile=self.profiles.active, memory=self.memory)
-        if self.profiles.active and not app.profiles.active:
-            app._profile_changed("")
-        return app
-
-    def _profile_changed(self, name: str) -> None:
-        self.loggers.log.info(f'active profile changed to "{name}"')
-        self.events.publish(ProfileChanged(name))
+        self.profiles.reconfigure(config)
+        return App(config=config, loggers=self.loggers, events=self.events,
+                   processes=processes, router=self.router,
+                   peers=PeerDirectory(config, self.loggers.log), activity=activity,
+                   captures=captures, inflight=self.inflight, started_at=self.started_at,
+                   performance=self.performance, key_slots=self.key_slots,
+                   profiles=self.profiles, memory=self.memory)
 
     def shutdown(self, grace: float | None = None) -> None:
         """Answer every waiting request and stop every backend (each with its own unload

@@ -8,7 +8,6 @@ listen error; 2 for a command line the flag parser rejects.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import signal
 import sys
@@ -57,12 +56,17 @@ def version_line() -> str:
 def is_loopback_listen(listen: str) -> bool:
     """True when `listen` ("host:port") only accepts connections from this machine."""
     host = listen.rpartition(":")[0].strip("[]") if ":" in listen else listen
-    if host.lower() == "localhost":
+    # the usual answers without importing ipaddress (urllib.parse imports it at once in some
+    # Python releases, lazily in others)
+    if host.lower() in ("localhost", "127.0.0.1", "::1"):
         return True
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    import ipaddress
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return False  # "" (every interface) or a name that may resolve anywhere
+        return False  # a name that may resolve anywhere
 
 
 def network_warning(listen: str, api_keys_set: bool) -> str | None:

@@ -133,12 +133,14 @@ def test_a_reload_keeps_the_ports_of_models_that_stay():
           f: {cmd: "svr --port 9", proxy: "http://localhost:9"}
         """)
     after = load_config_text(text, previous=before)
+    # new models skip b's 5000 as well: b may still be draining on it
     assert {m.id: m.port for m in after.models.values()} == {
-        "a": 5000, "c": 5003, "d": 5001, "e": 5002, "f": None}  # b's 5000 is free again
+        "a": 5003, "c": 5004, "d": 5001, "e": 5002, "f": None}
     assert after.models["e"] == before.models["e"] and after.models["e"].cmd == "svr --port 5002"
     assert after.models["d"].cmd == "svr --port 5001 -v"
     # a fresh start, or a new startPort, allocates in sorted order as upstream
     assert [m.port for m in load_config_text(text).models.values()] == [5000, 5001, 5002, 5003, None]
+    assert load_config_text(text, previous=after).models["a"].port == 5003  # and stay there
     moved = load_config_text(text.replace("5000", "6000"), previous=before)
     assert [m.port for m in moved.models.values()] == [6000, 6001, 6002, 6003, None]
 

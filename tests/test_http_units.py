@@ -4,11 +4,16 @@ matching, loading-stream framing."""
 import base64
 import json
 import random
+import types
 
 import pytest
 
-from llamaswap.config.model import Filters, freeze
-from llamaswap.http import auth, errors, filters, loading
+from llamaswap.config.model import Config, Filters, ModelConfig, SelectorConfig, freeze
+from llamaswap.http import auth, errors, filters, loading, virtual
+from llamaswap.http.extract import Extracted
+from llamaswap.http.headers import Headers
+from llamaswap.router.profiles import ProfileSwitch
+from llamaswap.router.selectors import Selectors
 from llamaswap.http.routes import RouteTable
 from llamaswap.http.upstream_path import find_model
 
@@ -164,6 +169,30 @@ def test_with_model_gives_the_body_a_full_encode_would_give_on_random_bodies():
         out = filters.with_model(body, "sel", "new")
         if out is not None:
             assert json.loads(out) == {**dict(items), "model": "new"}, body
+
+
+def test_a_spillover_reservation_is_not_held_by_an_ignored_websocket():
+    """upstream: a websocket to a compat.ignoreWebsockets model lives outside routing, so
+    it releases its spillover reservation at once; other requests hold theirs until done."""
+    cfg = Config(models={"a": ModelConfig(id="a", ignore_websockets=True), "b": ModelConfig(id="b")},
+                 selectors={"pool": SelectorConfig("pool", "spillover", ("a", "b"))})
+    log = types.SimpleNamespace(debug=lambda msg: None)
+    app = types.SimpleNamespace(config=cfg, processes={}, loggers=types.SimpleNamespace(log=log),
+                                profiles=ProfileSwitch(cfg), selectors=Selectors(cfg))
+
+    def ask(*headers):
+        ctx = types.SimpleNamespace(app=app, state={}, headers=Headers(list(headers)))
+        ex = Extracted(model="pool", kind="json", obj={"model": "pool"}, data=b'{"model":"pool"}')
+        go_on, done = virtual.rewrite(ctx, ex)
+        assert go_on and ex.model == "a"
+        return done
+
+    assert ask(("Connection", "Upgrade"), ("Upgrade", "websocket")) is None
+    assert app.selectors.in_flight("pool") == {"a": 0}
+    done = ask(("Connection", "keep-alive"))
+    assert app.selectors.in_flight("pool") == {"a": 1}
+    done()
+    assert app.selectors.in_flight("pool") == {"a": 0}
 
 
 def test_upstream_find_model_longest_raw():

@@ -206,6 +206,25 @@ def ports_config(tmp_path: Path, count: int, models: str = "") -> str:
     return str(config)
 
 
+def test_with_config_dir_and_a_reload_that_keeps_ports(tmp_path, fake_server):
+    d = tmp_path / "models"
+    gguf(d / "b.gguf")
+    gguf(d / "d.gguf")
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    (conf / "10-base.yaml").write_text("startPort: 7000\nmacros: {ngl: 99}\n")
+    (conf / "20-models.yaml").write_text("models:\n  d:\n    cmd: mine --port ${PORT}\n")
+    folder = ModelsDir(str(d), llama_server=str(fake_server), args="-ngl ${ngl}")
+    cfg = load(None, folder, str(conf))
+    assert {m.id: (m.port, m.argv[0]) for m in cfg.models.values()} == {
+        "b": (7000, str(fake_server)), "d": (7001, "mine")}   # the -config-dir's d wins
+    assert cfg.models["b"].argv[-2:] == ("-ngl", "99")        # its macros reach the folder's
+    gguf(d / "a.gguf")
+    again = load(None, folder, str(conf), previous=cfg)
+    assert {m.id: m.port for m in again.models.values()} == {"a": 7002, "b": 7000, "d": 7001}
+    assert again.models["b"] == cfg.models["b"] and again.models["d"] == cfg.models["d"]
+
+
 def test_models_dir_serves_each_file(tmp_path, fake_server):
     d = tmp_path / "models"
     gguf(d / "tiny.gguf")

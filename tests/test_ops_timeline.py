@@ -187,6 +187,8 @@ def test_api_timeline_and_the_events_stream_through_a_real_swap():
         assert status == 400 and b"buckets must be between 1 and 1000" in body
         status, _, body = proxy.request("GET", "/api/activity/speed?start=soon")
         assert status == 400 and b"invalid 'start' timestamp" in body
+        status, _, body = proxy.request("GET", "/api/activity/speed?start=2999-01-01T00:00:00Z")
+        assert status == 400 and b"start must be before end" in body  # the end is now
 
 
 def test_speed_series_is_computed_by_the_store_over_every_matching_row():

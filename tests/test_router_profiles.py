@@ -25,8 +25,23 @@ def test_switch_announces_changes_only():
         switch.set("nope")
     assert switch.set("") and switch.active == ""
     assert seen == ["x", ""]
-    assert ProfileSwitch(config(), "y").active == "y"  # a reload keeps it
+    assert ProfileSwitch(config(), "y").active == "y"
     assert ProfileSwitch(config(), "gone").active == ""
+
+
+def test_a_reload_keeps_the_active_profile_with_its_new_pins_while_the_config_has_it():
+    seen = []
+    switch = ProfileSwitch(config(), on_change=seen.append)
+    switch.set("x")
+    repinned = Config(models=config().models, profiles={"x": ProfileConfig("x", pins=freeze({"llm": "b"}))})
+    switch.reconfigure(repinned)
+    assert switch.active == "x" and switch.pins() == {"llm": "b"} and seen == ["x"]
+    switch.reconfigure(Config(models=config().models))  # x is gone: none active, announced
+    assert switch.active == "" and switch.pins() == {} and seen == ["x", ""]
+    with pytest.raises(ProfileNotFound):
+        switch.set("x")
+    switch.reconfigure(config())
+    assert switch.set("y") and seen == ["x", "", "y"]
 
 
 def test_a_switch_made_while_another_is_announced_is_announced_after_it():

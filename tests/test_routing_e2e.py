@@ -340,6 +340,8 @@ def test_reload_keeps_the_active_profile_while_the_config_still_has_it():
         old = p.app
         p.holder.app = p.app = old.reload(without)
         assert p.app.profiles.active == "" and served_by(p, "llm")[0] == 404
+        # one switch across reloads: a switch that reached the old App during the reload counts
+        assert old.profiles is p.app.profiles
         changes = [e.active for e in iter(lambda: sub.get(0), None) if isinstance(e, ProfileChanged)]
         assert changes == [""]
         assert 'active profile changed to ""' in p.app.loggers.proxy.history().decode()

@@ -94,6 +94,31 @@ def test_a_stream_cut_by_a_failed_health_watch_ends_with_an_error_event():
         assert message.startswith("w") and "backend connection lost mid-response" in message
 
 
+def test_an_anthropic_stream_cut_by_a_failed_health_watch_ends_with_its_error_event():
+    """On /v1/messages the last event is Anthropic's own ``event: error``, which the
+    Anthropic SDK raises (Claude Code and other Anthropic clients show the message)."""
+    import anthropic
+    wedged = model("w", health_check_interval=0.3, health_check_failures=2)
+    with Proxy(config(wedged)) as proxy:
+        client = anthropic.Anthropic(base_url=proxy.url(), api_key="none", max_retries=0)
+        stream = client.messages.create(
+            model="w", max_tokens=20, messages=CHAT["messages"], stream=True,
+            extra_body={"demo": {"chunks": 2000, "chunk_delay": 0.01}})
+        events = iter(stream)
+        assert next(events).type == "message_start"
+        wedge = threading.Thread(target=proxy.post, args=(
+            "/v1/chat/completions", dict(CHAT, demo={"hang": True})))
+        wedge.start()
+        with pytest.raises(anthropic.APIStatusError) as cut:
+            for _ in events:
+                pass
+        wedge.join(30)
+        assert cut.value.body["type"] == "error"
+        assert cut.value.body["error"]["type"] == "api_error"
+        assert cut.value.body["error"]["message"].startswith(
+            "w went down: its health check failed 2 times in a row"), cut.value.body
+
+
 def test_a_model_in_backoff_is_listed_with_its_restart():
     crashy = model("c", "--crash-after", "1", restart="always")
     with Proxy(config(crashy)) as proxy:

@@ -14,7 +14,8 @@ from helpers import ROOT, free_port
 from test_cli import Proxy, _get
 
 # extension modules and packages that only some features need
-DEFERRED = ("_ssl", "_hashlib", "_sqlite3", "ctypes", "concurrent.futures", "importlib.resources")
+DEFERRED = ("_ssl", "_hashlib", "_sqlite3", "ctypes", "concurrent.futures", "importlib.resources",
+            "platform", "difflib")
 # their shared objects (and the libraries they map: OpenSSL, SQLite)
 EXTENSIONS = {"_ssl", "_hashlib", "_sqlite3", "_ctypes", "libssl", "libcrypto", "libsqlite3"}
 

@@ -214,6 +214,20 @@ def test_a_model_put_to_sleep_shows_asleep_on_models_memory_and_timeline(proxy, 
         shoot(page, "timeline-sleeping")
 
         assert chat(proxy, "nap-a")["model"] == "nap-a"  # a request wakes it; nap-b sleeps
+        # awake again: hovering its ready band says how it got there (a wake takes milliseconds)
+        page.wait_for_function("""() => {
+            const bands = window.__timeline.layout.rows.find((x) => x.model === 'nap-a').bands;
+            return bands.filter((b) => b.state === 'sleeping').length === 1
+                && bands[bands.length - 1].state === 'ready';
+        }""")
+        x, y = page.evaluate("""() => {
+            const r = window.__timeline.layout.rows.find((x) => x.model === 'nap-a');
+            const b = r.bands[r.bands.length - 1];
+            return [b.x1 - 2, r.y + 19];
+        }""")
+        box = page.locator("#timeline-canvas").bounding_box()
+        page.mouse.move(box["x"] + x, box["y"] + y)
+        expect(page.locator("#timeline-tip")).to_contain_text("woke in")
         page.click("#nav a[data-route='/models']")
         expect(row(page, "nap-a").locator("[data-testid=state]")).to_have_text("ready")
         expect(row(page, "nap-b").locator("[data-testid=state]")).to_have_text("sleeping")

@@ -17,7 +17,6 @@ checks and texts (which do quote a key that contains a space).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -83,6 +82,7 @@ def _decode_object(d: Decoder, i: int, node: MappingNode) -> RawKey:
 
     for k, (k_node, _v) in fields.items():
         if k not in FIELDS:
+            import difflib  # only for this message
             close = difflib.get_close_matches(k, FIELDS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(FIELDS)})"
             raise fail(f"unknown field {go_quote(k)}{hint}", k, k_node)

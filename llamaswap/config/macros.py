@@ -15,8 +15,9 @@ Order, as today's upstream:
 5. ``${PORT}`` is allocated from ``startPort`` in the same order, only to models whose
    ``cmd`` uses it, and applied to the whole model. On a reload (``keep_ports``: the ports
    of the config in service, with its ``startPort``), a model that is still there keeps its
-   port and new models take the lowest free ones, so a model added or removed does not
-   re-number the others (they would restart).
+   port and new models take the lowest ports no model of that config had (a removed model
+   may still be draining on its own), so a model added or removed does not re-number the
+   others (they would restart).
 6. Whatever placeholder is left is an error, except ``${PID}`` in ``cmdStop``, ``sleep``
    and ``wake`` (filled in when they run).
 
@@ -218,9 +219,11 @@ class MacroEngine:
                 expanded_top[name] = substitute(v, global_macros)
         next_port = self.start_port(expanded_top.get("startPort"))
         kept: dict[str, int] = {}
+        taken: set[int] = set()
         if self.keep_ports is not None and self.keep_ports[0] == next_port:
             kept = {mid: port for mid, port in self.keep_ports[1].items() if mid in model_fields}
-        taken = set(kept.values())
+            # a removed model's port too: its process may still be draining on it
+            taken = set(self.keep_ports[1].values())
 
         ports: dict[str, int] = {}
         new_models: dict[str, Node] = dict(models)

@@ -4,8 +4,9 @@
   of SSE events); ``X-Accel-Buffering: no`` is added to event streams;
 - a response without a length is relayed chunked; hop-by-hop headers are dropped both ways;
 - the client hanging up cuts the backend connection at once (llama-server stops generating)
-  and the call returns quietly; the backend dying mid-response cuts the client connection,
-  or answers 502 when nothing was sent yet;
+  and the call returns quietly; the backend dying mid-response cuts the client connection
+  (an event stream first gets one ``data:`` event with the error), or answers 502 when
+  nothing was sent yet;
 - ``Upgrade`` requests (websockets) become a two-way byte tunnel after the backend's 101.
 
 An optional observer (activity/captures) sees the response as it passes:
@@ -15,6 +16,7 @@ An optional observer (activity/captures) sees the response as it passes:
 from __future__ import annotations
 
 import http.client
+import json
 import select
 import socket
 from dataclasses import dataclass
@@ -412,7 +414,7 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
                         raise ClientGone() from None
                     out.error = f"{label}: backend connection lost mid-response: {_describe(e)}"
                     if length is None:  # relayed chunked: an event can be added
-                        _stream_error(ctx, rheaders, data, out.error)
+                        _stream_error(ctx, rheaders, data, out.error, path)
                     break
                 if not data:
                     if gone.is_set():
@@ -468,18 +470,24 @@ def _forward(ctx: RequestContext, pool: BackendPool, path: str, headers: list[tu
 
 
 def _stream_error(ctx: RequestContext, rheaders: list[tuple[str, str]], last: bytes,
-                  message: str) -> None:
+                  message: str, path: str) -> None:
     """An event stream the backend broke off gets one last event saying why, before the cut
     (which still tells the client the answer is incomplete): ``data: {"error": ...}``, which
-    the OpenAI SDKs raise as an APIError with that message. Only between two events (`last`,
-    the bytes relayed last, end one): a half-sent event is left as it is."""
+    the OpenAI SDKs raise as an APIError with that message, or on ``/v1/messages``
+    Anthropic's ``event: error``, which its SDKs raise. Only between two events (`last`, the
+    bytes relayed last, end one): a half-sent event is left as it is."""
     if not (last.endswith(b"\n\n") or last.endswith(b"\r\n\r\n")):
         return
     if not any(k.lower() == "content-type" and v.lower().startswith("text/event-stream")
                for k, v in rheaders):
         return
+    if path.partition("?")[0].endswith("/messages"):
+        error = {"type": "error", "error": {"type": "api_error", "message": message}}
+        event = b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+    else:
+        event = b"data: " + envelope(502, message) + b"\n\n"
     try:
-        ctx.write(b"data: " + envelope(502, message) + b"\n\n")
+        ctx.write(event)
     except (ClientGone, OSError):
         pass
 

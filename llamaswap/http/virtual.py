@@ -49,7 +49,21 @@ def rewrite(ctx: RequestContext, ex: Extracted) -> tuple[bool, Callable[[], None
     app.loggers.log.debug(f"selector: id={selector_id} target={choice.target}")
     ctx.state.setdefault("metadata", {})["selector"] = selector_id
     _replace(ctx, ex, choice.target)
+    if choice.reserved and _ignored_websocket(ctx, app, choice.target):
+        selectors.release(choice)  # upstream: a long-lived ignored websocket holds no reservation
+        return True, None
     return True, (lambda: selectors.release(choice)) if choice.reserved else None
+
+
+def _ignored_websocket(ctx: RequestContext, app: Any, target: str) -> bool:
+    """A websocket upgrade to a model with compat.ignoreWebsockets (served outside routing)."""
+    real = app.config.real_model_name(target)
+    model = app.config.models.get(real) if real is not None else None
+    if model is None or not model.ignore_websockets:
+        return False
+    from llamaswap.http.inference import is_websocket_upgrade  # inference imports this module
+
+    return is_websocket_upgrade(ctx)
 
 
 def upstream_rest(app: Any, raw_rest: str) -> tuple[str, str | None]:

@@ -16,7 +16,6 @@ import csv
 import glob
 import io
 import os
-import platform
 import re
 import shutil
 import signal
@@ -136,15 +135,16 @@ def detect(probe: _Probe, version: str) -> dict:
     version = version.strip()
     if not version:
         raise ValueError("detector version is required")
-    machine = platform.machine().lower()
+    uname = os.uname()  # what the platform module would read, without its import cost
+    machine = uname.machine.lower()
     arch_name, raw_arch = _ARCH.get(machine, ("other", machine or "unknown"))
-    system = platform.system().lower()
+    system = uname.sysname.lower()
     family = _OS.get(system, "other")
     operating_system: dict[str, Any] = {"family": family, "name": None, "version": None,
                                         "kernel": None}
     if family == "other":
         operating_system["raw_family"] = system
-    kernel = platform.release()
+    kernel = uname.release
     if family == "linux":
         name, os_version = _os_release(probe)
         operating_system.update(name=name, version=os_version, kernel=_clean(kernel))

@@ -95,6 +95,9 @@ def api_activity_speed(ctx: RequestContext) -> None:
             return
     if query.end is None:
         query = replace(query, end=int(time.time()))
+        if query.start is not None and query.start > query.end:
+            ctx.send_error(400, "start must be before end")
+            return
     try:
         body = ctx.app.activity.store.speed(query, buckets)
     except Exception as e:

@@ -4,6 +4,8 @@ While a profile is active, a request whose model is one of its pin keys is sent 
 pin's target instead (a model, alias, peer model or selector; "" disables the id). The
 active profile is one immutable (name, pins) pair swapped under a lock, so a handler reads
 it once, without locking, and a switch never affects a request already past that read.
+One switch lives as long as the proxy: a config reload hands it the new config
+(``reconfigure``), so a switch that races a reload is never lost.
 """
 
 from __future__ import annotations
@@ -50,6 +52,23 @@ class ProfileSwitch:
             if self._on_change is not None:
                 self._on_change(name)  # under the lock: two switches announce in their order
         return True
+
+
+    def reconfigure(self, config: Config) -> None:
+        """A config reload: the active profile stays active, with its new pins, while the new
+        config defines it (upstream resets it on every reload); otherwise none is active and
+        the change is announced."""
+        with self._lock:
+            self.config = config
+            name = self._active[0]
+            if not name:
+                return
+            if name in config.profiles:
+                self._active = (name, config.profiles[name].pins)
+                return
+            self._active = _NONE
+            if self._on_change is not None:
+                self._on_change("")
 
 
 def upstream_pin(path: str, pins: Mapping[str, str]) -> tuple[str, str] | None:

@@ -335,11 +335,15 @@ export function mount(root) {
   }
 
   let chartSeq = 0; // as seq, for the chart's answers
+  // how soon new requests redraw the chart: a tenth of a bucket, 1 s to a minute (a week's
+  // chart over a big store costs the proxy a second of CPU; its buckets are hours wide)
+  let chartEvery = 1000;
   async function loadChart() {
     const mine = ++chartSeq;
     try {
       const got = await getJSON(`/api/activity/speed?${query({ buckets: 60 })}`);
       if (!alive || mine !== chartSeq) return;
+      chartEvery = Math.min(60000, Math.max(1000, got.bucket_s * 100));
       const t0 = got.start * 1000;
       const t1 = Math.max(got.end * 1000, t0 + 60000);
       const series = speedSeries(got, store.models.map((m) => m.id));
@@ -446,7 +450,7 @@ export function mount(root) {
       // a new row: the first page of a range that reaches now changes
       const [, end] = rangeBounds();
       if (what === "reset" || (view.page === 1 && end === null)) reloadSoon();
-      if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; loadChart(); }, 1000);
+      if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; loadChart(); }, chartEvery);
     } else if (what === "metrics") {
       for (const e of payload || []) addKey(e.key); // a key name to pick, as rows finish
     } else if (what === "models") {
